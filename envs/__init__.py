@@ -1,0 +1,41 @@
+"""Pixel environments for latent planning.
+
+Importing this package imports every module in it, and each module registers its
+environments (see :mod:`envs.registry`). Add an environment by adding a module.
+"""
+
+import importlib
+import os
+import pkgutil
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless by default; must precede the first mujoco import
+
+from envs.config import EnvConfig, check_patch_grid  # noqa: E402
+from envs.registry import (  # noqa: E402
+    EnvSpec,
+    UnknownEnvError,
+    angles_within,
+    env_names,
+    get_spec,
+    make_env,
+    register_env,
+    wrap_angle,
+)
+
+_INFRASTRUCTURE = {"registry", "config"}
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name not in _INFRASTRUCTURE:
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = [
+    "EnvConfig",
+    "EnvSpec",
+    "UnknownEnvError",
+    "angles_within",
+    "check_patch_grid",
+    "env_names",
+    "get_spec",
+    "make_env",
+    "register_env",
+    "wrap_angle",
+]

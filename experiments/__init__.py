@@ -1,0 +1,1 @@
+"""Entry points (Hydra) and their configs. Only this package reads configs."""

@@ -1,0 +1,43 @@
+"""Typed config schemas for the entry points, registered with Hydra's ConfigStore.
+
+Every YAML file under ``configs/`` extends one of these schemas, so a key that no
+dataclass declares (a typo in a file or on the command line) is an error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from envs.config import EnvConfig
+from worldmodel.data.config import CollectConfig, PolicyConfig
+
+CONFIG_DIR = str(Path(__file__).parent / "configs")
+T = TypeVar("T")
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="collect_schema", node=CollectConfig)
+    cs.store(group="env", name="env_schema", node=EnvConfig)
+    cs.store(group="policy", name="policy_schema", node=PolicyConfig)
+
+
+def to_object(cfg: DictConfig) -> T:
+    """The typed dataclass behind a composed config (runs each ``__post_init__`` check)."""
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def load(config_name: str, overrides: list[str] | None = None):
+    """Compose ``config_name`` with command-line style overrides, as the entry points do."""
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides or []))
+    return to_object(cfg)
+
+
+register_configs()

@@ -1,0 +1,29 @@
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest  # noqa: E402
+
+from envs import EnvConfig  # noqa: E402
+from worldmodel.data import CollectConfig, build_dataset, open_dataset  # noqa: E402
+
+
+def tiny_collect_config(root, **overrides) -> CollectConfig:
+    settings = dict(
+        env=EnvConfig(episode_steps=20),
+        train_episodes=6,
+        val_episodes=2,
+        heldout_episodes=2,
+        num_envs=2,
+        root=str(root),
+        progress=False,
+    )
+    settings.update(overrides)
+    return CollectConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A real (tiny) Reacher dataset, collected once per test session with 2 subprocess envs."""
+    root = tmp_path_factory.mktemp("data")
+    return open_dataset(build_dataset(tiny_collect_config(root)))

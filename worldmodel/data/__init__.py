@@ -1,0 +1,26 @@
+"""Offline data: behaviour policies, collection, on-disk datasets and training windows."""
+
+from worldmodel.data.collect import build_dataset, collect_episodes, episode_seeds
+from worldmodel.data.config import CollectConfig, PolicyConfig
+from worldmodel.data.episodes import Episodes
+from worldmodel.data.policies import CorrelatedPolicy, UniformPolicy, make_policy
+from worldmodel.data.storage import Dataset, DatasetError, open_dataset, write_dataset
+from worldmodel.data.windows import Window, WindowSampler
+
+__all__ = [
+    "CollectConfig",
+    "CorrelatedPolicy",
+    "Dataset",
+    "DatasetError",
+    "Episodes",
+    "PolicyConfig",
+    "UniformPolicy",
+    "Window",
+    "WindowSampler",
+    "build_dataset",
+    "collect_episodes",
+    "episode_seeds",
+    "make_policy",
+    "open_dataset",
+    "write_dataset",
+]

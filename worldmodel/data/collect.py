@@ -1,0 +1,211 @@
+"""Roll out a behaviour policy in parallel environments and gather episodes.
+
+Every episode is a pure function of its seed: the environment is reset with it and
+the policy draws its actions from a generator seeded by it. So the collected data
+do not depend on ``num_envs``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gymnasium
+import numpy as np
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+from tqdm.auto import tqdm
+
+import envs
+from worldmodel.data.episodes import Episodes
+from worldmodel.data.policies import BehaviourPolicy
+from worldmodel.data.storage import write_dataset
+
+if TYPE_CHECKING:
+    from worldmodel.data.config import CollectConfig
+
+
+def episode_seeds(seed: int, n: int) -> np.ndarray:
+    """``n`` distinct 32-bit episode seeds derived from ``seed``."""
+    seeds = np.random.SeedSequence(seed).generate_state(n * 2, dtype=np.uint32).astype(np.int64)
+    _, first = np.unique(seeds, return_index=True)
+    unique = seeds[np.sort(first)]
+    if len(unique) < n:  # pragma: no cover - needs ~2^16 episodes to happen
+        raise RuntimeError(f"could not draw {n} distinct episode seeds from seed {seed}")
+    return unique[:n]
+
+
+def policy_rng(episode_seed: int) -> np.random.Generator:
+    """The policy's generator for an episode (independent of the env's own stream)."""
+    return np.random.default_rng(np.random.SeedSequence([int(episode_seed), 0x5EED]))
+
+
+def make_vector_env(env_name: str, num_envs: int, episode_steps: int, env_kwargs: dict[str, Any]):
+    """``num_envs`` copies of a registered env; subprocesses (spawn) when more than one."""
+    fn = functools.partial(envs.make_env, env_name, max_episode_steps=episode_steps, **env_kwargs)
+    if num_envs == 1:
+        return SyncVectorEnv([fn], autoreset_mode=AutoresetMode.DISABLED)
+    # fork hangs when MuJoCo's renderer exists in the parent; spawn is safe.
+    return AsyncVectorEnv([fn] * num_envs, context="spawn", autoreset_mode=AutoresetMode.DISABLED)
+
+
+def collect_episodes(
+    env_name: str,
+    policy: BehaviourPolicy,
+    seeds: np.ndarray,
+    episode_steps: int,
+    env_kwargs: dict[str, Any] | None = None,
+    num_envs: int = 2,
+    progress: bool = True,
+    desc: str = "collect",
+) -> Episodes:
+    """Collect one episode per seed.
+
+    Args:
+        env_name: registered environment name (see :func:`envs.env_names`).
+        policy: behaviour policy drawing each episode's actions.
+        seeds: ``(N,)`` episode seeds.
+        episode_steps: actions per episode (fewer if the env terminates).
+        env_kwargs: keyword arguments for the env (``image_size``, ...).
+        num_envs: environments stepped in parallel.
+        progress: show a progress bar (frames).
+    """
+    spec = envs.get_spec(env_name)
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if num_envs < 1 or episode_steps < 1 or len(seeds) < 1:
+        raise ValueError(
+            f"num_envs, episode_steps and the number of seeds must be >= 1, got {num_envs}, {episode_steps}, {len(seeds)}"
+        )
+    num_envs = min(num_envs, len(seeds))
+    vec = make_vector_env(env_name, num_envs, episode_steps, dict(env_kwargs or {}))
+    parts: list[Episodes] = []
+    try:
+        bar = tqdm(total=len(seeds) * (episode_steps + 1), desc=desc, unit="frame", disable=not progress)
+        for start in range(0, len(seeds), num_envs):
+            chunk = seeds[start : start + num_envs]
+            # Pad the last chunk with repeats of its first seed; the copies are dropped.
+            padded = np.concatenate([chunk, np.repeat(chunk[:1], num_envs - len(chunk))])
+            parts.append(_rollout_chunk(vec, spec, policy, padded, episode_steps).select(np.arange(len(chunk))))
+            bar.update(len(chunk) * (episode_steps + 1))
+        bar.close()
+    finally:
+        vec.close()
+    return _concat(parts)
+
+
+def _rollout_chunk(vec, spec: envs.EnvSpec, policy: BehaviourPolicy, seeds: np.ndarray, steps: int) -> Episodes:
+    """One synchronised episode in each sub-env of ``vec``."""
+    n = len(seeds)
+    space = vec.single_action_space
+    actions = np.stack([policy.sample(policy_rng(s), steps, space.low, space.high) for s in seeds])  # (n, T, A)
+    obs0, info = vec.reset(seed=[int(s) for s in seeds])
+    obs = np.empty((n, steps + 1) + obs0.shape[1:], dtype=obs0.dtype)
+    states = np.empty((n, steps + 1, spec.state_dim))
+    physics = {k: np.empty((n, steps + 1) + np.shape(info[k])[1:]) for k in spec.physics_keys}
+    rewards = np.zeros((n, steps), dtype=np.float32)
+    lengths = np.full(n, steps, dtype=np.int64)
+    terminated = np.zeros(n, dtype=bool)
+
+    def record(t: int, o: np.ndarray, inf: dict) -> None:
+        obs[:, t], states[:, t] = o, inf["state"]
+        for k in spec.physics_keys:
+            physics[k][:, t] = inf[k]
+
+    record(0, obs0, info)
+    for t in range(steps):
+        o, r, term, _trunc, info = vec.step(actions[:, t])
+        record(t + 1, o, info)
+        rewards[:, t] = r
+        ended = term & ~terminated
+        lengths[ended] = t + 1
+        terminated |= term
+        if terminated.all():
+            break
+    return Episodes(
+        obs=np.concatenate([obs[e, : lengths[e] + 1] for e in range(n)]),
+        states=np.concatenate([states[e, : lengths[e] + 1] for e in range(n)]),
+        actions=np.concatenate([actions[e, : lengths[e]] for e in range(n)]),
+        rewards=np.concatenate([rewards[e, : lengths[e]] for e in range(n)]),
+        lengths=lengths,
+        seeds=seeds.copy(),
+        terminated=terminated,
+        physics={k: np.concatenate([v[e, : lengths[e] + 1] for e in range(n)]) for k, v in physics.items()},
+    )
+
+
+def _concat(parts: list[Episodes]) -> Episodes:
+    return Episodes(
+        **{
+            name: np.concatenate([getattr(p, name) for p in parts])
+            for name in ("obs", "states", "actions", "rewards", "lengths", "seeds", "terminated")
+        },
+        physics={k: np.concatenate([p.physics[k] for p in parts]) for k in parts[0].physics},
+    )
+
+
+def single_env_rate(env_name: str, steps: int = 500, env_kwargs: dict[str, Any] | None = None) -> float:
+    """Raw step+render frames/s of one env in this process (the collection baseline)."""
+    import time
+
+    env: gymnasium.Env = envs.make_env(env_name, max_episode_steps=steps + 1, **(env_kwargs or {}))
+    env.reset(seed=0)
+    action = env.action_space.sample()
+    start = time.perf_counter()
+    for _ in range(steps):
+        env.step(action)
+    rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def build_dataset(cfg: "CollectConfig") -> Path:
+    """Collect the train, validation and held-out splits of ``cfg`` and write them atomically.
+
+    Train and validation episodes come from ``cfg.seed`` and are split by episode;
+    held-out episodes come from their own seed, ``cfg.eval_seed``.
+    Returns the dataset directory.
+    """
+    spec = envs.get_spec(cfg.env.name)
+    path = Path(cfg.root) / cfg.dataset_name
+    policy = cfg.policy.build()
+    common = dict(
+        env_name=cfg.env.name,
+        policy=policy,
+        episode_steps=cfg.env.episode_steps,
+        env_kwargs=cfg.env.env_kwargs(),
+        num_envs=cfg.num_envs,
+        progress=cfg.progress,
+    )
+    n_fit = cfg.train_episodes + cfg.val_episodes
+    fit = collect_episodes(seeds=episode_seeds(cfg.seed, n_fit), desc="train+val", **common)
+    order = np.random.default_rng(cfg.seed).permutation(n_fit)
+    splits = {"train": fit.select(np.sort(order[: cfg.train_episodes]))}
+    if cfg.val_episodes:
+        splits["val"] = fit.select(np.sort(order[cfg.train_episodes :]))
+    if cfg.heldout_episodes:
+        splits["heldout"] = collect_episodes(
+            seeds=episode_seeds(cfg.eval_seed, cfg.heldout_episodes), desc="heldout", **common
+        )
+    meta = {
+        "env": {
+            "name": spec.name,
+            "gym_id": spec.gym_id,
+            "version": spec.version,
+            "kwargs": cfg.env.env_kwargs(),
+            "episode_steps": cfg.env.episode_steps,
+            "physics_keys": list(spec.physics_keys),
+        },
+        "image_size": cfg.env.image_size,
+        "policy": policy.params(),
+        "seed": cfg.seed,
+        "eval_seed": cfg.eval_seed,
+        "software": software_versions(),
+    }
+    return write_dataset(path, splits, meta, minari_env_id=spec.gym_id if cfg.minari else None)
+
+
+def software_versions() -> dict[str, str]:
+    """Versions that decide what the collected frames look like."""
+    import mujoco
+
+    return {"gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__, "numpy": np.__version__}

@@ -1,0 +1,87 @@
+"""Settings of offline data collection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from envs.config import EnvConfig, check_patch_grid
+from worldmodel.data.policies import POLICIES, make_policy
+
+
+@dataclass
+class PolicyConfig:
+    """Behaviour policy.
+
+    Attributes:
+        name: ``uniform`` (i.i.d. uniform torques) or ``correlated`` (AR(1) noise).
+        beta: correlation of consecutive actions (``correlated`` only).
+        sigma: stationary std in half-widths of the action box (``correlated`` only).
+    """
+
+    name: str = "uniform"
+    beta: float = 0.9
+    sigma: float = 0.6
+
+    def __post_init__(self):
+        if self.name not in POLICIES:
+            raise ValueError(f"unknown behaviour policy {self.name!r}; expected one of {sorted(POLICIES)}")
+
+    def build(self):
+        """The behaviour policy these settings describe."""
+        params = {"beta": self.beta, "sigma": self.sigma} if self.name == "correlated" else {}
+        return make_policy(self.name, **params)
+
+
+@dataclass
+class CollectConfig:
+    """A dataset: what to collect, how much, and where.
+
+    Attributes:
+        env: the environment and its rendering.
+        policy: the behaviour policy.
+        train_episodes: episodes in the training split (drawn from ``seed``).
+        val_episodes: episodes in the validation split (also from ``seed``).
+        heldout_episodes: held-out evaluation episodes, drawn from ``eval_seed``.
+        seed: seed of the train and validation episodes.
+        eval_seed: seed of the held-out episodes; must differ from ``seed``.
+        num_envs: environments stepped in parallel (subprocesses).
+        patch_size: patch size of the encoder that will train on this data; the
+            image size must be a multiple of it.
+        root: directory that holds datasets.
+        name: dataset directory name; derived from the settings when empty.
+        minari: also write each split as a Minari dataset (the exchange format).
+        progress: show progress bars.
+    """
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train_episodes: int = 1000
+    val_episodes: int = 50
+    heldout_episodes: int = 100
+    seed: int = 0
+    eval_seed: int = 1000
+    num_envs: int = 2
+    patch_size: int = 8
+    root: str = "data"
+    name: str = ""
+    minari: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        check_patch_grid(self.env.image_size, self.patch_size)
+        for key in ("train_episodes", "val_episodes", "heldout_episodes"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.train_episodes < 1:
+            raise ValueError(f"train_episodes must be >= 1, got {self.train_episodes}")
+        if self.seed == self.eval_seed:
+            raise ValueError(f"eval_seed ({self.eval_seed}) must differ from seed ({self.seed})")
+        if self.num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
+
+    @property
+    def dataset_name(self) -> str:
+        return self.name or (
+            f"{self.env.name}-{self.policy.name}-{self.env.image_size}px"
+            f"-{self.train_episodes}x{self.env.episode_steps}-s{self.seed}"
+        )

@@ -1,0 +1,89 @@
+"""Behaviour policies for offline data collection.
+
+The toolkit's behaviour policies are open-loop random processes: an episode's
+whole action sequence is drawn up front from a ``numpy.random.Generator``. That
+makes a collected episode a pure function of (episode seed, policy), independent
+of how many environments run in parallel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class BehaviourPolicy(Protocol):
+    """Draws one episode's actions."""
+
+    name: str
+
+    def sample(self, rng: np.random.Generator, steps: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """Actions ``(steps, A)`` float32 within ``[low, high]``."""
+        ...
+
+    def params(self) -> dict:
+        """Settings that define the policy (stored in dataset manifests)."""
+        ...
+
+
+@dataclass(frozen=True)
+class UniformPolicy:
+    """I.i.d. uniform actions over the box, as the peers' Reacher datasets use."""
+
+    name: str = "uniform"
+
+    def sample(self, rng: np.random.Generator, steps: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        return rng.uniform(low, high, size=(steps, len(low))).astype(np.float32)
+
+    def params(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CorrelatedPolicy:
+    """Temporally-correlated Gaussian noise (a stationary AR(1) process), clipped to the box.
+
+    ``x[t+1] = beta * x[t] + sqrt(1 - beta^2) * sigma * eps``, with ``x`` scaled to the
+    box's half-width around its centre. Smoother torques than uniform noise: the arm
+    makes long sweeps instead of jittering, which covers the state space differently.
+
+    Attributes:
+        beta: correlation between consecutive actions, in [0, 1).
+        sigma: stationary standard deviation, in units of the box's half-width.
+    """
+
+    beta: float = 0.9
+    sigma: float = 0.6
+    name: str = "correlated"
+
+    def __post_init__(self):
+        if not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {self.beta}")
+        if self.sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+
+    def sample(self, rng: np.random.Generator, steps: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+        eps = rng.standard_normal((steps, len(low)))
+        x = np.empty_like(eps)
+        x[0] = self.sigma * eps[0]
+        scale = np.sqrt(1.0 - self.beta**2) * self.sigma
+        for t in range(1, steps):
+            x[t] = self.beta * x[t - 1] + scale * eps[t]
+        centre, half = (high + low) / 2, (high - low) / 2
+        return np.clip(centre + half * x, low, high).astype(np.float32)
+
+    def params(self) -> dict:
+        return asdict(self)
+
+
+POLICIES = {"uniform": UniformPolicy, "correlated": CorrelatedPolicy}
+
+
+def make_policy(name: str, **params) -> BehaviourPolicy:
+    """Build a behaviour policy by name (``uniform`` or ``correlated``)."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown behaviour policy {name!r}; expected one of {sorted(POLICIES)}")
+    return POLICIES[name](**params)
