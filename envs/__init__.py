@@ -14,7 +14,6 @@ from envs.config import EnvConfig, check_patch_grid  # noqa: E402
 from envs.registry import (  # noqa: E402
     EnvSpec,
     UnknownEnvError,
-    angles_within,
     env_names,
     get_spec,
     make_env,
@@ -31,7 +30,6 @@ __all__ = [
     "EnvConfig",
     "EnvSpec",
     "UnknownEnvError",
-    "angles_within",
     "check_patch_grid",
     "env_names",
     "get_spec",

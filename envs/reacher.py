@@ -21,20 +21,21 @@ from gymnasium import utils
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 from gymnasium.spaces import Box
 
-from envs.registry import EnvSpec, angles_within, register_env
+from envs.registry import EnvSpec, register_env, wrap_angle
 
 GYM_ID = "hjepa/PixelReacher-v0"
 SUCCESS_TOLERANCE_RAD = 0.05
 PHYSICS_KEYS = ("joint_angles", "joint_velocities", "fingertip_xy", "target_xy")
 
 
-def reacher_success(state: np.ndarray, goal_state: np.ndarray, tol: float = SUCCESS_TOLERANCE_RAD) -> bool:
-    """The protocol's success test: both joint angles within ``tol`` rad of the goal's, modulo 2*pi.
+def joint_angle_error(state: np.ndarray, goal_state: np.ndarray) -> float:
+    """Largest joint-angle difference (rad, modulo 2*pi) between two flat states."""
+    return float(np.max(np.abs(wrap_angle(np.asarray(state)[:2] - np.asarray(goal_state)[:2]))))
 
-    Args:
-        state, goal_state: flat simulator states (``get_state()``), joint angles first.
-    """
-    return angles_within(np.asarray(state)[:2], np.asarray(goal_state)[:2], tol)
+
+def reacher_success(state: np.ndarray, goal_state: np.ndarray, tol: float = SUCCESS_TOLERANCE_RAD) -> bool:
+    """The protocol's success test: both joint angles within ``tol`` rad of the goal's, modulo 2*pi."""
+    return joint_angle_error(state, goal_state) <= tol
 
 
 class PixelReacherEnv(ReacherEnv):
@@ -148,7 +149,8 @@ SPEC = register_env(
         max_episode_steps=100,
         state_dim=8,
         physics_keys=PHYSICS_KEYS,
-        success=reacher_success,
+        goal_error=joint_angle_error,
+        success_threshold=SUCCESS_TOLERANCE_RAD,
         description="Gymnasium Reacher-v5 (MuJoCo), RGB from a top-down camera",
     )
 )

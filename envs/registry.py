@@ -19,7 +19,7 @@ from typing import Any, Callable
 import gymnasium
 import numpy as np
 
-SuccessFn = Callable[[np.ndarray, np.ndarray], bool]
+GoalErrorFn = Callable[[np.ndarray, np.ndarray], float]
 
 
 class UnknownEnvError(ValueError):
@@ -38,7 +38,10 @@ class EnvSpec:
         state_dim: length of the flat simulator state from ``get_state()``.
         physics_keys: keys of ``info`` that hold physical quantities per step; the
             dataset stores them and the probes read them.
-        success: ``success(state, goal_state) -> bool`` on flat simulator states.
+        goal_error: ``goal_error(state, goal_state) -> float`` on flat simulator
+            states: the distance the success test thresholds (for Reacher, the largest
+            joint-angle error in radians, modulo 2*pi).
+        success_threshold: success when ``goal_error <= success_threshold``.
         description: one line for listings.
     """
 
@@ -48,8 +51,13 @@ class EnvSpec:
     max_episode_steps: int
     state_dim: int
     physics_keys: tuple[str, ...]
-    success: SuccessFn
+    goal_error: GoalErrorFn
+    success_threshold: float
     description: str = ""
+
+    def success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
+        """The protocol's success test between two flat simulator states."""
+        return bool(self.goal_error(state, goal_state) <= self.success_threshold)
 
     @property
     def version(self) -> int:
@@ -101,8 +109,3 @@ def make_env(name: str, max_episode_steps: int | None = None, **kwargs: Any) -> 
 def wrap_angle(x: np.ndarray) -> np.ndarray:
     """Map angles (radians) to ``[-pi, pi)``."""
     return (np.asarray(x) + math.pi) % (2 * math.pi) - math.pi
-
-
-def angles_within(angles: np.ndarray, goal_angles: np.ndarray, tol: float) -> bool:
-    """True when every angle is within ``tol`` radians of its goal, modulo 2*pi."""
-    return bool(np.all(np.abs(wrap_angle(np.asarray(angles) - np.asarray(goal_angles))) <= tol))

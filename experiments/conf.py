@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.config import EnvConfig
 from worldmodel.data.config import CollectConfig, PolicyConfig
+from worldmodel.eval_config import PlanConfig
 
 CONFIG_DIR = str(Path(__file__).parent / "configs")
 T = TypeVar("T")
@@ -23,6 +24,7 @@ T = TypeVar("T")
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="collect_schema", node=CollectConfig)
+    cs.store(name="plan_schema", node=PlanConfig)
     cs.store(group="env", name="env_schema", node=EnvConfig)
     cs.store(group="policy", name="policy_schema", node=PolicyConfig)
 

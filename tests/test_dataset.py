@@ -177,7 +177,7 @@ def test_windows_follow_the_episodes(tiny_dataset):
         t = f - int(train.frame_starts[e])
         assert t + 5 <= train.lengths[e] + 1
         ep = train.episode(e)
-        assert torch.equal(w.obs[b], torch.from_numpy(ep["obs"][t : t + 5]).permute(0, 3, 1, 2))
+        assert torch.equal(w.obs[b], torch.from_numpy(np.array(ep["obs"][t : t + 5])).permute(0, 3, 1, 2))
         assert torch.equal(w.actions[b], torch.from_numpy(ep["actions"][t : t + 4]))
 
 
