@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.config import EnvConfig
 from worldmodel.data.config import CollectConfig, PolicyConfig
-from worldmodel.eval_config import PlanConfig
+from worldmodel.configs import PlanConfig, PretrainConfig
 
 CONFIG_DIR = str(Path(__file__).parent / "configs")
 T = TypeVar("T")
@@ -25,6 +25,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="collect_schema", node=CollectConfig)
     cs.store(name="plan_schema", node=PlanConfig)
+    cs.store(name="pretrain_schema", node=PretrainConfig)
     cs.store(group="env", name="env_schema", node=EnvConfig)
     cs.store(group="policy", name="policy_schema", node=PolicyConfig)
 

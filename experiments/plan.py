@@ -22,18 +22,10 @@ from omegaconf import DictConfig
 
 import envs
 from experiments.conf import CONFIG_DIR, to_object
-from worldmodel.data import build_dataset, open_dataset
-from worldmodel.eval_config import PlanConfig
+from worldmodel.data import open_dataset
+from worldmodel.data.collect import ensure_dataset
+from worldmodel.configs import PlanConfig
 from worldmodel.evaluation import evaluate, make_baseline, sample_goal_tasks
-
-
-def ensure_dataset(cfg: PlanConfig) -> Path:
-    """The dataset's directory, collecting it first when it does not exist."""
-    path = Path(cfg.root) / cfg.dataset_name
-    if not path.exists():
-        print(f"dataset {path} not found: collecting it (once)")
-        build_dataset(cfg)
-    return path
 
 
 def run(cfg: PlanConfig) -> dict:

@@ -11,7 +11,7 @@ def test_collect_config_composes_with_overrides():
     cfg = load("collect", ["env=reacher", "policy=correlated", "env.image_size=96", "train_episodes=7", "seed=3"])
     assert isinstance(cfg, CollectConfig)
     assert cfg.env.name == "reacher" and cfg.env.image_size == 96
-    assert cfg.policy.name == "correlated" and cfg.policy.beta == 0.9
+    assert cfg.policy.name == "correlated" and cfg.policy.beta == 0.8
     assert cfg.train_episodes == 7 and cfg.seed == 3
     assert cfg.dataset_name == "reacher-correlated-96px-7x100-s3"
 

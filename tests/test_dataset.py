@@ -178,7 +178,7 @@ def test_windows_follow_the_episodes(tiny_dataset):
         assert t + 5 <= train.lengths[e] + 1
         ep = train.episode(e)
         assert torch.equal(w.obs[b], torch.from_numpy(np.array(ep["obs"][t : t + 5])).permute(0, 3, 1, 2))
-        assert torch.equal(w.actions[b], torch.from_numpy(ep["actions"][t : t + 4]))
+        assert torch.equal(w.actions[b], torch.from_numpy(np.array(ep["actions"][t : t + 4])))
 
 
 def test_window_sampling_is_seeded(tiny_dataset):
@@ -202,5 +202,12 @@ def test_correlated_policy_dataset_builds(tmp_path):
     cfg = tiny_collect_config(tmp_path, policy=PolicyConfig(name="correlated"), train_episodes=2, val_episodes=0,
                               heldout_episodes=0, num_envs=1, minari=False)
     ds = open_dataset(build_dataset(cfg))
-    assert ds.manifest["policy"] == {"beta": 0.9, "sigma": 0.6, "name": "correlated"}
+    assert ds.manifest["policy"] == {"beta": 0.8, "sigma": 0.3, "name": "correlated"}
     assert ds.split_names == ["train"]
+
+
+def test_relative_dataset_root_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_collect_config("data", train_episodes=1, val_episodes=0, heldout_episodes=0, num_envs=1)
+    path = build_dataset(cfg)
+    assert open_dataset(Path("data") / path.name).split("train").num_episodes == 1

@@ -209,3 +209,12 @@ def software_versions() -> dict[str, str]:
     import mujoco
 
     return {"gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__, "numpy": np.__version__}
+
+
+def ensure_dataset(cfg: "CollectConfig") -> Path:
+    """The dataset directory of ``cfg``, collecting it first when it does not exist."""
+    path = Path(cfg.root) / cfg.dataset_name
+    if not path.exists():
+        print(f"dataset {path} not found: collecting it (once)")
+        build_dataset(cfg)
+    return path

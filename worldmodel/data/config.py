@@ -19,8 +19,8 @@ class PolicyConfig:
     """
 
     name: str = "uniform"
-    beta: float = 0.9
-    sigma: float = 0.6
+    beta: float = 0.8
+    sigma: float = 0.3
 
     def __post_init__(self):
         if self.name not in POLICIES:

@@ -54,8 +54,8 @@ class CorrelatedPolicy:
         sigma: stationary standard deviation, in units of the box's half-width.
     """
 
-    beta: float = 0.9
-    sigma: float = 0.6
+    beta: float = 0.8
+    sigma: float = 0.3
     name: str = "correlated"
 
     def __post_init__(self):

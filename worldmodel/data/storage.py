@@ -73,7 +73,7 @@ def write_dataset(
         minari_env_id: Gymnasium id to record in the Minari copies; no Minari copy
             when ``None``.
     """
-    path = Path(path)
+    path = Path(path).absolute()  # Minari's HDF5 backend mishandles relative paths
     if path.exists():
         raise FileExistsError(f"dataset directory {path} already exists; remove it or choose another name")
     path.parent.mkdir(parents=True, exist_ok=True)

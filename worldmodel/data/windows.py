@@ -69,13 +69,15 @@ class WindowSampler:
         s = (self._step0[index][:, None] + np.arange(T - 1)).ravel()
         B = len(index)
         ep = self.episodes
+        A, S = ep.actions.shape[1], ep.states.shape[1]
         obs = torch.from_numpy(np.ascontiguousarray(ep.obs[f])).view(B, T, *ep.obs.shape[1:])
         return Window(
             obs=obs.permute(0, 1, 4, 2, 3).contiguous(),  # (B, T, C, H, W)
-            actions=torch.from_numpy(np.asarray(ep.actions[s], dtype=np.float32)).view(B, T - 1, -1),
-            states=torch.from_numpy(np.asarray(ep.states[f], dtype=np.float32)).view(B, T, -1),
+            actions=torch.from_numpy(np.asarray(ep.actions[s], dtype=np.float32)).view(B, T - 1, A),
+            states=torch.from_numpy(np.asarray(ep.states[f], dtype=np.float32)).view(B, T, S),
             physics={
-                k: torch.from_numpy(np.asarray(v[f], dtype=np.float32)).view(B, T, -1) for k, v in ep.physics.items()
+                k: torch.from_numpy(np.asarray(v[f], dtype=np.float32)).view(B, T, v.shape[1])
+                for k, v in ep.physics.items()
             },
         )
 

@@ -1,4 +1,8 @@
-"""Settings of the goal-image evaluation (``experiments/plan.py``)."""
+"""Settings of the entry points: a dataset (``CollectConfig``) plus what runs on it.
+
+Each entry point names the dataset it reads with the same keys as ``collect.py``, and
+collects it first when it is missing.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,13 @@ from dataclasses import dataclass, field
 
 from worldmodel.data.config import CollectConfig
 from worldmodel.evaluation import BASELINES
+from worldmodel.jepa import JEPAConfig
+from worldmodel.pretrain import TrainConfig
 
 
 @dataclass
 class PlanConfig(CollectConfig):
     """The dataset whose held-out split supplies the tasks, plus the protocol's settings.
-
-    The dataset fields are those of :class:`CollectConfig`; the dataset is collected
-    first when it is missing.
 
     Attributes:
         episodes: evaluation tasks (start/goal pairs) drawn from the held-out split.
@@ -44,3 +47,35 @@ class PlanConfig(CollectConfig):
         for name in self.baselines:
             if name not in BASELINES:
                 raise ValueError(f"unknown baseline {name!r}; expected a subset of {list(BASELINES)}")
+
+
+@dataclass
+class PretrainConfig(CollectConfig):
+    """JEPA pretraining on the train split of a dataset.
+
+    Attributes:
+        model: the JEPA (its encoder's image and patch size must equal the dataset's).
+        train: optimisation settings.
+        out_dir: run directory (log.csv, loss.png, probe.json, checkpoint/).
+        resume: continue from ``out_dir/checkpoint`` when it exists.
+        probe_train_frames: frames of the train split the end-of-run linear probe fits on.
+        probe_test_frames: held-out frames it is scored on.
+    """
+
+    model: JEPAConfig = field(default_factory=JEPAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/pretrain"
+    resume: bool = False
+    probe_train_frames: int = 4000
+    probe_test_frames: int = 2000
+
+    def __post_init__(self):
+        super().__post_init__()
+        enc = self.model.encoder
+        if (enc.image_size, enc.patch_size) != (self.env.image_size, self.patch_size):
+            raise ValueError(
+                f"model.encoder image/patch size ({enc.image_size}, {enc.patch_size}) must equal the dataset's "
+                f"env.image_size and patch_size ({self.env.image_size}, {self.patch_size})"
+            )
+        if self.heldout_episodes < 1:
+            raise ValueError(f"heldout_episodes must be >= 1 for the probe, got {self.heldout_episodes}")

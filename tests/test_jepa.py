@@ -1,0 +1,199 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worldmodel.encoder import EncoderConfig, ViTEncoder
+from worldmodel.jepa import JEPA, JEPAConfig, ema_momentum, ema_update, embedding_stats
+from worldmodel.masks import MaskConfig, apply_masks, sample_masks
+from worldmodel.pretrain import RepresentationCollapse, Trainer, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = (8, 8)
+
+
+def tiny_jepa(**kw) -> JEPAConfig:
+    return JEPAConfig(encoder=EncoderConfig(size="tiny"), predictor_width=32, predictor_depth=1, predictor_heads=2, **kw)
+
+
+def tiny_train(**kw) -> TrainConfig:
+    settings = dict(steps=40, batch_size=16, warmup_steps=4, lr=1e-3, log_every=4, checkpoint_every=20,
+                    progress=False)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def is_rectangle(idx: torch.Tensor, grid=GRID) -> bool:
+    rows, cols = idx // grid[1], idx % grid[1]
+    h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    return len(idx) == h * w
+
+
+def test_block_masks_are_disjoint_rectangles_within_their_scales():
+    ctx, targets = sample_masks(torch.Generator().manual_seed(0), 32, GRID)
+    n = GRID[0] * GRID[1]
+    assert len(targets) == 4 and ctx.shape[0] == 32
+    for k, tgt in enumerate(targets):
+        # rounding a block of 9.6-12.8 patches to whole rows and columns
+        assert 0.1 * n <= tgt.shape[1] <= 0.25 * n
+        for b in range(32):
+            assert is_rectangle(tgt[b])
+            assert not set(ctx[b].tolist()) & set(tgt[b].tolist())
+    assert 4 <= ctx.shape[1] <= n
+    for b in range(32):
+        assert len(set(ctx[b].tolist())) == ctx.shape[1]
+
+
+def test_masks_are_a_pure_function_of_the_generator():
+    a = sample_masks(torch.Generator().manual_seed(3), 8, GRID)
+    b = sample_masks(torch.Generator().manual_seed(3), 8, GRID)
+    c = sample_masks(torch.Generator().manual_seed(4), 8, GRID)
+    assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+    assert not torch.equal(a[0], c[0]) or not all(torch.equal(x, y) for x, y in zip(a[1], c[1]))
+
+
+def test_random_masks_are_scattered_and_disjoint():
+    ctx, targets = sample_masks(torch.Generator().manual_seed(0), 16, GRID, MaskConfig(strategy="random"))
+    assert sum(not is_rectangle(t[b]) for t in targets for b in range(16)) > 32
+    for t in targets:
+        for b in range(16):
+            assert not set(ctx[b].tolist()) & set(t[b].tolist())
+
+
+def test_apply_masks_gathers_tokens():
+    x = torch.arange(2 * 5 * 3).view(2, 5, 3)
+    idx = torch.tensor([[4, 0], [1, 1]])
+    assert torch.equal(apply_masks(x, idx), torch.stack([x[0, [4, 0]], x[1, [1, 1]]]))
+
+
+def test_context_encoder_sees_only_kept_patches():
+    enc = ViTEncoder(EncoderConfig(size="tiny"))
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    keep = torch.tensor([[0, 1, 2], [5, 6, 7]])
+    out = enc(images, keep)
+    # changing pixels of a patch that is not kept changes nothing
+    changed = images.clone()
+    changed[:, :, 56:, 56:] = 0  # patch 63
+    assert torch.equal(out, enc(changed, keep))
+    assert not torch.equal(enc(images), enc(changed))
+
+
+def test_bad_image_shape_is_a_clear_error():
+    enc = ViTEncoder(EncoderConfig(size="tiny"))
+    with pytest.raises(ValueError, match=r"images must have shape \(B, 3, 64, 64\), got \(2, 3, 32, 32\)"):
+        enc(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_ema_equals_its_formula_and_schedule():
+    online, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    w_t, w_o = target.weight.detach().clone(), online.weight.detach().clone()
+    ema_update(target, online, 0.9)
+    assert torch.allclose(target.weight, 0.9 * w_t + 0.1 * w_o)
+    assert ema_momentum(0, 100, 0.996, 1.0) == pytest.approx(0.996)
+    assert ema_momentum(50, 100, 0.996, 1.0) == pytest.approx(0.998)
+    assert ema_momentum(100, 100, 0.996, 1.0) == pytest.approx(1.0)
+
+
+def test_target_encoder_receives_no_gradient():
+    model = JEPA(tiny_jepa())
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    ctx, tgt = sample_masks(torch.Generator().manual_seed(0), 4, GRID)
+    model(images, ctx, tgt)["loss"].backward()
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.predictor.parameters())
+
+
+def test_default_predictor_is_narrower_and_shallower_than_the_encoder():
+    model = JEPA(JEPAConfig())
+    assert model.predictor.width < model.encoder.width
+    assert len(model.predictor.blocks) <= len(model.encoder.vit.blocks)
+    with pytest.raises(ValueError, match="exceeds the encoder width"):
+        JEPAConfig(predictor_width=1024)
+
+
+def test_loss_decreases_on_a_tiny_dataset(tiny_dataset, tmp_path):
+    trainer = Trainer(tiny_jepa(), tiny_train(), tiny_dataset.split("train"), tmp_path, {})
+    history = trainer.run()
+    first, last = np.mean([r["jepa"] for r in history[:2]]), np.mean([r["jepa"] for r in history[-2:]])
+    assert last < 0.6 * first
+
+
+def test_resume_continues_exactly(tiny_dataset, tmp_path):
+    train = tiny_dataset.split("train")
+    full = Trainer(tiny_jepa(), tiny_train(), train, tmp_path / "a", {}).run()
+    Trainer(tiny_jepa(), tiny_train(), train, tmp_path / "b", {}).run(until=20)  # "killed" after step 20
+    resumed = Trainer(tiny_jepa(), tiny_train(), train, tmp_path / "b", {})
+    assert resumed.resume() and resumed.step == 20
+    history = resumed.run()
+    assert [r["step"] for r in history] == [r["step"] for r in full]
+    np.testing.assert_allclose([r["jepa"] for r in history], [r["jepa"] for r in full], rtol=1e-5)
+
+
+def test_collapse_monitor_fires_on_a_constant_encoder(tiny_dataset, tmp_path):
+    trainer = Trainer(tiny_jepa(), tiny_train(), tiny_dataset.split("train"), tmp_path, {})
+    width = trainer.model.encoder.width
+    trainer.model.target_encoder.forward = lambda images, keep=None: torch.ones(len(images), 64, width)
+    with pytest.raises(RepresentationCollapse, match="collapsed at step 20"):
+        trainer.run()
+    assert embedding_stats(torch.ones(8, 4))["effective_rank"] == 0.0
+
+
+DDP_SCRIPT = """
+import json, sys, torch
+from tests.test_jepa import tiny_jepa, tiny_train
+from worldmodel.data import open_dataset
+from worldmodel.pretrain import Trainer
+torch.set_num_threads(1)
+trainer = Trainer(tiny_jepa(), tiny_train(steps=6, log_every=1), open_dataset(sys.argv[1]).split("train"), sys.argv[2], {})
+history = trainer.run()
+if trainer.rank == 0:
+    json.dump([r["jepa"] for r in history], open(sys.argv[3], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tiny_dataset, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    base = [str(script), str(tiny_dataset.path)]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "MUJOCO_GL": "egl"}
+    single = subprocess.run([sys.executable, *base, str(tmp_path / "s"), str(tmp_path / "s.json")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    ddp = subprocess.run([*torchrun, *base, str(tmp_path / "d"), str(tmp_path / "d.json")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = json.loads((tmp_path / "s.json").read_text()), json.loads((tmp_path / "d.json").read_text())
+    # Step 1 sees identical weights and data: only the reduction order differs.
+    assert two[0] == pytest.approx(one[0], rel=1e-5)
+    np.testing.assert_allclose(two, one, rtol=1e-3)
+
+
+def test_pretrain_entry_point_runs_end_to_end(tiny_dataset, tmp_path):
+    m = tiny_dataset.manifest
+    cmd = [sys.executable, str(ROOT / "experiments" / "pretrain_encoder.py"), "env=reacher",
+           f"root={tiny_dataset.path.parent}", f"name={tiny_dataset.path.name}", "env.episode_steps=20",
+           f"train_episodes={m['splits']['train']['episodes']}", "model.encoder.size=tiny", "model.predictor_width=32",
+           "model.predictor_depth=1", "model.predictor_heads=2", "train.steps=12", "train.batch_size=8",
+           "train.warmup_steps=2", "train.log_every=2", "train.checkpoint_every=6", "train.progress=false",
+           "probe_train_frames=64", "probe_test_frames=32", f"out_dir={tmp_path}/run", f"hydra.run.dir={tmp_path}/h"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["collapsed"] is None
+    assert set(summary["probe"]) == {"pretrained", "random_init"}
+    assert (run / "loss.png").stat().st_size > 0 and (run / "checkpoint" / "model.safetensors").exists()
+    config = json.loads((run / "checkpoint" / "config.json").read_text())
+    assert JEPAConfig.from_dict(config["model"]).encoder.size == "tiny"
+    # a second run refuses to overwrite, and --resume continues (here: already finished)
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "pass --resume" in again.stderr
+    resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout
