@@ -197,3 +197,19 @@ def test_pretrain_entry_point_runs_end_to_end(tiny_dataset, tmp_path):
     assert again.returncode != 0 and "pass --resume" in again.stderr
     resumed = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "resuming" in resumed.stdout
+
+
+def test_ablate_entry_point_writes_the_table(tiny_dataset, tmp_path):
+    m = tiny_dataset.manifest
+    cmd = [sys.executable, str(ROOT / "experiments" / "ablate.py"), f"root={tiny_dataset.path.parent}",
+           f"name={tiny_dataset.path.name}", "env.episode_steps=20", f"train_episodes={m['splits']['train']['episodes']}",
+           "model.encoder.size=tiny", "model.predictor_width=32", "model.predictor_depth=1", "model.predictor_heads=2",
+           "train.steps=4", "train.batch_size=8", "train.warmup_steps=1", "train.log_every=2", "train.progress=false",
+           "probe_train_frames=64", "probe_test_frames=32", f"ablate_out={tmp_path}/ab"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "ab" / "ablation.json").read_text())
+    assert [r["overrides"] for r in rows] == [[], ["model.masks.strategy=random"], ["model.targets=pixels"],
+                                             ["model.ema=false"], ["model.predictor_width=0"]]
+    table = (tmp_path / "ab" / "ablation.md").read_text()
+    assert table.count("\n| ") == 6  # header + 5 variants
