@@ -23,7 +23,7 @@ from worldmodel.configs import PretrainConfig
 from worldmodel.data import open_dataset
 from worldmodel.data.collect import ensure_dataset
 from worldmodel.jepa import JEPA
-from worldmodel.pretrain import RepresentationCollapse, Trainer, plot_history
+from worldmodel.pretrain import RepresentationCollapse, Trainer, plot_history, shutdown_distributed
 from worldmodel.probes import linear_probe
 
 
@@ -50,6 +50,7 @@ def run(cfg: PretrainConfig) -> dict:
         plot_history(history, out / "loss.png")
         summary["probe"] = probe(trainer.model, cfg, dataset)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    shutdown_distributed()
     return summary
 
 

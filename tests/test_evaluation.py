@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import envs
-from worldmodel.evaluation import GoalTask, ZeroAgent, run_task, sample_goal_tasks, wilson_interval
+from worldmodel.evaluation import ZeroAgent, run_task, sample_goal_tasks, wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 

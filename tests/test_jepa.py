@@ -37,7 +37,7 @@ def test_block_masks_are_disjoint_rectangles_within_their_scales():
     ctx, targets = sample_masks(torch.Generator().manual_seed(0), 32, GRID)
     n = GRID[0] * GRID[1]
     assert len(targets) == 4 and ctx.shape[0] == 32
-    for k, tgt in enumerate(targets):
+    for tgt in targets:
         # rounding a block of 9.6-12.8 patches to whole rows and columns
         assert 0.1 * n <= tgt.shape[1] <= 0.25 * n
         for b in range(32):
@@ -147,12 +147,13 @@ DDP_SCRIPT = """
 import json, sys, torch
 from tests.test_jepa import tiny_jepa, tiny_train
 from worldmodel.data import open_dataset
-from worldmodel.pretrain import Trainer
+from worldmodel.pretrain import Trainer, shutdown_distributed
 torch.set_num_threads(1)
 trainer = Trainer(tiny_jepa(), tiny_train(steps=6, log_every=1), open_dataset(sys.argv[1]).split("train"), sys.argv[2], {})
 history = trainer.run()
 if trainer.rank == 0:
     json.dump([r["jepa"] for r in history], open(sys.argv[3], "w"))
+shutdown_distributed()
 """
 
 

@@ -79,9 +79,10 @@ def _place(generator: torch.Generator, grid: tuple[int, int], shape: tuple[int, 
 
 
 def sample_masks(
-    generator: torch.Generator, batch: int, grid: tuple[int, int], cfg: MaskConfig = MaskConfig()
+    generator: torch.Generator, batch: int, grid: tuple[int, int], cfg: MaskConfig | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Context ``(B, Nc)`` and K target ``(B, Nt_k)`` patch indices for a batch."""
+    """Context ``(B, Nc)`` and K target ``(B, Nt_k)`` patch indices for a batch (I-JEPA's defaults if no cfg)."""
+    cfg = cfg or MaskConfig()
     gh, gw = grid
     n = gh * gw
     if cfg.strategy == "random":

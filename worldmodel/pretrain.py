@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from worldmodel.checkpoint import load_training_state, load_weights, save_checkpoint
 from worldmodel.data.episodes import Episodes
 from worldmodel.data.windows import WindowSampler
-from worldmodel.jepa import JEPA, JEPAConfig, ema_momentum, ema_update, embedding_stats, jepa_loss
+from worldmodel.jepa import JEPA, JEPAConfig, ema_momentum, ema_update, embedding_stats
 from worldmodel.masks import sample_masks
 
 
@@ -116,6 +116,13 @@ def distributed() -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def shutdown_distributed() -> None:
+    """Wait for every rank, then close the process group (a live gloo group aborts at exit)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def resolve_device(name: str, rank: int) -> torch.device:
