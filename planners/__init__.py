@@ -1,0 +1,19 @@
+"""Planners over action sequences. They optimise a cost callable and know nothing about models."""
+
+from planners.base import Bounds, CostFn, PlanResult, shift_plan
+from planners.cem import CEM, CEMConfig
+from planners.gradient import GradientConfig, GradientPlanner
+from planners.mppi import MPPI, MPPIConfig
+
+__all__ = [
+    "CEM",
+    "CEMConfig",
+    "Bounds",
+    "CostFn",
+    "GradientConfig",
+    "GradientPlanner",
+    "MPPI",
+    "MPPIConfig",
+    "PlanResult",
+    "shift_plan",
+]

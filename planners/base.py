@@ -1,0 +1,80 @@
+"""What every planner shares: the cost protocol, bounds, warm starts, results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+class CostFn(Protocol):
+    """Cost of candidate action sequences.
+
+    ``cost(actions)``: ``actions (B, S, H, A)`` for B problems, S candidates each,
+    horizon H, action size A -> ``(B, S)`` costs (lower is better).
+    """
+
+    def __call__(self, actions: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class Bounds:
+    """Box bounds of one action, ``low`` and ``high`` of shape ``(A,)``."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+
+    def __post_init__(self):
+        self.low, self.high = torch.as_tensor(self.low, dtype=torch.float32), torch.as_tensor(
+            self.high, dtype=torch.float32
+        )
+        if self.low.shape != self.high.shape or self.low.ndim != 1 or not bool((self.low < self.high).all()):
+            raise ValueError(f"need 1-d low < high of equal shape, got {self.low.tolist()} and {self.high.tolist()}")
+
+    @property
+    def centre(self) -> torch.Tensor:
+        return (self.low + self.high) / 2
+
+    @property
+    def half(self) -> torch.Tensor:
+        return (self.high - self.low) / 2
+
+    def clamp(self, actions: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(torch.minimum(actions, self.high.to(actions)), self.low.to(actions))
+
+
+@dataclass
+class PlanResult:
+    """The best plan per problem: ``actions (B, H, A)`` and its ``cost (B,)``."""
+
+    actions: torch.Tensor
+    cost: torch.Tensor
+
+
+def shift_plan(plan: torch.Tensor, steps: int, bounds: Bounds) -> torch.Tensor:
+    """Warm start: drop the first ``steps`` actions of ``plan (B, H, A)``, pad the end with the bounds' centre."""
+    if not 0 <= steps <= plan.shape[1]:
+        raise ValueError(f"cannot shift a plan of horizon {plan.shape[1]} by {steps} steps")
+    pad = bounds.centre.to(plan).expand(plan.shape[0], steps, -1)
+    return torch.cat([plan[:, steps:], pad], dim=1)
+
+
+def initial_mean(batch: int, horizon: int, bounds: Bounds, warm: torch.Tensor | None) -> torch.Tensor:
+    """``(B, H, A)``: the warm start when given (checked), else the bounds' centre."""
+    if warm is None:
+        return bounds.centre.expand(batch, horizon, -1).clone()
+    expected = (batch, horizon, bounds.low.shape[0])
+    if tuple(warm.shape) != expected:
+        raise ValueError(f"warm start must have shape {expected}, got {tuple(warm.shape)}")
+    return bounds.clamp(warm.float().clone())
+
+
+def evaluate_cost(cost: CostFn, actions: torch.Tensor) -> torch.Tensor:
+    """Call ``cost`` and check what it returns."""
+    values = cost(actions)
+    if tuple(values.shape) != tuple(actions.shape[:2]):
+        raise ValueError(f"cost returned shape {tuple(values.shape)}, expected {tuple(actions.shape[:2])} (B, S)")
+    if not torch.isfinite(values).all():
+        values = torch.nan_to_num(values, nan=float("inf"), posinf=float("inf"))
+    return values

@@ -1,0 +1,58 @@
+"""Gradient-based planning: Adam on the action sequence through a differentiable cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from planners.base import Bounds, CostFn, PlanResult, initial_mean
+
+
+@dataclass
+class GradientConfig:
+    """Adam on action sequences squashed into the bounds (``centre + half * tanh(u)``).
+
+    Attributes:
+        restarts: parallel sequences per problem (the first starts at the warm start
+            or the centre, the others at random).
+        steps: Adam steps.
+        lr: Adam learning rate on the unsquashed variables.
+    """
+
+    restarts: int = 8
+    steps: int = 50
+    lr: float = 0.1
+
+    def __post_init__(self):
+        if self.restarts < 1 or self.steps < 1 or self.lr <= 0:
+            raise ValueError(f"invalid gradient planner settings: {self}")
+
+
+class GradientPlanner:
+    """Needs a differentiable ``cost``; respects the bounds by construction."""
+
+    def __init__(self, cfg: GradientConfig, horizon: int, bounds: Bounds):
+        self.cfg, self.horizon, self.bounds = cfg, horizon, bounds
+
+    def plan(
+        self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None
+    ) -> PlanResult:
+        cfg, b = self.cfg, self.bounds
+        start = initial_mean(batch, self.horizon, b, warm_start)
+        ratio = ((start - b.centre) / b.half).clamp(-0.999, 0.999)
+        u0 = torch.atanh(ratio).unsqueeze(1).repeat(1, cfg.restarts, 1, 1)
+        u0[:, 1:] += torch.randn(u0[:, 1:].shape, generator=generator)
+        u = u0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([u], lr=cfg.lr)
+        squash = lambda v: b.centre + b.half * torch.tanh(v)  # noqa: E731
+        for _ in range(cfg.steps):
+            opt.zero_grad(set_to_none=True)
+            cost(squash(u)).sum().backward()
+            opt.step()
+        with torch.no_grad():
+            actions = squash(u)
+            c = cost(actions)
+            i = c.argmin(1)
+            rows = torch.arange(batch)
+            return PlanResult(actions=actions[rows, i], cost=c[rows, i])
