@@ -1,31 +1,63 @@
 """Goal-image planning protocol: ``python experiments/plan.py env=reacher``.
 
 Draws start/goal tasks from the held-out split (collecting the dataset first when it
-is missing), runs every agent on the same tasks, prints success rates with Wilson
-95 % intervals, and writes a JSON result to ``output_dir``.
-
-No learned planner exists yet (issues 3-4): this runs the reference policies that
-every planner result is reported next to.
+is missing), runs the latent MPC planner with the world model ``model`` and the
+reference policies (random, zero) on the same tasks, prints success rates with
+Wilson 95 % intervals and the planning time per replan, and writes a JSON result
+and a few GIFs (current view | goal) to ``output_dir``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 import envs
 from experiments.conf import CONFIG_DIR, to_object
+from experiments.provenance import device_description, git_commit
+from planners.cem import CEMConfig
+from planners.mpc import LatentMPCAgent
+from planners.oracle import OracleAgent
+from worldmodel.configs import PlanConfig
 from worldmodel.data import open_dataset
 from worldmodel.data.collect import ensure_dataset
-from worldmodel.configs import PlanConfig
+from worldmodel.dynamics_trainer import load_world_model
 from worldmodel.evaluation import evaluate, make_baseline, sample_goal_tasks
+from worldmodel.pretrain import resolve_device
+from worldmodel.video import episode_video
+
+
+def planner_agent(cfg: PlanConfig, env) -> LatentMPCAgent:
+    if not Path(cfg.model).is_dir():
+        raise FileNotFoundError(
+            f"world model {cfg.model!r} not found (expected a checkpoint directory); build the default one with "
+            f"`python experiments/build_default_model.py`, or pass model='' to run only the baselines"
+        )
+    model = load_world_model(cfg.model, resolve_device(cfg.device, 0))
+    if model.encoder.cfg.image_size != cfg.env.image_size:
+        raise ValueError(f"model {cfg.model} takes {model.encoder.cfg.image_size}px images, env gives "
+                         f"{cfg.env.image_size}px")
+    gen = torch.Generator().manual_seed(cfg.task_seed)
+    space = env.action_space
+    return LatentMPCAgent(model, cfg.mpc, space.low, space.high, model.cfg.action_block, gen,
+                          name=f"{cfg.mpc.planner}-mpc")
+
+
+def reference_agent(name: str, cfg: PlanConfig, env, spec):
+    """``random``, ``zero``, or ``oracle``: CEM with the true simulator (the settings that
+    PROTOCOL.md reports 20/20 with: 200 samples, 5 iterations, horizon 10, replanning every 2 steps)."""
+    if name == "oracle":
+        cem = CEMConfig(samples=200, elites=20, iterations=5)
+        return OracleAgent(env, spec, cem, horizon=10, receding_horizon=2,
+                           generator=torch.Generator().manual_seed(cfg.task_seed))
+    return make_baseline(name, env.action_space, np.random.default_rng(cfg.task_seed + 1))
 
 
 def run(cfg: PlanConfig) -> dict:
@@ -35,38 +67,41 @@ def run(cfg: PlanConfig) -> dict:
         dataset.split("heldout"), spec, cfg.episodes, cfg.goal_offset, np.random.default_rng(cfg.task_seed)
     )
     env = cfg.env.make(max_episode_steps=cfg.budget)
-    results = []
-    for name in cfg.baselines:
-        agent = make_baseline(name, env.action_space, np.random.default_rng(cfg.task_seed + 1))
-        results.append(evaluate(env, spec, tasks, agent, cfg.budget, progress=cfg.progress))
+    agents = [planner_agent(cfg, env)] if cfg.model else []
+    agents += [reference_agent(n, cfg, env, spec) for n in cfg.baselines]
+    out = Path(cfg.output_dir)
+    results, videos = [], []
+    for agent in agents:
+        record = cfg.videos if isinstance(agent, LatentMPCAgent) else 0
+        summary, per_task = evaluate(env, spec, tasks, agent, cfg.budget, progress=cfg.progress, record=record)
+        if hasattr(agent, "plan_seconds"):
+            summary["mean_plan_ms"] = 1000 * float(np.mean(agent.plan_seconds))
+            summary["replans"] = len(agent.plan_seconds)
+            for i, r in enumerate(per_task[: cfg.videos]):
+                name = f"{cfg.env.name}-{agent.name}-task{i}-{'success' if r.success else 'fail'}.gif"
+                videos.append(str(episode_video(r.frames, tasks[i].goal_obs, out / "videos" / name,
+                                                threshold=spec.success_threshold)))
+        results.append(summary)
     env.close()
     return {
         "protocol": {
-            "env": spec.gym_id,
-            "image_size": cfg.env.image_size,
-            "dataset": str(dataset.path),
-            "dataset_checksum": dataset.manifest["checksum"],
-            "split": "heldout",
-            "eval_seed": dataset.manifest["eval_seed"],
-            "task_seed": cfg.task_seed,
-            "episodes": cfg.episodes,
-            "goal_offset": cfg.goal_offset,
-            "budget": cfg.budget,
-            "success_threshold": spec.success_threshold,
+            "env": spec.gym_id, "image_size": cfg.env.image_size, "dataset": str(dataset.path),
+            "dataset_checksum": dataset.manifest["checksum"], "split": "heldout",
+            "eval_seed": dataset.manifest["eval_seed"], "task_seed": cfg.task_seed, "episodes": cfg.episodes,
+            "goal_offset": cfg.goal_offset, "budget": cfg.budget, "success_threshold": spec.success_threshold,
         },
-        "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-        "results": results,
+        "model": cfg.model, "mpc": OmegaConf.to_container(OmegaConf.structured(cfg.mpc)),
+        "device": device_description(), "commit": git_commit(), "results": results, "videos": videos,
     }
 
 
 def report(summary: dict) -> str:
-    lines = [f"{'agent':<10} {'success':>8} {'wilson95':>16} {'median best err':>16} {'ms/act':>8}"]
+    lines = [f"{'agent':<14} {'success':>8} {'wilson95':>16} {'median best err':>16} {'ms/replan':>10}"]
     for r in summary["results"]:
         lo, hi = r["wilson95"]
-        lines.append(
-            f"{r['agent']:<10} {r['successes']:>3}/{r['episodes']:<4} [{lo:6.1%}, {hi:6.1%}] "
-            f"{r['median_best_goal_error']:>16.3f} {r['mean_act_ms']:>8.2f}"
-        )
+        plan_ms = f"{r['mean_plan_ms']:.1f}" if "mean_plan_ms" in r else "-"
+        lines.append(f"{r['agent']:<14} {r['successes']:>3}/{r['episodes']:<4} [{lo:6.1%}, {hi:6.1%}] "
+                     f"{r['median_best_goal_error']:>16.3f} {plan_ms:>10}")
     return "\n".join(lines)
 
 
@@ -83,9 +118,10 @@ def main(cfg: DictConfig) -> None:
     p = summary["protocol"]
     print(f"\n{p['env']} goal-image protocol: {p['episodes']} tasks from {p['dataset']} (eval seed {p['eval_seed']}),")
     print(f"goal {p['goal_offset']} steps ahead, budget {p['budget']} steps, success = joint error <= "
-          f"{p['success_threshold']} rad")
+          f"{p['success_threshold']} rad; model {summary['model'] or '(none)'} on {summary['device']}")
     print(report(summary))
-    print("no learned planner yet: these are the reference policies (random, zero) it will be compared with")
+    for v in summary["videos"]:
+        print(f"video: {v}")
     print(f"result written to {path}")
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from planners.mpc import MPCConfig
 from worldmodel.data.config import CollectConfig
-from worldmodel.evaluation import BASELINES
+from worldmodel.dynamics import DynamicsTrainConfig
+from worldmodel.evaluation import BASELINES, REFERENCE_AGENTS
 from worldmodel.jepa import JEPAConfig
 from worldmodel.pretrain import TrainConfig
+from worldmodel.world_model import DynamicsConfig
 
 
 @dataclass
@@ -19,20 +22,29 @@ class PlanConfig(CollectConfig):
     """The dataset whose held-out split supplies the tasks, plus the protocol's settings.
 
     Attributes:
+        model: world-model checkpoint directory to plan with; empty = baselines only.
+        mpc: the planner and its receding horizon.
         episodes: evaluation tasks (start/goal pairs) drawn from the held-out split.
         goal_offset: env steps between the start and the goal frame.
         budget: env steps the agent may take.
-        task_seed: seed of the task draw and of the random-action baseline.
-        baselines: reference policies run in the same invocation.
-        output_dir: where the JSON result is written.
+        task_seed: seed of the task draw, the planner and the random-action baseline.
+        baselines: reference agents run in the same invocation: ``random``, ``zero``, and
+            ``oracle`` (the same CEM planning with the true simulator; an upper bound).
+        videos: planner episodes written as GIFs (current | goal).
+        output_dir: where the JSON result and the videos are written.
+        device: ``auto``, ``cpu`` or ``cuda`` for the model.
     """
 
+    model: str = "models/reacher"
+    mpc: MPCConfig = field(default_factory=MPCConfig)
     episodes: int = 100
     goal_offset: int = 25
     budget: int = 50
     task_seed: int = 0
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    videos: int = 3
     output_dir: str = "results"
+    device: str = "auto"
 
     def __post_init__(self):
         super().__post_init__()
@@ -45,8 +57,8 @@ class PlanConfig(CollectConfig):
         if self.heldout_episodes < 1:
             raise ValueError(f"heldout_episodes must be >= 1 to evaluate, got {self.heldout_episodes}")
         for name in self.baselines:
-            if name not in BASELINES:
-                raise ValueError(f"unknown baseline {name!r}; expected a subset of {list(BASELINES)}")
+            if name not in REFERENCE_AGENTS:
+                raise ValueError(f"unknown baseline {name!r}; expected a subset of {list(REFERENCE_AGENTS)}")
 
 
 @dataclass
@@ -79,3 +91,27 @@ class PretrainConfig(CollectConfig):
             )
         if self.heldout_episodes < 1:
             raise ValueError(f"heldout_episodes must be >= 1 for the probe, got {self.heldout_episodes}")
+
+
+@dataclass
+class DynamicsExperimentConfig(CollectConfig):
+    """Training the action-conditioned predictor on a frozen pretrained encoder.
+
+    Attributes:
+        encoder_checkpoint: pretraining checkpoint whose (EMA) encoder is frozen.
+        dynamics: latent state and predictor settings.
+        train: optimisation settings.
+        out_dir: run directory (log.csv, loss.png, summary.json, checkpoint/, cache/).
+        resume: continue from ``out_dir/checkpoint`` when it exists.
+    """
+
+    encoder_checkpoint: str = "runs/pretrain/reacher-small/checkpoint"
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    train: DynamicsTrainConfig = field(default_factory=DynamicsTrainConfig)
+    out_dir: str = "runs/dynamics/reacher"
+    resume: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.val_episodes < 1:
+            raise ValueError(f"val_episodes must be >= 1 to validate the predictor, got {self.val_episodes}")

@@ -106,16 +106,25 @@ class EpisodeResult:
     final_goal_error: float  # the env's goal error (Reacher: max joint-angle error, rad) at the end
     best_goal_error: float  # the smallest goal error reached within the budget
     act_seconds: list[float] = field(default_factory=list)
+    frames: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (image, goal error) when recorded
 
 
-def run_task(env: gymnasium.Env, spec: EnvSpec, task: GoalTask, agent: Agent, budget: int) -> EpisodeResult:
-    """Reset ``env`` to the task's start state and let ``agent`` act for up to ``budget`` steps."""
+def run_task(
+    env: gymnasium.Env, spec: EnvSpec, task: GoalTask, agent: Agent, budget: int, record: bool = False
+) -> EpisodeResult:
+    """Reset ``env`` to the task's start state and let ``agent`` act for up to ``budget`` steps.
+
+    With ``record``, the result keeps every image with its goal error (for videos).
+    """
     base = env.unwrapped
     env.reset(seed=0)
     base.set_state(task.start_state)
     obs = base.render()
     agent.reset(task.goal_obs)
+    if getattr(agent, "privileged", False):  # the simulator-based oracle also gets the goal state
+        agent.set_goal_state(task.goal_state)
     times, best = [], math.inf
+    frames = [(obs, spec.goal_error(base.get_state(), task.goal_state))] if record else []
     for step in range(1, budget + 1):
         t0 = time.perf_counter()
         action = agent.act(obs)
@@ -124,9 +133,11 @@ def run_task(env: gymnasium.Env, spec: EnvSpec, task: GoalTask, agent: Agent, bu
         state = base.get_state()
         err = spec.goal_error(state, task.goal_state)
         best = min(best, err)
+        if record:
+            frames.append((obs, err))
         if spec.success(state, task.goal_state):
-            return EpisodeResult(True, step, err, best, times)
-    return EpisodeResult(False, budget, err, best, times)
+            return EpisodeResult(True, step, err, best, times, frames)
+    return EpisodeResult(False, budget, err, best, times, frames)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -141,14 +152,24 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def evaluate(
-    env: gymnasium.Env, spec: EnvSpec, tasks: list[GoalTask], agent: Agent, budget: int, progress: bool = True
-) -> dict:
-    """Run every task with ``agent``; success rate with its Wilson 95 % interval and timings."""
-    results = [run_task(env, spec, task, agent, budget) for task in tqdm(tasks, desc=agent.name, disable=not progress)]
+    env: gymnasium.Env,
+    spec: EnvSpec,
+    tasks: list[GoalTask],
+    agent: Agent,
+    budget: int,
+    progress: bool = True,
+    record: int = 0,
+) -> tuple[dict, list[EpisodeResult]]:
+    """Run every task with ``agent``: a summary (success rate, Wilson 95 % interval, errors,
+    timings) and the per-task results (the first ``record`` with their frames)."""
+    results = [
+        run_task(env, spec, task, agent, budget, record=i < record)
+        for i, task in enumerate(tqdm(tasks, desc=agent.name, disable=not progress))
+    ]
     k, n = sum(r.success for r in results), len(results)
     lo, hi = wilson_interval(k, n)
     act = [s for r in results for s in r.act_seconds]
-    return {
+    summary = {
         "agent": agent.name,
         "episodes": n,
         "successes": k,
@@ -159,9 +180,11 @@ def evaluate(
         "median_best_goal_error": float(np.median([r.best_goal_error for r in results])),
         "mean_act_ms": 1000 * float(np.mean(act)),
     }
+    return summary, results
 
 
 BASELINES = ("random", "zero")
+REFERENCE_AGENTS = BASELINES + ("oracle",)  # the oracle plans with the true simulator (privileged)
 
 
 def make_baseline(name: str, action_space: gymnasium.spaces.Box, rng: np.random.Generator) -> Agent:

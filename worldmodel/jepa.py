@@ -177,3 +177,18 @@ def embedding_stats(pooled: torch.Tensor) -> dict[str, float]:
     p = s / s.sum()
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum().item()
     return {"std": std, "effective_rank": math.exp(entropy)}
+
+
+def load_encoder(path) -> "ViTEncoder":
+    """The frozen encoder of a pretraining checkpoint: the EMA target encoder when there is one."""
+    from worldmodel.checkpoint import load_config, load_weights
+
+    config = load_config(path)
+    if "model" not in config or "encoder" not in config["model"]:
+        raise ValueError(f"{path}/config.json is not a JEPA pretraining checkpoint (no model.encoder)")
+    cfg = JEPAConfig.from_dict(config["model"])
+    weights = load_weights(path)
+    prefix = "target_encoder." if cfg.ema else "encoder."
+    encoder = ViTEncoder(cfg.encoder)
+    encoder.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    return encoder.eval()

@@ -62,11 +62,15 @@ class WindowSampler:
         """Number of distinct windows."""
         return len(self._frame0)
 
+    def rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row numbers of windows ``index``: frames ``(B, T)`` and actions ``(B, T-1)``."""
+        T = self.window
+        return self._frame0[index][:, None] + np.arange(T), self._step0[index][:, None] + np.arange(T - 1)
+
     def get(self, index: np.ndarray) -> Window:
         """Windows number ``index`` (``(B,)`` ints in ``[0, len(self))``)."""
         T = self.window
-        f = (self._frame0[index][:, None] + np.arange(T)).ravel()
-        s = (self._step0[index][:, None] + np.arange(T - 1)).ravel()
+        f, s = (r.ravel() for r in self.rows(index))
         B = len(index)
         ep = self.episodes
         A, S = ep.actions.shape[1], ep.states.shape[1]

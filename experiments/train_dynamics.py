@@ -1,0 +1,111 @@
+"""Train the action-conditioned predictor: ``python experiments/train_dynamics.py env=reacher [--resume]``.
+
+Freezes the pretrained encoder (``encoder_checkpoint``), computes every frame's state
+once (cached in ``out_dir/cache``), trains the predictor on windows of the train split
+with a one-step and a rollout loss, validates on the val split, and writes
+``out_dir/checkpoint`` (the whole world model), ``log.csv``, ``loss.png``, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from experiments.conf import CONFIG_DIR, to_object
+from experiments.provenance import device_description, git_commit
+from worldmodel.configs import DynamicsExperimentConfig
+from worldmodel.data import open_dataset
+from worldmodel.data.collect import ensure_dataset
+from worldmodel.dynamics import WindowBatches, encode_frames, evaluate
+from worldmodel.dynamics_trainer import DynamicsTrainer
+from worldmodel.jepa import load_encoder
+from worldmodel.pretrain import shutdown_distributed
+from worldmodel.world_model import LatentWorldModel
+
+
+def cached_states(model: LatentWorldModel, dataset, split: str, cache: Path, key: str, progress: bool):
+    """Raw states of every frame of ``split``, computed once per (encoder, dataset, pooling)."""
+    path = cache / f"{split}-{key}.npy"
+    if path.exists():
+        return torch.from_numpy(np.load(path))
+    states = encode_frames(model, dataset.split(split), progress=progress)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{path.name}.tmp-{os.getpid()}.npy"
+    np.save(tmp, states.numpy())
+    os.replace(tmp, path)
+    return states
+
+
+def run(cfg: DynamicsExperimentConfig) -> dict:
+    dataset = open_dataset(ensure_dataset(cfg))
+    out = Path(cfg.out_dir)
+    if (out / "checkpoint").exists() and not cfg.resume:
+        raise FileExistsError(f"{out}/checkpoint exists: pass --resume to continue it, or choose another out_dir")
+    encoder = load_encoder(cfg.encoder_checkpoint)
+    action_dim = dataset.split("train").actions.shape[1]
+    model = LatentWorldModel(encoder, cfg.dynamics, action_dim)
+    weights_hash = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in encoder.parameters())).hexdigest()
+    key = hashlib.sha256(f"{weights_hash}{dataset.manifest['checksum']}{cfg.dynamics.pool}".encode()).hexdigest()[:16]
+    raw = {s: cached_states(model, dataset, s, out / "cache", key, cfg.train.progress) for s in ("train", "val")}
+    model.set_latent_stats(raw["train"])
+    batches = {s: WindowBatches(model, dataset.split(s), raw[s], cfg.train.rollout_steps) for s in raw}
+    meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"],
+            "encoder_checkpoint": cfg.encoder_checkpoint, "commit": git_commit(), "env": cfg.env.name,
+            "image_size": cfg.env.image_size}
+    torch.manual_seed(cfg.train.seed)
+    trainer = DynamicsTrainer(model, cfg.train, batches["train"], batches["val"], out, meta)
+    if cfg.resume and trainer.resume():
+        print(f"resuming {out}/checkpoint at step {trainer.step}")
+    start = time.perf_counter()
+    history = trainer.run()
+    summary = {"steps": trainer.step, "wall_seconds": time.perf_counter() - start, "device": device_description(),
+               "val": evaluate(trainer.model, batches["val"]), "state_dim": model.state_dim}
+    if trainer.rank == 0:
+        plot_losses(history, out / "loss.png")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    shutdown_distributed()
+    return summary
+
+
+def plot_losses(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("one_step", "rollout", "val_one_step", "val_rollout"):
+        ax.plot(steps, [r[key] for r in rows], label=key)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train_dynamics", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    config: DynamicsExperimentConfig = to_object(cfg)
+    summary = run(config)
+    v = summary["val"]
+    print(f"\n{summary['steps']} steps in {summary['wall_seconds']:.0f} s on {summary['device']}; "
+          f"val one-step MSE {v['one_step']:.4f}, rollout MSE {v['rollout']:.4f} "
+          f"(standardised latents; 1.0 = predicting the mean)")
+    print("val rollout MSE by horizon: " + ", ".join(f"{x:.3f}" for x in v["rollout_mse_by_horizon"]))
+    print(f"outputs in {config.out_dir}/")
+
+
+if __name__ == "__main__":
+    sys.argv = ["resume=true" if a == "--resume" else a for a in sys.argv]
+    main()

@@ -1,0 +1,115 @@
+"""Receding-horizon control in a latent space: plan, execute a few steps, replan.
+
+The agent knows a model only through two verbs, ``encode`` and ``rollout``, and
+plans over blocks of ``action_block`` env steps (their actions concatenated).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from planners.base import Bounds, shift_plan
+from planners.cem import CEM, CEMConfig
+from planners.gradient import GradientConfig, GradientPlanner
+from planners.mppi import MPPI, MPPIConfig
+from planners.objectives import ActionPenalty, GoalDistance, WeightedSum
+
+
+class LatentModel(Protocol):
+    block_dim: int
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor: ...  # (B, C, H, W) uint8 -> (B, d)
+
+    def rollout(self, s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...  # -> (B, H, d)
+
+
+@dataclass
+class MPCConfig:
+    """Receding-horizon planning.
+
+    Attributes:
+        planner: ``cem``, ``mppi`` or ``gradient``.
+        horizon: model steps (action blocks) per plan.
+        receding_horizon: env steps executed before replanning (a multiple of the
+            model's action block).
+        running_weight: weight of the distance to the goal summed over the plan
+            (0 = terminal distance only).
+        action_penalty: weight of ``mean(a^2)``.
+        cem, mppi, gradient: the planners' settings.
+    """
+
+    planner: str = "cem"
+    horizon: int = 5
+    receding_horizon: int = 5
+    running_weight: float = 0.0
+    action_penalty: float = 0.0
+    cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
+    mppi: MPPIConfig = field(default_factory=MPPIConfig)
+    gradient: GradientConfig = field(default_factory=GradientConfig)
+
+    def __post_init__(self):
+        if self.planner not in ("cem", "mppi", "gradient"):
+            raise ValueError(f"planner must be 'cem', 'mppi' or 'gradient', got {self.planner!r}")
+        if self.horizon < 1 or self.receding_horizon < 1:
+            raise ValueError(f"horizon and receding_horizon must be >= 1, got {self.horizon}, {self.receding_horizon}")
+
+
+def make_planner(cfg: MPCConfig, bounds: Bounds):
+    cls, settings = {"cem": (CEM, cfg.cem), "mppi": (MPPI, cfg.mppi), "gradient": (GradientPlanner, cfg.gradient)}[
+        cfg.planner
+    ]
+    return cls(settings, cfg.horizon, bounds)
+
+
+class LatentMPCAgent:
+    """Acts from images: encodes the current and goal images, plans, executes, replans."""
+
+    def __init__(self, model: LatentModel, cfg: MPCConfig, action_low: np.ndarray, action_high: np.ndarray,
+                 action_block: int, generator: torch.Generator, name: str = "latent-mpc"):
+        if cfg.receding_horizon % action_block or cfg.receding_horizon > cfg.horizon * action_block:
+            raise ValueError(
+                f"receding_horizon {cfg.receding_horizon} must be a multiple of the action block {action_block} "
+                f"and at most the plan's {cfg.horizon * action_block} env steps"
+            )
+        self.model, self.cfg, self.k, self.gen, self.name = model, cfg, action_block, generator, name
+        self.action_dim = len(action_low)
+        self.bounds = Bounds(np.tile(action_low, action_block), np.tile(action_high, action_block))
+        self.planner = make_planner(cfg, self.bounds)
+        self.device = next(iter(model.parameters())).device if hasattr(model, "parameters") else torch.device("cpu")
+        self.plan_seconds: list[float] = []
+
+    def _encode(self, obs: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.array(obs, copy=True)).permute(2, 0, 1)[None].to(self.device)
+        return self.model.encode(x)
+
+    def reset(self, goal_obs: np.ndarray) -> None:
+        with torch.no_grad():
+            self.goal = self._encode(goal_obs)
+        self.warm, self.queue = None, []
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        if not self.queue:
+            self._replan(obs)
+        return self.queue.pop(0)
+
+    def _replan(self, obs: np.ndarray) -> None:
+        start = time.perf_counter()
+        cfg = self.cfg
+        with torch.no_grad():
+            s0 = self._encode(obs)
+        cost = GoalDistance(self.model.rollout, s0, self.goal, cfg.running_weight)
+        if cfg.action_penalty:
+            cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])
+        grad = cfg.planner == "gradient"
+        with torch.enable_grad() if grad else torch.no_grad():
+            result = self.planner.plan(cost, 1, self.gen, warm_start=self.warm)
+        blocks = result.actions.detach().cpu()  # (1, H, k*A)
+        env_actions = blocks[0].reshape(-1, self.action_dim).numpy()  # (H*k, A)
+        self.queue = list(env_actions[: cfg.receding_horizon])
+        self.warm = shift_plan(blocks, cfg.receding_horizon // self.k, self.bounds)
+        self.plan_seconds.append(time.perf_counter() - start)

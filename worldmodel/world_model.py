@@ -1,0 +1,112 @@
+"""Action-conditioned world model in the latent space of a frozen JEPA encoder.
+
+The state ``s_t`` is the frozen (EMA target) encoder's patch tokens, average-pooled
+onto a coarse ``pool x pool`` grid, flattened and standardised with dataset
+statistics. Nothing trainable sits between pixels and states, so the states cannot
+collapse and the prediction targets are exact. The predictor is a residual MLP
+``s_{t+k} = s_t + f([s_t, a_t .. a_{t+k-1}])`` over blocks of ``k`` env steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from worldmodel.encoder import ViTEncoder
+
+
+@dataclass
+class DynamicsConfig:
+    """The latent state and the action-conditioned predictor.
+
+    Attributes:
+        pool: side of the grid the patch tokens are average-pooled onto (1 = one
+            vector per image); the state has ``pool^2 * width`` dimensions.
+        action_block: env steps per model step; their actions are concatenated.
+        hidden: hidden width of the predictor MLP.
+        depth: hidden layers of the predictor MLP.
+    """
+
+    pool: int = 2
+    action_block: int = 5
+    hidden: int = 512
+    depth: int = 3
+
+    def __post_init__(self):
+        if self.pool < 1 or self.action_block < 1 or self.hidden < 1 or self.depth < 1:
+            raise ValueError(f"pool, action_block, hidden and depth must be >= 1, got {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LatentWorldModel(nn.Module):
+    """``encode(obs) -> s``, ``predict(s, a) -> s_next``, ``rollout(s0, actions) -> states``.
+
+    Args:
+        encoder: the frozen image encoder.
+        cfg: state and predictor settings.
+        action_dim: size of one env action.
+    """
+
+    def __init__(self, encoder: ViTEncoder, cfg: DynamicsConfig, action_dim: int):
+        super().__init__()
+        grid = encoder.cfg.grid[0]
+        if grid % cfg.pool:
+            raise ValueError(f"pool {cfg.pool} must divide the patch grid side {grid}")
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.cfg, self.action_dim = cfg, action_dim
+        self.state_dim = cfg.pool**2 * encoder.width
+        self.block_dim = cfg.action_block * action_dim
+        self.register_buffer("latent_mean", torch.zeros(self.state_dim))
+        self.register_buffer("latent_std", torch.ones(self.state_dim))
+        layers: list[nn.Module] = []
+        width = self.state_dim + self.block_dim
+        for _ in range(cfg.depth):
+            layers += [nn.Linear(width, cfg.hidden), nn.LayerNorm(cfg.hidden), nn.GELU()]
+            width = cfg.hidden
+        last = nn.Linear(width, self.state_dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.f = nn.Sequential(*layers, last)
+
+    def train(self, mode: bool = True) -> "LatentWorldModel":
+        super().train(mode)
+        self.encoder.eval()  # always frozen
+        return self
+
+    @torch.no_grad()
+    def raw_state(self, obs: torch.Tensor) -> torch.Tensor:
+        """Unstandardised states ``(B, state_dim)`` of images ``(B, C, H, W)`` uint8."""
+        tokens = self.encoder(obs)  # (B, N, D)
+        g = self.encoder.cfg.grid[0]
+        grid = rearrange(tokens, "b (h w) d -> b d h w", h=g, w=g)
+        pooled = F.adaptive_avg_pool2d(grid, self.cfg.pool)  # (B, D, p, p)
+        return rearrange(pooled, "b d h w -> b (h w d)")
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """States ``(B, state_dim)`` of images ``(B, C, H, W)`` uint8."""
+        return (self.raw_state(obs) - self.latent_mean) / self.latent_std
+
+    def predict(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Next state: ``s (..., state_dim)``, ``a (..., action_block * A)`` -> ``(..., state_dim)``."""
+        if a.shape[-1] != self.block_dim:
+            raise ValueError(f"action block must have {self.block_dim} values (last axis), got {a.shape[-1]}")
+        return s + self.f(torch.cat([s, a], dim=-1))
+
+    def rollout(self, s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """States after each block: ``s0 (B, state_dim)``, ``actions (B, H, block)`` -> ``(B, H, state_dim)``."""
+        states, s = [], s0
+        for h in range(actions.shape[1]):
+            s = self.predict(s, actions[:, h])
+            states.append(s)
+        return torch.stack(states, dim=1)
+
+    def set_latent_stats(self, raw_states: torch.Tensor) -> None:
+        """Standardise states with the mean and std of ``raw_states (n, state_dim)``."""
+        self.latent_mean.copy_(raw_states.mean(0))
+        self.latent_std.copy_(raw_states.std(0).clamp_min(1e-6))
