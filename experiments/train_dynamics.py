@@ -25,7 +25,7 @@ from experiments.provenance import device_description, git_commit
 from worldmodel.configs import DynamicsExperimentConfig
 from worldmodel.data import open_dataset
 from worldmodel.data.collect import ensure_dataset
-from worldmodel.dynamics import WindowBatches, encode_frames, evaluate
+from worldmodel.dynamics import WindowBatches, encode_frames, evaluate, fit_projection
 from worldmodel.dynamics_trainer import DynamicsTrainer
 from worldmodel.jepa import load_encoder
 from worldmodel.pretrain import shutdown_distributed
@@ -53,8 +53,9 @@ def run(cfg: DynamicsExperimentConfig) -> dict:
     encoder = load_encoder(cfg.encoder_checkpoint)
     action_dim = dataset.split("train").actions.shape[1]
     model = LatentWorldModel(encoder, cfg.dynamics, action_dim)
-    weights_hash = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in encoder.parameters())).hexdigest()
-    key = hashlib.sha256(f"{weights_hash}{dataset.manifest['checksum']}{cfg.dynamics.pool}".encode()).hexdigest()[:16]
+    fit_projection(model, dataset.split("train"), seed=cfg.train.seed)
+    weights = b"".join(t.detach().numpy().tobytes() for t in [*encoder.parameters(), *model.buffers()])
+    key = hashlib.sha256(weights + f"{dataset.manifest['checksum']}{cfg.dynamics}".encode()).hexdigest()[:16]
     raw = {s: cached_states(model, dataset, s, out / "cache", key, cfg.train.progress) for s in ("train", "val")}
     model.set_latent_stats(raw["train"])
     batches = {s: WindowBatches(model, dataset.split(s), raw[s], cfg.train.rollout_steps) for s in raw}

@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_world_model(block=2) -> LatentWorldModel:
     torch.manual_seed(0)
-    return LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), DynamicsConfig(pool=2, action_block=block,
-                                                                                   hidden=64, depth=2), 2)
+    return LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), DynamicsConfig(pool=2, project_dim=0,
+                                                                                   action_block=block, hidden=64,
+                                                                                   depth=2), 2)
 
 
 def test_rollout_equals_repeated_predict():
@@ -109,3 +110,20 @@ def test_plan_runs_end_to_end_with_a_world_model(tiny_dataset, tiny_model_dir, t
     assert summary["results"][0]["replans"] == 4 and summary["results"][0]["mean_plan_ms"] > 0
     (video,) = summary["videos"]
     assert Path(video).stat().st_size > 0
+
+
+def test_projection_keeps_the_top_principal_components(tiny_dataset):
+    torch.manual_seed(0)
+    model = LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), DynamicsConfig(pool=2, project_dim=8), 2)
+    from worldmodel.dynamics import fit_projection
+
+    fit_projection(model, tiny_dataset.split("train"), frames=126)
+    obs = torch.from_numpy(np.array(tiny_dataset.split("train").obs[:126])).permute(0, 3, 1, 2)
+    pooled, states = model.pooled(obs), model.raw_state(obs)
+    assert states.shape == (126, 8)
+    centred = pooled - pooled.mean(0)
+    top = torch.linalg.svdvals(centred)[:8] ** 2
+    # the projection captures (almost) the variance of the top 8 components, in decreasing order
+    var = (states**2).sum(0)
+    assert torch.allclose(var, top, rtol=0.05)
+    assert model.state_dim == 8

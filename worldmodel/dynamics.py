@@ -65,6 +65,20 @@ class DynamicsTrainConfig:
 
 
 @torch.no_grad()
+def fit_projection(model: LatentWorldModel, episodes: Episodes, frames: int = 6000, seed: int = 0) -> None:
+    """Fit the model's principal-component projection on random frames of ``episodes``."""
+    if not model.cfg.project_dim:
+        return
+    device = model.latent_mean.device
+    rows = np.sort(np.random.default_rng(seed).choice(len(episodes.obs), min(frames, len(episodes.obs)), False))
+    pooled = torch.cat([
+        model.pooled(torch.from_numpy(np.array(episodes.obs[rows[i : i + 256]])).permute(0, 3, 1, 2).to(device)).cpu()
+        for i in range(0, len(rows), 256)
+    ])
+    model.fit_projection(pooled.to(device))
+
+
+@torch.no_grad()
 def encode_frames(model: LatentWorldModel, episodes: Episodes, batch: int = 256, progress: bool = True) -> torch.Tensor:
     """Raw (unstandardised) states of every frame of ``episodes``: ``(F, state_dim)`` float32."""
     device = model.latent_mean.device

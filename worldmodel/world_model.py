@@ -1,9 +1,10 @@
 """Action-conditioned world model in the latent space of a frozen JEPA encoder.
 
 The state ``s_t`` is the frozen (EMA target) encoder's patch tokens, average-pooled
-onto a coarse ``pool x pool`` grid, flattened and standardised with dataset
-statistics. Nothing trainable sits between pixels and states, so the states cannot
-collapse and the prediction targets are exact. The predictor is a residual MLP
+onto a ``pool x pool`` grid, flattened, optionally projected onto their top
+``project_dim`` principal components (fitted once on training frames), and
+standardised with dataset statistics. Nothing trainable sits between pixels and
+states, so the states cannot collapse and the prediction targets are exact. The predictor is a residual MLP
 ``s_{t+k} = s_t + f([s_t, a_t .. a_{t+k-1}])`` over blocks of ``k`` env steps.
 """
 
@@ -25,19 +26,22 @@ class DynamicsConfig:
 
     Attributes:
         pool: side of the grid the patch tokens are average-pooled onto (1 = one
-            vector per image); the state has ``pool^2 * width`` dimensions.
+            vector per image, the patch grid's side = every token).
+        project_dim: principal components kept (0 = keep all ``pool^2 * width``
+            pooled dimensions).
         action_block: env steps per model step; their actions are concatenated.
         hidden: hidden width of the predictor MLP.
         depth: hidden layers of the predictor MLP.
     """
 
-    pool: int = 2
+    pool: int = 8
+    project_dim: int = 256
     action_block: int = 5
     hidden: int = 512
     depth: int = 3
 
     def __post_init__(self):
-        if self.pool < 1 or self.action_block < 1 or self.hidden < 1 or self.depth < 1:
+        if self.pool < 1 or self.project_dim < 0 or self.action_block < 1 or self.hidden < 1 or self.depth < 1:
             raise ValueError(f"pool, action_block, hidden and depth must be >= 1, got {self}")
 
     def to_dict(self) -> dict:
@@ -60,8 +64,14 @@ class LatentWorldModel(nn.Module):
             raise ValueError(f"pool {cfg.pool} must divide the patch grid side {grid}")
         self.encoder = encoder.requires_grad_(False).eval()
         self.cfg, self.action_dim = cfg, action_dim
-        self.state_dim = cfg.pool**2 * encoder.width
+        pooled_dim = cfg.pool**2 * encoder.width
+        if cfg.project_dim > pooled_dim:
+            raise ValueError(f"project_dim {cfg.project_dim} exceeds the {pooled_dim} pooled dimensions")
+        self.state_dim = cfg.project_dim or pooled_dim
         self.block_dim = cfg.action_block * action_dim
+        if cfg.project_dim:
+            self.register_buffer("pca_mean", torch.zeros(pooled_dim))
+            self.register_buffer("pca_components", torch.eye(pooled_dim)[:, : cfg.project_dim].contiguous())
         self.register_buffer("latent_mean", torch.zeros(self.state_dim))
         self.register_buffer("latent_std", torch.ones(self.state_dim))
         layers: list[nn.Module] = []
@@ -80,13 +90,21 @@ class LatentWorldModel(nn.Module):
         return self
 
     @torch.no_grad()
-    def raw_state(self, obs: torch.Tensor) -> torch.Tensor:
-        """Unstandardised states ``(B, state_dim)`` of images ``(B, C, H, W)`` uint8."""
+    def pooled(self, obs: torch.Tensor) -> torch.Tensor:
+        """Pooled patch tokens ``(B, pool^2 * D)`` of images ``(B, C, H, W)`` uint8."""
         tokens = self.encoder(obs)  # (B, N, D)
         g = self.encoder.cfg.grid[0]
         grid = rearrange(tokens, "b (h w) d -> b d h w", h=g, w=g)
         pooled = F.adaptive_avg_pool2d(grid, self.cfg.pool)  # (B, D, p, p)
         return rearrange(pooled, "b d h w -> b (h w d)")
+
+    @torch.no_grad()
+    def raw_state(self, obs: torch.Tensor) -> torch.Tensor:
+        """Unstandardised states ``(B, state_dim)`` of images ``(B, C, H, W)`` uint8."""
+        x = self.pooled(obs)
+        if self.cfg.project_dim:
+            x = (x - self.pca_mean) @ self.pca_components
+        return x
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         """States ``(B, state_dim)`` of images ``(B, C, H, W)`` uint8."""
@@ -105,6 +123,19 @@ class LatentWorldModel(nn.Module):
             s = self.predict(s, actions[:, h])
             states.append(s)
         return torch.stack(states, dim=1)
+
+    @torch.no_grad()
+    def fit_projection(self, pooled: torch.Tensor) -> None:
+        """Principal components of pooled features ``(n, pool^2 * D)`` (n >= project_dim)."""
+        if not self.cfg.project_dim:
+            return
+        if len(pooled) < self.cfg.project_dim:
+            raise ValueError(f"need at least {self.cfg.project_dim} frames to fit the projection, got {len(pooled)}")
+        mean = pooled.mean(0)
+        q = self.cfg.project_dim
+        _, _, v = torch.pca_lowrank(pooled - mean, q=min(q + 16, *pooled.shape), center=False, niter=4)
+        self.pca_mean.copy_(mean)
+        self.pca_components.copy_(v[:, :q])
 
     def set_latent_stats(self, raw_states: torch.Tensor) -> None:
         """Standardise states with the mean and std of ``raw_states (n, state_dim)``."""
