@@ -53,9 +53,12 @@ def run(cfg: DynamicsExperimentConfig) -> dict:
     encoder = load_encoder(cfg.encoder_checkpoint)
     action_dim = dataset.split("train").actions.shape[1]
     model = LatentWorldModel(encoder, cfg.dynamics, action_dim)
+    torch.manual_seed(cfg.train.seed)  # pca_lowrank draws from the global generator
     fit_projection(model, dataset.split("train"), seed=cfg.train.seed)
-    weights = b"".join(t.detach().numpy().tobytes() for t in [*encoder.parameters(), *model.buffers()])
-    key = hashlib.sha256(weights + f"{dataset.manifest['checksum']}{cfg.dynamics}".encode()).hexdigest()[:16]
+    frame_map = [*encoder.parameters()] + ([model.pca_mean, model.pca_components] if cfg.dynamics.project_dim else [])
+    weights = b"".join(t.detach().numpy().tobytes() for t in frame_map)
+    frame = (cfg.dynamics.pool, cfg.dynamics.project_dim)  # what a frame latent depends on
+    key = hashlib.sha256(weights + f"{dataset.manifest['checksum']}{frame}".encode()).hexdigest()[:16]
     raw = {s: cached_states(model, dataset, s, out / "cache", key, cfg.train.progress) for s in ("train", "val")}
     model.set_latent_stats(raw["train"])
     batches = {s: WindowBatches(model, dataset.split(s), raw[s], cfg.train.rollout_steps) for s in raw}

@@ -22,8 +22,9 @@ from planners.objectives import ActionPenalty, GoalDistance, WeightedSum
 
 class LatentModel(Protocol):
     block_dim: int
+    history: int  # consecutive frames per state
 
-    def encode(self, obs: torch.Tensor) -> torch.Tensor: ...  # (B, C, H, W) uint8 -> (B, d)
+    def encode(self, frames: torch.Tensor) -> torch.Tensor: ...  # (B, h, C, H, W) uint8 -> (B, d)
 
     def rollout(self, s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...  # -> (B, H, d)
 
@@ -83,25 +84,29 @@ class LatentMPCAgent:
         self.device = next(iter(model.parameters())).device if hasattr(model, "parameters") else torch.device("cpu")
         self.plan_seconds: list[float] = []
 
-    def _encode(self, obs: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.array(obs, copy=True)).permute(2, 0, 1)[None].to(self.device)
+    def _encode(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """State of the last ``history`` images (the oldest repeated while there are fewer)."""
+        h = self.model.history
+        frames = [frames[0]] * (h - len(frames)) + list(frames[-h:])
+        x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)[None].to(self.device)  # (1, h, C, H, W)
         return self.model.encode(x)
 
     def reset(self, goal_obs: np.ndarray) -> None:
         with torch.no_grad():
-            self.goal = self._encode(goal_obs)
-        self.warm, self.queue = None, []
+            self.goal = self._encode([goal_obs])  # the goal as a still scene
+        self.warm, self.queue, self.frames = None, [], []
 
     def act(self, obs: np.ndarray) -> np.ndarray:
+        self.frames = (self.frames + [np.array(obs, copy=True)])[-self.model.history :]
         if not self.queue:
-            self._replan(obs)
+            self._replan(self.frames)
         return self.queue.pop(0)
 
-    def _replan(self, obs: np.ndarray) -> None:
+    def _replan(self, frames: list[np.ndarray]) -> None:
         start = time.perf_counter()
         cfg = self.cfg
         with torch.no_grad():
-            s0 = self._encode(obs)
+            s0 = self._encode(frames)
         cost = GoalDistance(self.model.rollout, s0, self.goal, cfg.running_weight)
         if cfg.action_penalty:
             cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])

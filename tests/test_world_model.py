@@ -46,9 +46,14 @@ def test_states_are_standardised_and_deterministic(tiny_dataset):
     raw = encode_frames(model, train, progress=False)
     model.set_latent_stats(raw)
     obs = torch.from_numpy(np.array(train.obs[:64])).permute(0, 3, 1, 2)
-    s = model.encode(obs)
-    assert torch.allclose(s, (raw[:64] - raw.mean(0)) / raw.std(0).clamp_min(1e-6), atol=1e-4)
+    z = (raw[:64] - raw.mean(0)) / raw.std(0).clamp_min(1e-6)
+    s = model.encode(obs)  # one image: a still scene, the latent repeated
+    assert torch.allclose(s, torch.cat([z, z], 1), atol=1e-4)
+    pairs = model.encode(torch.stack([obs[:-1], obs[1:]], 1))  # (63, 2, C, H, W): consecutive frames
+    assert torch.allclose(pairs, torch.cat([z[:-1], z[1:]], 1), atol=1e-4)
     assert torch.equal(model.encode(obs), s)
+    with pytest.raises(ValueError, match=r"frames must be \(B, 2, C, H, W\)"):
+        model.encode(obs[:, None].expand(-1, 3, -1, -1, -1))
 
 
 def test_predictor_learns_beyond_the_copy_baseline(tiny_dataset, tmp_path):
@@ -119,11 +124,11 @@ def test_projection_keeps_the_top_principal_components(tiny_dataset):
 
     fit_projection(model, tiny_dataset.split("train"), frames=126)
     obs = torch.from_numpy(np.array(tiny_dataset.split("train").obs[:126])).permute(0, 3, 1, 2)
-    pooled, states = model.pooled(obs), model.raw_state(obs)
+    pooled, states = model.pooled(obs), model.raw_latent(obs)
     assert states.shape == (126, 8)
     centred = pooled - pooled.mean(0)
     top = torch.linalg.svdvals(centred)[:8] ** 2
     # the projection captures (almost) the variance of the top 8 components, in decreasing order
     var = (states**2).sum(0)
     assert torch.allclose(var, top, rtol=0.05)
-    assert model.state_dim == 8
+    assert model.frame_dim == 8 and model.state_dim == 16

@@ -1,8 +1,8 @@
 """Training the action-conditioned predictor on frozen-encoder states.
 
-The encoder is frozen, so every frame's state is computed once (``encode_frames``)
+The encoder is frozen, so every frame's latent is computed once (``encode_frames``)
 and training windows are read from that table: a window of ``R`` model steps spans
-``R * k + 1`` frames (``k`` env steps per action block). Two named loss terms:
+``R * k + h`` frames (``k`` env steps per action block, ``h`` frames per state). Two named loss terms:
 
 - ``one_step``: teacher forcing, ``g(s_t, a_t)`` against ``s_{t+k}``;
 - ``rollout``: ``R`` steps open loop from ``s_0``, against every true state.
@@ -80,12 +80,12 @@ def fit_projection(model: LatentWorldModel, episodes: Episodes, frames: int = 60
 
 @torch.no_grad()
 def encode_frames(model: LatentWorldModel, episodes: Episodes, batch: int = 256, progress: bool = True) -> torch.Tensor:
-    """Raw (unstandardised) states of every frame of ``episodes``: ``(F, state_dim)`` float32."""
+    """Raw (unstandardised) latents of every frame of ``episodes``: ``(F, frame_dim)`` float32."""
     device = model.latent_mean.device
-    out = torch.empty(len(episodes.obs), model.state_dim)
+    out = torch.empty(len(episodes.obs), model.frame_dim)
     for i in tqdm(range(0, len(out), batch), desc="encode frames", disable=not progress):
         obs = torch.from_numpy(np.array(episodes.obs[i : i + batch])).permute(0, 3, 1, 2).to(device)
-        out[i : i + batch] = model.raw_state(obs).float().cpu()
+        out[i : i + batch] = model.raw_latent(obs).float().cpu()
     return out
 
 
@@ -97,20 +97,25 @@ def dynamics_losses(model: LatentWorldModel, states: torch.Tensor, actions: torc
 
 
 class WindowBatches:
-    """Standardised state windows and action blocks, drawn from a table of frame states."""
+    """Standardised state windows and action blocks, drawn from a table of frame latents.
 
-    def __init__(self, model: LatentWorldModel, episodes: Episodes, raw_states: torch.Tensor, rollout_steps: int):
-        k = model.cfg.action_block
-        self.k, self.R = k, rollout_steps
-        self.sampler = WindowSampler(episodes, window=rollout_steps * k + 1)
-        self.states = (raw_states - model.latent_mean.cpu()) / model.latent_std.cpu()
+    State ``r`` of a window stacks frames ``r*k .. r*k + h - 1``; action block ``r`` is
+    the ``k`` actions taken from its last frame.
+    """
+
+    def __init__(self, model: LatentWorldModel, episodes: Episodes, raw_latents: torch.Tensor, rollout_steps: int):
+        k, h = model.cfg.action_block, model.history
+        self.k, self.h, self.R = k, h, rollout_steps
+        self.sampler = WindowSampler(episodes, window=rollout_steps * k + h)
+        self.latents = (raw_latents - model.latent_mean.cpu()) / model.latent_std.cpu()
         self.actions = torch.from_numpy(np.array(episodes.actions, dtype=np.float32))
+        self.state_frames = (np.arange(rollout_steps + 1) * k)[:, None] + np.arange(h)  # (R+1, h)
 
     def get(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        frames, steps = self.sampler.rows(index)
-        s = self.states[torch.from_numpy(frames[:, :: self.k])]  # (B, R+1, d)
-        a = self.actions[torch.from_numpy(steps)]  # (B, R*k, A)
-        return s, a.reshape(len(index), self.R, -1)  # blocks of k actions, concatenated
+        frames, steps = self.sampler.rows(index)  # (B, R*k + h), (B, R*k + h - 1)
+        z = self.latents[torch.from_numpy(frames[:, self.state_frames])]  # (B, R+1, h, d)
+        a = self.actions[torch.from_numpy(steps[:, self.h - 1 :])]  # (B, R*k, A)
+        return z.flatten(2), a.reshape(len(index), self.R, -1)  # states; blocks of k actions
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.get(torch.randint(len(self.sampler), (batch,), generator=generator).numpy())

@@ -3,9 +3,12 @@
 The state ``s_t`` is the frozen (EMA target) encoder's patch tokens, average-pooled
 onto a ``pool x pool`` grid, flattened, optionally projected onto their top
 ``project_dim`` principal components (fitted once on training frames), and
-standardised with dataset statistics. Nothing trainable sits between pixels and
-states, so the states cannot collapse and the prediction targets are exact. The predictor is a residual MLP
-``s_{t+k} = s_t + f([s_t, a_t .. a_{t+k-1}])`` over blocks of ``k`` env steps.
+standardised with dataset statistics: one frame latent ``z_t``. Nothing trainable
+sits between pixels and latents, so they cannot collapse and the prediction targets
+are exact. One image shows no velocity, so the state stacks the latents of the last
+``history`` consecutive frames, ``s_t = [z_{t-h+1}, ..., z_t]``. The predictor is a
+residual MLP ``s_{t+k} = s_t + f([s_t, a_t .. a_{t+k-1}])`` over blocks of ``k`` env
+steps.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class DynamicsConfig:
             vector per image, the patch grid's side = every token).
         project_dim: principal components kept (0 = keep all ``pool^2 * width``
             pooled dimensions).
+        history: consecutive frames per state (2 gives the predictor the velocity).
         action_block: env steps per model step; their actions are concatenated.
         hidden: hidden width of the predictor MLP.
         depth: hidden layers of the predictor MLP.
@@ -36,12 +40,13 @@ class DynamicsConfig:
 
     pool: int = 8
     project_dim: int = 256
+    history: int = 2
     action_block: int = 5
     hidden: int = 512
     depth: int = 3
 
     def __post_init__(self):
-        if self.pool < 1 or self.project_dim < 0 or self.action_block < 1 or self.hidden < 1 or self.depth < 1:
+        if min(self.pool, self.history, self.action_block, self.hidden, self.depth) < 1 or self.project_dim < 0:
             raise ValueError(f"pool, action_block, hidden and depth must be >= 1, got {self}")
 
     def to_dict(self) -> dict:
@@ -49,7 +54,7 @@ class DynamicsConfig:
 
 
 class LatentWorldModel(nn.Module):
-    """``encode(obs) -> s``, ``predict(s, a) -> s_next``, ``rollout(s0, actions) -> states``.
+    """``encode(frames) -> s``, ``predict(s, a) -> s_next``, ``rollout(s0, actions) -> states``.
 
     Args:
         encoder: the frozen image encoder.
@@ -67,13 +72,15 @@ class LatentWorldModel(nn.Module):
         pooled_dim = cfg.pool**2 * encoder.width
         if cfg.project_dim > pooled_dim:
             raise ValueError(f"project_dim {cfg.project_dim} exceeds the {pooled_dim} pooled dimensions")
-        self.state_dim = cfg.project_dim or pooled_dim
+        self.frame_dim = cfg.project_dim or pooled_dim
+        self.state_dim = cfg.history * self.frame_dim
+        self.history = cfg.history
         self.block_dim = cfg.action_block * action_dim
         if cfg.project_dim:
             self.register_buffer("pca_mean", torch.zeros(pooled_dim))
             self.register_buffer("pca_components", torch.eye(pooled_dim)[:, : cfg.project_dim].contiguous())
-        self.register_buffer("latent_mean", torch.zeros(self.state_dim))
-        self.register_buffer("latent_std", torch.ones(self.state_dim))
+        self.register_buffer("latent_mean", torch.zeros(self.frame_dim))
+        self.register_buffer("latent_std", torch.ones(self.frame_dim))
         layers: list[nn.Module] = []
         width = self.state_dim + self.block_dim
         for _ in range(cfg.depth):
@@ -99,16 +106,25 @@ class LatentWorldModel(nn.Module):
         return rearrange(pooled, "b d h w -> b (h w d)")
 
     @torch.no_grad()
-    def raw_state(self, obs: torch.Tensor) -> torch.Tensor:
-        """Unstandardised states ``(B, state_dim)`` of images ``(B, C, H, W)`` uint8."""
+    def raw_latent(self, obs: torch.Tensor) -> torch.Tensor:
+        """Unstandardised frame latents ``(B, frame_dim)`` of images ``(B, C, H, W)`` uint8."""
         x = self.pooled(obs)
         if self.cfg.project_dim:
             x = (x - self.pca_mean) @ self.pca_components
         return x
 
-    def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        """States ``(B, state_dim)`` of images ``(B, C, H, W)`` uint8."""
-        return (self.raw_state(obs) - self.latent_mean) / self.latent_std
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """States ``(B, state_dim)`` of the last ``history`` frames ``(B, h, C, H, W)`` uint8.
+
+        One image ``(B, C, H, W)`` stands for a still scene (the frame repeated).
+        """
+        if frames.ndim == 4:
+            frames = frames.unsqueeze(1).expand(-1, self.history, -1, -1, -1)
+        if frames.ndim != 5 or frames.shape[1] != self.history:
+            raise ValueError(f"frames must be (B, {self.history}, C, H, W) or (B, C, H, W), got {tuple(frames.shape)}")
+        B = frames.shape[0]
+        z = (self.raw_latent(frames.flatten(0, 1)) - self.latent_mean) / self.latent_std
+        return z.view(B, self.state_dim)
 
     def predict(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Next state: ``s (..., state_dim)``, ``a (..., action_block * A)`` -> ``(..., state_dim)``."""
@@ -137,7 +153,7 @@ class LatentWorldModel(nn.Module):
         self.pca_mean.copy_(mean)
         self.pca_components.copy_(v[:, :q])
 
-    def set_latent_stats(self, raw_states: torch.Tensor) -> None:
-        """Standardise states with the mean and std of ``raw_states (n, state_dim)``."""
-        self.latent_mean.copy_(raw_states.mean(0))
-        self.latent_std.copy_(raw_states.std(0).clamp_min(1e-6))
+    def set_latent_stats(self, raw_latents: torch.Tensor) -> None:
+        """Standardise frame latents with the mean and std of ``raw_latents (n, frame_dim)``."""
+        self.latent_mean.copy_(raw_latents.mean(0))
+        self.latent_std.copy_(raw_latents.std(0).clamp_min(1e-6))
