@@ -2,7 +2,7 @@
 
 Runs the three stages with their default configs (each resumes or reuses what a
 previous run left), then exports the world model without its training state to
-``models/<env>/`` (what ``plan.py`` loads by default), with its provenance:
+``models/<env>/`` (what ``plan.py`` loads by default) in fp16, with its provenance:
 
 1. ``collect.py``: the dataset (uniform random torques, seeds 0 / 1000);
 2. ``pretrain_encoder.py``: JEPA pretraining of the small ViT encoder;
@@ -47,7 +47,10 @@ def main(overrides: list[str]) -> Path:
         "dynamics_summary": json.loads((Path(dyn.out_dir) / "summary.json").read_text()),
         "pretrain_config": json.loads((Path(pre.out_dir) / "checkpoint" / "config.json").read_text()),
     }
-    target = save_checkpoint(EXPORT_ROOT / pre.env.name, config, load_weights(source))
+    # Shipped in fp16 (half the bytes; loading casts back to fp32).
+    config["stored_dtype"] = "float16"
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in load_weights(source).items()}
+    target = save_checkpoint(EXPORT_ROOT / pre.env.name, config, weights)
     size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
     print(f"default world model exported to {target} ({size:.1f} MiB)")
     return target

@@ -77,7 +77,8 @@ def run(cfg: PlanConfig) -> dict:
         if hasattr(agent, "plan_seconds"):
             summary["mean_plan_ms"] = 1000 * float(np.mean(agent.plan_seconds))
             summary["replans"] = len(agent.plan_seconds)
-            for i, r in enumerate(per_task[: cfg.videos]):
+        if record:
+            for i, r in enumerate(per_task[:record]):
                 name = f"{cfg.env.name}-{agent.name}-task{i}-{'success' if r.success else 'fail'}.gif"
                 videos.append(str(episode_video(r.frames, tasks[i].goal_obs, out / "videos" / name,
                                                 threshold=spec.success_threshold)))
