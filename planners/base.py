@@ -78,3 +78,24 @@ def evaluate_cost(cost: CostFn, actions: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(values).all():
         values = torch.nan_to_num(values, nan=float("inf"), posinf=float("inf"))
     return values
+
+
+class SamplingPlanner:
+    """Holds what every planner is built from: its settings, the horizon and the bounds."""
+
+    def __init__(self, cfg, horizon: int, bounds: Bounds):
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self.cfg, self.horizon, self.bounds = cfg, horizon, bounds
+
+
+def keep_best(
+    best_actions: torch.Tensor, best_cost: torch.Tensor, candidates: torch.Tensor, costs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per problem, the lowest-cost sequence seen so far: ``candidates (B, S, H, A)``, ``costs (B, S)``."""
+    i = costs.argmin(1)
+    c = costs.gather(1, i[:, None]).squeeze(1)
+    better = c < best_cost
+    best_actions = best_actions.clone()
+    best_actions[better] = candidates[better, i[better]]
+    return best_actions, torch.where(better, c, best_cost)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from planners.base import Bounds, CostFn, PlanResult, evaluate_cost, initial_mean
+from planners.base import CostFn, PlanResult, SamplingPlanner, evaluate_cost, initial_mean, keep_best
 
 
 @dataclass
@@ -36,11 +36,8 @@ class CEMConfig:
             raise ValueError(f"invalid CEM settings: {self}")
 
 
-class CEM:
-    """Samples Gaussian action sequences, keeps the elites, refits, repeats."""
-
-    def __init__(self, cfg: CEMConfig, horizon: int, bounds: Bounds):
-        self.cfg, self.horizon, self.bounds = cfg, horizon, bounds
+class CEM(SamplingPlanner):
+    """Samples Gaussian action sequences, keeps the elites, refits, repeats (``CEM(cfg, horizon, bounds)``)."""
 
     @torch.no_grad()
     def plan(
@@ -58,9 +55,7 @@ class CEM:
             c = evaluate_cost(cost, cand)
             top = c.topk(cfg.elites, dim=1, largest=False)
             elites = torch.gather(cand, 1, top.indices[..., None, None].expand(-1, -1, *cand.shape[2:]))
-            better = top.values[:, 0] < best_c
-            best_c = torch.where(better, top.values[:, 0], best_c)
-            best_a[better] = elites[better, 0]
+            best_a, best_c = keep_best(best_a, best_c, cand, c)
             m = cfg.momentum
             mean = m * mean + (1 - m) * elites.mean(1)
             std = (m * std + (1 - m) * elites.std(1)).clamp_min(cfg.min_std * float(b.half.min()))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from planners.base import Bounds, CostFn, PlanResult, initial_mean
+from planners.base import CostFn, PlanResult, SamplingPlanner, initial_mean
 
 
 @dataclass
@@ -29,11 +29,8 @@ class GradientConfig:
             raise ValueError(f"invalid gradient planner settings: {self}")
 
 
-class GradientPlanner:
+class GradientPlanner(SamplingPlanner):
     """Needs a differentiable ``cost``; respects the bounds by construction."""
-
-    def __init__(self, cfg: GradientConfig, horizon: int, bounds: Bounds):
-        self.cfg, self.horizon, self.bounds = cfg, horizon, bounds
 
     def plan(
         self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from planners.base import Bounds, CostFn, PlanResult, evaluate_cost, initial_mean
+from planners.base import CostFn, PlanResult, SamplingPlanner, evaluate_cost, initial_mean, keep_best
 
 
 @dataclass
@@ -34,11 +34,8 @@ class MPPIConfig:
             raise ValueError(f"std_decay must be in (0, 1], got {self.std_decay}")
 
 
-class MPPI:
+class MPPI(SamplingPlanner):
     """Perturbs the mean plan, averages the perturbations weighted by exp(-cost / temperature)."""
-
-    def __init__(self, cfg: MPPIConfig, horizon: int, bounds: Bounds):
-        self.cfg, self.horizon, self.bounds = cfg, horizon, bounds
 
     @torch.no_grad()
     def plan(
@@ -57,10 +54,7 @@ class MPPI:
             spread = (c.median(1, keepdim=True).values - lo).clamp_min(1e-8)
             w = torch.softmax(-(c - lo) / (cfg.temperature * spread), dim=1)  # (B, S)
             mean = (w[..., None, None] * cand).sum(1)
-            i = c.argmin(1)
-            better = c.gather(1, i[:, None]).squeeze(1) < best_c
-            best_c = torch.where(better, c.gather(1, i[:, None]).squeeze(1), best_c)
-            best_a[better] = cand[better, i[better]]
+            best_a, best_c = keep_best(best_a, best_c, cand, c)
             std = std * cfg.std_decay
         final = evaluate_cost(cost, mean.unsqueeze(1)).squeeze(1)
         use_mean = final <= best_c
