@@ -132,3 +132,17 @@ def test_projection_keeps_the_top_principal_components(tiny_dataset):
     var = (states**2).sum(0)
     assert torch.allclose(var, top, rtol=0.05)
     assert model.frame_dim == 8 and model.state_dim == 16
+
+
+def test_global_standardisation_keeps_relative_variances():
+    torch.manual_seed(0)
+    model = LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")),
+                             DynamicsConfig(pool=2, project_dim=0, standardize="global"), 2)
+    raw = torch.randn(500, model.frame_dim) * torch.linspace(0.1, 3.0, model.frame_dim)
+    model.set_latent_stats(raw)
+    z = (raw - model.latent_mean) / model.latent_std
+    var = z.var(0)
+    assert var.mean().item() == pytest.approx(1.0, rel=0.01)
+    assert var[-1] / var[0] > 100  # the large components stay large
+    with pytest.raises(ValueError, match="standardize"):
+        DynamicsConfig(standardize="minmax")

@@ -33,6 +33,9 @@ class DynamicsConfig:
         project_dim: principal components kept (0 = keep all ``pool^2 * width``
             pooled dimensions).
         history: consecutive frames per state (2 gives the predictor the velocity).
+        standardize: ``per_dim`` scales every latent dimension to unit variance;
+            ``global`` divides all by one scale, keeping the principal components'
+            variances, so losses and planning costs weigh them as the encoder does.
         action_block: env steps per model step; their actions are concatenated.
         hidden: hidden width of the predictor MLP.
         depth: hidden layers of the predictor MLP.
@@ -41,11 +44,14 @@ class DynamicsConfig:
     pool: int = 8
     project_dim: int = 256
     history: int = 2
+    standardize: str = "per_dim"
     action_block: int = 5
     hidden: int = 512
     depth: int = 3
 
     def __post_init__(self):
+        if self.standardize not in ("per_dim", "global"):
+            raise ValueError(f"standardize must be 'per_dim' or 'global', got {self.standardize!r}")
         if min(self.pool, self.history, self.action_block, self.hidden, self.depth) < 1 or self.project_dim < 0:
             raise ValueError(f"pool, action_block, hidden and depth must be >= 1, got {self}")
 
@@ -156,4 +162,7 @@ class LatentWorldModel(nn.Module):
     def set_latent_stats(self, raw_latents: torch.Tensor) -> None:
         """Standardise frame latents with the mean and std of ``raw_latents (n, frame_dim)``."""
         self.latent_mean.copy_(raw_latents.mean(0))
-        self.latent_std.copy_(raw_latents.std(0).clamp_min(1e-6))
+        std = raw_latents.std(0).clamp_min(1e-6)
+        if self.cfg.standardize == "global":  # one scale: unit mean variance over dimensions
+            std = std.pow(2).mean().sqrt().expand_as(std)
+        self.latent_std.copy_(std)
