@@ -35,7 +35,9 @@ PUBLISHED = {  # the seed's section 9.4 (I-JEPA, ViT-L, ImageNet linear probe)
 
 def main(argv: list[str]) -> None:
     out = Path(next((a.split("=", 1)[1] for a in argv if a.startswith("ablate_out=")), "runs/ablate"))
-    common = ["train.steps=600"] + [a for a in argv if not a.startswith("ablate_out=")]
+    common = [a for a in argv if not a.startswith("ablate_out=")]
+    if not any(a.startswith("train.steps=") for a in common):
+        common.insert(0, "train.steps=600")
     rows = []
     for i, (name, switch) in enumerate(VARIANTS.items()):
         print(f"\n=== {name} ===", flush=True)
