@@ -9,7 +9,6 @@ Prints a table and writes JSON. Numbers on a shared 2-core machine vary by about
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 import envs
+from experiments.provenance import write_json
 from worldmodel.data import CollectConfig, PolicyConfig, WindowSampler, build_dataset, open_dataset
 from worldmodel.data.collect import collect_episodes, episode_seeds, single_env_rate
 
@@ -129,9 +129,7 @@ def main() -> None:
     r = result["reads"]
     print(f"random windows (T={r['window']}, batch {r['batch']}): npy memmap {r['npy_windows_per_s']:.0f}/s, "
           f"Minari HDF5 {r['minari_windows_per_s']:.0f}/s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_json(args.out, result)
     print(f"written to {out}")
 
 

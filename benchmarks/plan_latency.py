@@ -11,14 +11,12 @@ matmul on the same device. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from experiments.provenance import device_description
+from experiments.provenance import device_description, write_json
 from planners.mpc import LatentMPCAgent, MPCConfig
 from worldmodel.dynamics_trainer import load_world_model
 from worldmodel.pretrain import resolve_device
@@ -86,9 +84,7 @@ def main() -> None:
           f"{result['ms_per_replan']:.1f} ms per replan (encoding {result['ms_encode']:.1f} ms of it)")
     print(f"predictor FLOPs per plan: {flops / 1e9:.2f} GFLOP; achieved {flops / plan_s / 1e9:.1f} GFLOP/s = "
           f"{result['fraction_of_peak']:.1%} of the measured matmul peak ({peak / 1e9:.0f} GFLOP/s)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_json(args.out, result)
     print(f"written to {out}")
 
 

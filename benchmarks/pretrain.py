@@ -9,14 +9,12 @@ after warm-up steps; prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
-from experiments.provenance import device_description
+from experiments.provenance import device_description, write_json
 from worldmodel.encoder import EncoderConfig
 from worldmodel.jepa import JEPA, JEPAConfig, ema_update
 from worldmodel.masks import sample_masks
@@ -74,9 +72,7 @@ def main() -> None:
             rows.append({"size": size, "variant": name, "batch": args.batch, "images_per_s": rate})
             print(f"{size:<6} {name:<13} batch {args.batch}: {rate:8.1f} images/s", flush=True)
     result = {"device": device_description(), "threads": torch.get_num_threads(), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_json(args.out, result)
     print(f"device: {result['device']}; written to {out}")
 
 

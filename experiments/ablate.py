@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from experiments.conf import load
+from experiments.provenance import write_json
 from experiments.pretrain_encoder import run
 
 VARIANTS: dict[str, list[str]] = {
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> None:
                      "eff_rank": float(final["eff_rank"]), "probe": last["probe"]["pretrained"],
                      "random_init": last["probe"]["random_init"], "published": PUBLISHED[name]})
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(rows, indent=2))
+    write_json(out / "ablation.json", rows)
     (out / "ablation.md").write_text(markdown(rows, common))
     print("\n" + markdown(rows, common))
 

@@ -9,8 +9,6 @@ and a few GIFs (current view | goal) to ``output_dir``.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import envs
 from experiments.conf import CONFIG_DIR, to_object
-from experiments.provenance import device_description, git_commit
+from experiments.provenance import device_description, git_commit, write_json
 from planners.cem import CEMConfig
 from planners.mpc import LatentMPCAgent
 from planners.oracle import OracleAgent
@@ -110,12 +108,8 @@ def report(summary: dict) -> str:
 def main(cfg: DictConfig) -> None:
     config: PlanConfig = to_object(cfg)
     summary = run(config)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"plan-{config.env.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
+    name = f"plan-{config.env.name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = write_json(Path(config.output_dir) / name, summary)
     p = summary["protocol"]
     print(f"\n{p['env']} goal-image protocol: {p['episodes']} tasks from {p['dataset']} (eval seed {p['eval_seed']}),")
     print(f"goal {p['goal_offset']} steps ahead, budget {p['budget']} steps, success = joint error <= "

@@ -8,7 +8,6 @@ one (``out_dir/probe.json``). Runs under ``torchrun`` unchanged.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from experiments.conf import CONFIG_DIR, to_object
-from experiments.provenance import device_description, git_commit
+from experiments.provenance import device_description, git_commit, write_json
 from worldmodel.configs import PretrainConfig
 from worldmodel.data import open_dataset
 from worldmodel.data.collect import ensure_dataset
@@ -49,7 +48,7 @@ def run(cfg: PretrainConfig) -> dict:
     if trainer.rank == 0:
         plot_history(history, out / "loss.png")
         summary["probe"] = probe(trainer.model, cfg, dataset)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "summary.json", summary)
     shutdown_distributed()
     return summary
 

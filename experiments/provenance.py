@@ -1,7 +1,8 @@
-"""Where a result came from: the code's commit and the machine."""
+"""Where a result came from (the code's commit, the machine), and writing it down atomically."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -26,3 +27,13 @@ def device_description() -> str:
     if torch.cuda.is_available():
         return f"cuda ({torch.cuda.get_device_name(0)})"
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write ``obj`` as indented JSON, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+    return path

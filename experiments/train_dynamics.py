@@ -9,7 +9,6 @@ with a one-step and a rollout loss, validates on the val split, and writes
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from experiments.conf import CONFIG_DIR, to_object
-from experiments.provenance import device_description, git_commit
+from experiments.provenance import device_description, git_commit, write_json
 from worldmodel.configs import DynamicsExperimentConfig
 from worldmodel.data import open_dataset
 from worldmodel.data.collect import ensure_dataset
@@ -75,7 +74,7 @@ def run(cfg: DynamicsExperimentConfig) -> dict:
                "val": evaluate(trainer.model, batches["val"]), "state_dim": model.state_dim}
     if trainer.rank == 0:
         plot_losses(history, out / "loss.png")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "summary.json", summary)
     shutdown_distributed()
     return summary
 

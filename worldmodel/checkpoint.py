@@ -103,3 +103,22 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
         }
     except (OSError, json.JSONDecodeError, RuntimeError) as err:
         raise CheckpointError(f"checkpoint {path}: {STATE} is unreadable ({err})") from None
+
+
+def save_run(path: str | Path, config: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             generators: dict[str, torch.Generator], state: dict[str, Any]) -> Path:
+    """Checkpoint a training run: weights, optimizer, generator states and a JSON-able ``state``."""
+    rng = {name: g.get_state() for name, g in generators.items()}
+    return save_checkpoint(path, config, model.state_dict(),
+                           {"state": state, "optimizer": optimizer.state_dict(), "rng": rng})
+
+
+def restore_run(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """Load what :func:`save_run` wrote into ``model``, ``optimizer`` and ``generators``; returns ``state``."""
+    model.load_state_dict(load_weights(path))
+    ts = load_training_state(path)
+    optimizer.load_state_dict(ts["optimizer"])
+    for name, g in generators.items():
+        g.set_state(ts["rng"][name])
+    return ts["state"]

@@ -12,7 +12,6 @@ Targets are the frozen EMA target encoder's states, so no gradient reaches them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,13 +118,6 @@ class WindowBatches:
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.get(torch.randint(len(self.sampler), (batch,), generator=generator).numpy())
-
-
-def cosine_lr(step: int, cfg: DynamicsTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()

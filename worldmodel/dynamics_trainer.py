@@ -15,10 +15,10 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from worldmodel.checkpoint import load_config, load_training_state, load_weights, save_checkpoint
-from worldmodel.dynamics import DynamicsTrainConfig, WindowBatches, cosine_lr, dynamics_losses, evaluate
+from worldmodel.checkpoint import load_config, load_weights, restore_run, save_run
+from worldmodel.dynamics import DynamicsTrainConfig, WindowBatches, dynamics_losses, evaluate
 from worldmodel.encoder import EncoderConfig, ViTEncoder
-from worldmodel.pretrain import distributed, resolve_device, write_csv
+from worldmodel.pretrain import distributed, lr_at, resolve_device, write_csv
 from worldmodel.world_model import DynamicsConfig, LatentWorldModel
 
 
@@ -58,7 +58,7 @@ class DynamicsTrainer:
 
     def train_step(self) -> dict:
         cfg = self.cfg
-        lr = cosine_lr(self.step, cfg)
+        lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         s, a = self.train_batches.sample(cfg.batch_size, self.gen)
@@ -100,17 +100,13 @@ class DynamicsTrainer:
 
     def save(self) -> None:
         config = {**world_model_config(self.model), "train": asdict(self.cfg), "step": self.step, **self.meta}
-        state = {"state": {"step": self.step, "history": self.history},
-                 "optimizer": self.optimizer.state_dict(), "rng": {"windows": self.gen.get_state()}}
-        save_checkpoint(self.out_dir / "checkpoint", config, self.model.state_dict(), state)
+        state = {"step": self.step, "history": self.history}
+        save_run(self.out_dir / "checkpoint", config, self.model, self.optimizer, {"windows": self.gen}, state)
 
     def resume(self) -> bool:
         path = self.out_dir / "checkpoint"
         if not path.exists():
             return False
-        self.model.load_state_dict(load_weights(path))
-        ts = load_training_state(path)
-        self.optimizer.load_state_dict(ts["optimizer"])
-        self.gen.set_state(ts["rng"]["windows"])
-        self.step, self.history = ts["state"]["step"], ts["state"]["history"]
+        state = restore_run(path, self.model, self.optimizer, {"windows": self.gen})
+        self.step, self.history = state["step"], state["history"]
         return True

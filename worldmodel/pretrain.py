@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from worldmodel.checkpoint import load_training_state, load_weights, save_checkpoint
+from worldmodel.checkpoint import restore_run, save_run
 from worldmodel.data.episodes import Episodes
 from worldmodel.data.windows import WindowSampler
 from worldmodel.jepa import JEPA, JEPAConfig, ema_momentum, ema_update, embedding_stats
@@ -86,8 +86,9 @@ class TrainConfig:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``min_lr``."""
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up to ``cfg.lr`` over ``cfg.warmup_steps``, then cosine decay to ``cfg.min_lr``
+    at ``cfg.steps`` (any config with those fields: pretraining's and the predictor's)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
@@ -146,6 +147,7 @@ class Trainer:
         self.sampler = WindowSampler(train, window=1)
         self.data_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.mask_gen = torch.Generator().manual_seed(cfg.seed + 2)
+        self.generators = {"data": self.data_gen, "mask": self.mask_gen}
         self.step, self.history, self.low_std_checks = 0, [], 0
         self.forward = self.model
         if self.world > 1:
@@ -232,26 +234,16 @@ class Trainer:
         if self.rank != 0:
             return
         config = {"model": self.model_cfg.to_dict(), "train": asdict(self.cfg), "step": self.step, **self.meta}
-        state = {
-            "state": {"step": self.step, "history": self.history, "low_std_checks": self.low_std_checks},
-            "optimizer": self.optimizer.state_dict(),
-            "rng": {"data": self.data_gen.get_state(), "mask": self.mask_gen.get_state()},
-        }
-        save_checkpoint(self.out_dir / "checkpoint", config, self.model.state_dict(), state)
+        state = {"step": self.step, "history": self.history, "low_std_checks": self.low_std_checks}
+        save_run(self.out_dir / "checkpoint", config, self.model, self.optimizer, self.generators, state)
 
     def resume(self) -> bool:
         """Continue from ``out_dir/checkpoint`` when it exists; True if resumed."""
         path = self.out_dir / "checkpoint"
         if not path.exists():
             return False
-        self.model.load_state_dict(load_weights(path))
-        ts = load_training_state(path)
-        self.optimizer.load_state_dict(ts["optimizer"])
-        self.data_gen.set_state(ts["rng"]["data"])
-        self.mask_gen.set_state(ts["rng"]["mask"])
-        self.step = ts["state"]["step"]
-        self.history = ts["state"]["history"]
-        self.low_std_checks = ts["state"]["low_std_checks"]
+        state = restore_run(path, self.model, self.optimizer, self.generators)
+        self.step, self.history, self.low_std_checks = state["step"], state["history"], state["low_std_checks"]
         return True
 
 
