@@ -17,7 +17,7 @@ from planners.base import Bounds, shift_plan
 from planners.cem import CEM, CEMConfig
 from planners.gradient import GradientConfig, GradientPlanner
 from planners.mppi import MPPI, MPPIConfig
-from planners.objectives import ActionPenalty, GoalDistance, WeightedSum
+from planners.objectives import REDUCTIONS, ActionPenalty, GoalDistance, WeightedSum
 
 
 class LatentModel(Protocol):
@@ -38,8 +38,10 @@ class MPCConfig:
         horizon: model steps (action blocks) per plan.
         receding_horizon: env steps executed before replanning (a multiple of the
             model's action block).
-        running_weight: weight of the distance to the goal summed over the plan
-            (0 = terminal distance only).
+        goal_reduce: how the goal distance is reduced over the plan's steps: ``min``
+            (the closest approach, since reaching the goal at any step succeeds),
+            ``terminal`` or ``mean``. With ``terminal``, a receding plan keeps
+            putting the goal at its far end and the arm rarely gets there.
         action_penalty: weight of ``mean(a^2)``.
         cem, mppi, gradient: the planners' settings.
     """
@@ -47,7 +49,8 @@ class MPCConfig:
     planner: str = "cem"
     horizon: int = 5
     receding_horizon: int = 5
-    running_weight: float = 0.0
+    goal_reduce: str = "min"
+    goal_frames: int = 0
     action_penalty: float = 0.0
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
@@ -56,6 +59,8 @@ class MPCConfig:
     def __post_init__(self):
         if self.planner not in ("cem", "mppi", "gradient"):
             raise ValueError(f"planner must be 'cem', 'mppi' or 'gradient', got {self.planner!r}")
+        if self.goal_reduce not in REDUCTIONS:
+            raise ValueError(f"goal_reduce must be one of {REDUCTIONS}, got {self.goal_reduce!r}")
         if self.horizon < 1 or self.receding_horizon < 1:
             raise ValueError(f"horizon and receding_horizon must be >= 1, got {self.horizon}, {self.receding_horizon}")
 
@@ -107,7 +112,13 @@ class LatentMPCAgent:
         cfg = self.cfg
         with torch.no_grad():
             s0 = self._encode(frames)
-        cost = GoalDistance(self.model.rollout, s0, self.goal, cfg.running_weight)
+        rollout, goal = self.model.rollout, self.goal
+        if cfg.goal_frames:  # compare only the latents of the state's last goal_frames frames
+            d = goal.shape[-1] * cfg.goal_frames // self.model.history
+            rollout, goal = (lambda s, a: self.model.rollout(s, a)[..., -d:]), goal[..., -d:]
+            cost = GoalDistance(rollout, s0, goal, cfg.goal_reduce)
+        else:
+            cost = GoalDistance(rollout, s0, goal, cfg.goal_reduce)
         if cfg.action_penalty:
             cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])
         grad = cfg.planner == "gradient"

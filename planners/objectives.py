@@ -9,28 +9,37 @@ import torch
 Rollout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (N, d), (N, H, a) -> (N, H, d)
 
 
+REDUCTIONS = ("min", "terminal", "mean")
+
+
 class GoalDistance:
-    """Squared distance (mean over latent dims) between predicted states and a goal state.
+    """Squared distance (mean over latent dims) between predicted states and a goal state,
+    reduced over the plan's steps.
 
     Args:
         rollout: a model's open-loop rollout, ``(N, d), (N, H, a) -> (N, H, d)``.
         start: current states ``(B, d)``.
-        goal: goal states ``(B, d)``.
-        running_weight: weight of the mean distance over all steps, added to the
-            terminal distance (0 = terminal only).
+        goal: goal states ``(B, d')``, compared with the rollout's ``(..., d')`` outputs.
+        reduce: ``min`` (the closest the plan comes to the goal: reaching it at any
+            step counts, as in the goal-image protocol), ``terminal`` (the last
+            step), or ``mean`` (all steps alike).
     """
 
-    def __init__(self, rollout: Rollout, start: torch.Tensor, goal: torch.Tensor, running_weight: float = 0.0):
-        if start.shape != goal.shape or start.ndim != 2:
-            raise ValueError(f"start and goal must both be (B, d), got {tuple(start.shape)}, {tuple(goal.shape)}")
-        self.rollout, self.start, self.goal, self.running_weight = rollout, start, goal, running_weight
+    def __init__(self, rollout: Rollout, start: torch.Tensor, goal: torch.Tensor, reduce: str = "min"):
+        if start.ndim != 2 or goal.ndim != 2 or len(start) != len(goal):
+            raise ValueError(f"start and goal must be (B, d) and (B, d'), got {tuple(start.shape)}, {tuple(goal.shape)}")
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        self.rollout, self.start, self.goal, self.reduce = rollout, start, goal, reduce
 
     def __call__(self, actions: torch.Tensor) -> torch.Tensor:
         B, S, H, _ = actions.shape
         s0 = self.start.repeat_interleave(S, dim=0)  # (B*S, d)
         states = self.rollout(s0, actions.reshape(B * S, H, -1)).view(B, S, H, -1)
         dist = ((states - self.goal[:, None, None]) ** 2).mean(-1)  # (B, S, H)
-        return dist[..., -1] + self.running_weight * dist.mean(-1)
+        if self.reduce == "min":
+            return dist.min(-1).values
+        return dist[..., -1] if self.reduce == "terminal" else dist.mean(-1)
 
 
 class ActionPenalty:

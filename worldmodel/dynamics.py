@@ -5,9 +5,11 @@ and training windows are read from that table: a window of ``R`` model steps spa
 ``R * k + h`` frames (``k`` env steps per action block, ``h`` frames per state). Two named loss terms:
 
 - ``one_step``: teacher forcing, ``g(s_t, a_t)`` against ``s_{t+k}``;
-- ``rollout``: ``R`` steps open loop from ``s_0``, against every true state.
+- ``rollout``: ``R`` steps open loop from ``s_0``, against every true state;
 
-Targets are the frozen EMA target encoder's states, so no gradient reaches them.
+and, with a trained head, ``vc``: a variance-covariance term on the online head's
+latents (the collapse guard). Targets are the EMA head's states on the frozen EMA
+target encoder's features, so no gradient reaches them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 
 from worldmodel.data.episodes import Episodes
 from worldmodel.data.windows import WindowSampler
+from worldmodel.jepa import variance_covariance
 from worldmodel.world_model import LatentWorldModel
 
 
@@ -37,6 +40,8 @@ class DynamicsTrainConfig:
         weight_decay: AdamW weight decay.
         rollout_steps: model steps R per training window.
         rollout_weight: weight of the rollout term (the one-step term has weight 1).
+        vc_weight: weight of the variance-covariance term (with a trained head).
+        ema: momentum of the target head's exponential moving average.
         seed: seed of initial weights and the window draw.
         log_every: steps between log rows.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -51,6 +56,8 @@ class DynamicsTrainConfig:
     weight_decay: float = 1e-4
     rollout_steps: int = 5
     rollout_weight: float = 1.0
+    vc_weight: float = 1.0
+    ema: float = 0.99
     seed: int = 0
     log_every: int = 50
     device: str = "auto"
@@ -59,6 +66,8 @@ class DynamicsTrainConfig:
     def __post_init__(self):
         if min(self.steps, self.batch_size, self.rollout_steps, self.log_every) < 1:
             raise ValueError(f"steps, batch_size, rollout_steps and log_every must be >= 1, got {self}")
+        if not 0 <= self.ema < 1 or self.vc_weight < 0:
+            raise ValueError(f"need 0 <= ema < 1 and vc_weight >= 0, got {self.ema}, {self.vc_weight}")
         if not 0 < self.min_lr <= self.lr:
             raise ValueError(f"need 0 < min_lr <= lr, got {self.min_lr}, {self.lr}")
 
@@ -79,24 +88,31 @@ def fit_projection(model: LatentWorldModel, episodes: Episodes, frames: int = 60
 
 @torch.no_grad()
 def encode_frames(model: LatentWorldModel, episodes: Episodes, batch: int = 256, progress: bool = True) -> torch.Tensor:
-    """Raw (unstandardised) latents of every frame of ``episodes``: ``(F, frame_dim)`` float32."""
+    """Raw (unstandardised) features of every frame of ``episodes``: ``(F, feature_dim)`` float32."""
     device = model.latent_mean.device
-    out = torch.empty(len(episodes.obs), model.frame_dim)
+    out = torch.empty(len(episodes.obs), model.feature_dim)
     for i in tqdm(range(0, len(out), batch), desc="encode frames", disable=not progress):
         obs = torch.from_numpy(np.array(episodes.obs[i : i + batch])).permute(0, 3, 1, 2).to(device)
         out[i : i + batch] = model.raw_latent(obs).float().cpu()
     return out
 
 
-def dynamics_losses(model: LatentWorldModel, states: torch.Tensor, actions: torch.Tensor) -> dict:
-    """Loss terms of a batch: ``states (B, R+1, d)`` standardised, ``actions (B, R, block)``."""
-    one_step = F.mse_loss(model.predict(states[:, :-1], actions), states[:, 1:])
-    rollout = F.mse_loss(model.rollout(states[:, 0], actions), states[:, 1:])
-    return {"one_step": one_step, "rollout": rollout}
+def dynamics_losses(model: LatentWorldModel, features: torch.Tensor, actions: torch.Tensor) -> dict:
+    """Loss terms of a batch: standardised ``features (B, R+1, h, feature_dim)``, ``actions (B, R, block)``."""
+    states = model.embed(features)
+    with torch.no_grad():
+        targets = model.embed(features, target=True)[:, 1:]
+    one_step = F.mse_loss(model.predict(states[:, :-1], actions), targets)
+    rollout = F.mse_loss(model.rollout(states[:, 0], actions), targets)
+    if model.cfg.latent_dim:
+        vc = variance_covariance(states.reshape(-1, model.frame_dim))
+    else:
+        vc = one_step.new_zeros(())
+    return {"one_step": one_step, "rollout": rollout, "vc": vc}
 
 
 class WindowBatches:
-    """Standardised state windows and action blocks, drawn from a table of frame latents.
+    """Standardised feature windows and action blocks, drawn from a table of frame features.
 
     State ``r`` of a window stacks frames ``r*k .. r*k + h - 1``; action block ``r`` is
     the ``k`` actions taken from its last frame.
@@ -114,7 +130,7 @@ class WindowBatches:
         frames, steps = self.sampler.rows(index)  # (B, R*k + h), (B, R*k + h - 1)
         z = self.latents[torch.from_numpy(frames[:, self.state_frames])]  # (B, R+1, h, d)
         a = self.actions[torch.from_numpy(steps[:, self.h - 1 :])]  # (B, R*k, A)
-        return z.flatten(2), a.reshape(len(index), self.R, -1)  # states; blocks of k actions
+        return z, a.reshape(len(index), self.R, -1)  # features of each state's frames; blocks of k actions
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.get(torch.randint(len(self.sampler), (batch,), generator=generator).numpy())
@@ -122,11 +138,14 @@ class WindowBatches:
 
 @torch.no_grad()
 def evaluate(model: LatentWorldModel, batches: WindowBatches, n: int = 1024, seed: int = 0) -> dict:
-    """Mean loss terms on ``n`` fixed windows, and the rollout error per horizon."""
+    """Mean loss terms on ``n`` fixed windows, the rollout error per horizon, and the
+    target latents' mean per-dimension std (a collapse shows as ~0)."""
     model.eval()
-    s, a = batches.sample(n, torch.Generator().manual_seed(seed))
-    s, a = s.to(model.latent_mean.device), a.to(model.latent_mean.device)
-    terms = {k: v.item() for k, v in dynamics_losses(model, s, a).items()}
+    x, a = batches.sample(n, torch.Generator().manual_seed(seed))
+    x, a = x.to(model.latent_mean.device), a.to(model.latent_mean.device)
+    terms = {k: v.item() for k, v in dynamics_losses(model, x, a).items()}
+    s = model.embed(x, target=True)
     per_h = ((model.rollout(s[:, 0], a) - s[:, 1:]) ** 2).mean((0, 2))
+    latent_std = s.reshape(-1, model.frame_dim).std(0).mean().item()
     model.train()
-    return {**terms, "rollout_mse_by_horizon": per_h.tolist()}
+    return {**terms, "rollout_mse_by_horizon": per_h.tolist(), "latent_std": latent_std}

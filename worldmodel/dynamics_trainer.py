@@ -18,8 +18,11 @@ from tqdm.auto import tqdm
 from worldmodel.checkpoint import load_config, load_weights, restore_run, save_run
 from worldmodel.dynamics import DynamicsTrainConfig, WindowBatches, dynamics_losses, evaluate
 from worldmodel.encoder import EncoderConfig, ViTEncoder
-from worldmodel.pretrain import distributed, lr_at, resolve_device, write_csv
+from worldmodel.jepa import ema_update
+from worldmodel.pretrain import RepresentationCollapse, distributed, lr_at, resolve_device, write_csv
 from worldmodel.world_model import DynamicsConfig, LatentWorldModel
+
+MIN_LATENT_STD = 1e-2  # below this the trained head's latents no longer tell frames apart
 
 
 def world_model_config(model: LatentWorldModel) -> dict:
@@ -51,8 +54,8 @@ class DynamicsTrainer:
         self.device = resolve_device(cfg.device, self.rank)
         self.model = model.to(self.device)
         self.train_batches, self.val_batches = train, val
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step, self.history = 0, []
 
@@ -65,18 +68,19 @@ class DynamicsTrainer:
         part = slice(self.rank * cfg.batch_size // self.world, (self.rank + 1) * cfg.batch_size // self.world)
         s, a = s[part].to(self.device), a[part].to(self.device)
         terms = dynamics_losses(self.model, s, a)
-        loss = terms["one_step"] + cfg.rollout_weight * terms["rollout"]
+        loss = terms["one_step"] + cfg.rollout_weight * terms["rollout"] + cfg.vc_weight * terms["vc"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite dynamics loss {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.world > 1:  # average the slices' gradients: the same update as one process on the batch
-            for p in self.model.f.parameters():
+            for p in self.params:
                 dist.all_reduce(p.grad)
                 p.grad /= self.world
         self.optimizer.step()
+        ema_update(self.model.target_head, self.model.head, cfg.ema)
         self.step += 1
-        return {"loss": loss.item(), "one_step": terms["one_step"].item(), "rollout": terms["rollout"].item(), "lr": lr}
+        return {"loss": loss.item(), "lr": lr, **{k: v.item() for k, v in terms.items()}}
 
     def run(self, until: int | None = None) -> list[dict]:
         cfg = self.cfg
@@ -89,12 +93,17 @@ class DynamicsTrainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 val = evaluate(self.model, self.val_batches)
                 row.update(step=self.step, val_one_step=val["one_step"], val_rollout=val["rollout"],
-                           seconds=time.perf_counter() - start)
+                           val_latent_std=val["latent_std"], seconds=time.perf_counter() - start)
                 self.history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", val_rollout=f"{val['rollout']:.4f}")
                 if self.rank == 0:
                     write_csv(self.out_dir / "log.csv", self.history)
                     self.save()
+                if self.model.cfg.latent_dim and val["latent_std"] < MIN_LATENT_STD:
+                    raise RepresentationCollapse(
+                        f"the head's latents collapsed at step {self.step}: mean per-dimension std "
+                        f"{val['latent_std']:.2e} < {MIN_LATENT_STD} (raise train.vc_weight)"
+                    )
         bar.close()
         return self.history
 

@@ -1,18 +1,21 @@
 """Action-conditioned world model in the latent space of a frozen JEPA encoder.
 
-The state ``s_t`` is the frozen (EMA target) encoder's patch tokens, average-pooled
-onto a ``pool x pool`` grid, flattened, optionally projected onto their top
-``project_dim`` principal components (fitted once on training frames), and
-standardised with dataset statistics: one frame latent ``z_t``. Nothing trainable
-sits between pixels and latents, so they cannot collapse and the prediction targets
-are exact. One image shows no velocity, so the state stacks the latents of the last
-``history`` consecutive frames, ``s_t = [z_{t-h+1}, ..., z_t]``. The predictor is a
-residual MLP ``s_{t+k} = s_t + f([s_t, a_t .. a_{t+k-1}])`` over blocks of ``k`` env
-steps.
+A frame's features ``x_t`` are the frozen (EMA target) encoder's patch tokens,
+average-pooled onto a ``pool x pool`` grid, flattened, optionally projected onto
+their top ``project_dim`` principal components (fitted once on training frames), and
+standardised with dataset statistics. Its latent ``z_t = head(x_t)`` is a small MLP
+onto ``latent_dim`` dimensions, trained with the predictor (``latent_dim = 0``: the
+identity, ``z_t = x_t``). As in JEPA, the head has an EMA twin, ``target_head``, that
+gives the prediction targets under stop-gradient and the states used for planning;
+a variance-covariance term keeps the online head from collapsing. One image shows no
+velocity, so the state stacks the latents of the last ``history`` consecutive
+frames, ``s_t = [z_{t-h+1}, ..., z_t]``. The predictor is a residual MLP
+``s_{t+k} = s_t + f([s_t, a_t .. a_{t+k-1}])`` over blocks of ``k`` env steps.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
@@ -39,6 +42,9 @@ class DynamicsConfig:
         action_block: env steps per model step; their actions are concatenated.
         hidden: hidden width of the predictor MLP.
         depth: hidden layers of the predictor MLP.
+        latent_dim: size of a frame latent made by the trained head (0 = no head:
+            the standardised features are the latent).
+        head_hidden: hidden width of the head MLP.
     """
 
     pool: int = 8
@@ -48,12 +54,16 @@ class DynamicsConfig:
     action_block: int = 5
     hidden: int = 512
     depth: int = 3
+    latent_dim: int = 0
+    head_hidden: int = 512
 
     def __post_init__(self):
         if self.standardize not in ("per_dim", "global"):
             raise ValueError(f"standardize must be 'per_dim' or 'global', got {self.standardize!r}")
-        if min(self.pool, self.history, self.action_block, self.hidden, self.depth) < 1 or self.project_dim < 0:
-            raise ValueError(f"pool, action_block, hidden and depth must be >= 1, got {self}")
+        if min(self.pool, self.history, self.action_block, self.hidden, self.depth, self.head_hidden) < 1:
+            raise ValueError(f"pool, history, action_block, hidden, depth and head_hidden must be >= 1, got {self}")
+        if self.project_dim < 0 or self.latent_dim < 0:
+            raise ValueError(f"project_dim and latent_dim must be >= 0, got {self}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,15 +88,22 @@ class LatentWorldModel(nn.Module):
         pooled_dim = cfg.pool**2 * encoder.width
         if cfg.project_dim > pooled_dim:
             raise ValueError(f"project_dim {cfg.project_dim} exceeds the {pooled_dim} pooled dimensions")
-        self.frame_dim = cfg.project_dim or pooled_dim
+        self.feature_dim = cfg.project_dim or pooled_dim
+        self.frame_dim = cfg.latent_dim or self.feature_dim
         self.state_dim = cfg.history * self.frame_dim
         self.history = cfg.history
         self.block_dim = cfg.action_block * action_dim
         if cfg.project_dim:
             self.register_buffer("pca_mean", torch.zeros(pooled_dim))
             self.register_buffer("pca_components", torch.eye(pooled_dim)[:, : cfg.project_dim].contiguous())
-        self.register_buffer("latent_mean", torch.zeros(self.frame_dim))
-        self.register_buffer("latent_std", torch.ones(self.frame_dim))
+        self.register_buffer("latent_mean", torch.zeros(self.feature_dim))
+        self.register_buffer("latent_std", torch.ones(self.feature_dim))
+        if cfg.latent_dim:
+            self.head = nn.Sequential(nn.Linear(self.feature_dim, cfg.head_hidden), nn.LayerNorm(cfg.head_hidden),
+                                      nn.GELU(), nn.Linear(cfg.head_hidden, cfg.latent_dim))
+        else:
+            self.head = nn.Identity()
+        self.target_head = copy.deepcopy(self.head).requires_grad_(False)
         layers: list[nn.Module] = []
         width = self.state_dim + self.block_dim
         for _ in range(cfg.depth):
@@ -100,6 +117,7 @@ class LatentWorldModel(nn.Module):
     def train(self, mode: bool = True) -> "LatentWorldModel":
         super().train(mode)
         self.encoder.eval()  # always frozen
+        self.target_head.eval()
         return self
 
     @torch.no_grad()
@@ -113,7 +131,7 @@ class LatentWorldModel(nn.Module):
 
     @torch.no_grad()
     def raw_latent(self, obs: torch.Tensor) -> torch.Tensor:
-        """Unstandardised frame latents ``(B, frame_dim)`` of images ``(B, C, H, W)`` uint8."""
+        """Unstandardised frame features ``(B, feature_dim)`` of images ``(B, C, H, W)`` uint8."""
         x = self.pooled(obs)
         if self.cfg.project_dim:
             x = (x - self.pca_mean) @ self.pca_components
@@ -128,9 +146,16 @@ class LatentWorldModel(nn.Module):
             frames = frames.unsqueeze(1).expand(-1, self.history, -1, -1, -1)
         if frames.ndim != 5 or frames.shape[1] != self.history:
             raise ValueError(f"frames must be (B, {self.history}, C, H, W) or (B, C, H, W), got {tuple(frames.shape)}")
-        B = frames.shape[0]
-        z = (self.raw_latent(frames.flatten(0, 1)) - self.latent_mean) / self.latent_std
-        return z.view(B, self.state_dim)
+        x = (self.raw_latent(frames.flatten(0, 1)) - self.latent_mean) / self.latent_std
+        return self.embed(x.unflatten(0, frames.shape[:2]), target=True)
+
+    def embed(self, features: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """States ``(..., state_dim)`` of standardised features ``(..., history, feature_dim)``.
+
+        ``target=True`` uses the EMA head, as for prediction targets and planning.
+        """
+        head = self.target_head if target else self.head
+        return head(features).flatten(-2)
 
     def predict(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Next state: ``s (..., state_dim)``, ``a (..., action_block * A)`` -> ``(..., state_dim)``."""
@@ -160,7 +185,7 @@ class LatentWorldModel(nn.Module):
         self.pca_components.copy_(v[:, :q])
 
     def set_latent_stats(self, raw_latents: torch.Tensor) -> None:
-        """Standardise frame latents with the mean and std of ``raw_latents (n, frame_dim)``."""
+        """Standardise frame features with the mean and std of ``raw_latents (n, feature_dim)``."""
         self.latent_mean.copy_(raw_latents.mean(0))
         std = raw_latents.std(0).clamp_min(1e-6)
         if self.cfg.standardize == "global":  # one scale: unit mean variance over dimensions
