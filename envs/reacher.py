@@ -152,5 +152,6 @@ SPEC = register_env(
         goal_error=joint_angle_error,
         success_threshold=SUCCESS_TOLERANCE_RAD,
         description="Gymnasium Reacher-v5 (MuJoCo), RGB from a top-down camera",
+        state_groups=(("arm", (0, 1, 4, 5)), ("target", (2, 3, 6, 7))),
     )
 )

@@ -43,6 +43,8 @@ class EnvSpec:
             joint-angle error in radians, modulo 2*pi).
         success_threshold: success when ``goal_error <= success_threshold``.
         description: one line for listings.
+        state_groups: named index groups of the flat state (``(name, indices)`` pairs),
+            e.g. the parts of a scene that can be teleported separately in surprise tests.
     """
 
     name: str
@@ -54,6 +56,7 @@ class EnvSpec:
     goal_error: GoalErrorFn
     success_threshold: float
     description: str = ""
+    state_groups: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
         """The protocol's success test between two flat simulator states."""

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.config import EnvConfig
 from worldmodel.data.config import CollectConfig, PolicyConfig
-from worldmodel.configs import DynamicsExperimentConfig, PlanConfig, PretrainConfig
+from worldmodel.configs import DynamicsExperimentConfig, PlanConfig, PretrainConfig, ProbeConfig
 
 CONFIG_DIR = str(Path(__file__).parent / "configs")
 T = TypeVar("T")
@@ -27,6 +27,7 @@ def register_configs() -> None:
     cs.store(name="plan_schema", node=PlanConfig)
     cs.store(name="pretrain_schema", node=PretrainConfig)
     cs.store(name="dynamics_schema", node=DynamicsExperimentConfig)
+    cs.store(name="probe_schema", node=ProbeConfig)
     cs.store(group="env", name="env_schema", node=EnvConfig)
     cs.store(group="policy", name="policy_schema", node=PolicyConfig)
 

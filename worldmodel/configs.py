@@ -115,3 +115,58 @@ class DynamicsExperimentConfig(CollectConfig):
         super().__post_init__()
         if self.val_episodes < 1:
             raise ValueError(f"val_episodes must be >= 1 to validate the predictor, got {self.val_episodes}")
+
+
+@dataclass
+class ProbeConfig(CollectConfig):
+    """Probing a world model's latents: frames, open-loop rollouts, surprise.
+
+    Attributes:
+        model: world-model checkpoint directory.
+        quantities: recorded physical quantities to probe (empty = all in the dataset).
+        probes: probe kinds, ``linear`` and/or ``mlp``.
+        baselines: extra representations probed in the same run: ``random_encoder``
+            (same architecture, random init) and ``pixels`` (downsampled frames).
+        train_probe_episodes: training episodes the probes are fitted on.
+        mlp_steps: optimiser steps of each MLP probe.
+        pixel_size: side of the downsampled frames of the ``pixels`` baseline.
+        horizon: open-loop model steps for the rollout probes.
+        window_stride: held-out rollout windows start every ``window_stride`` frames.
+        surprise_episodes: held-out segments replayed for the surprise test.
+        surprise_steps: model steps per segment.
+        event_step: the model step during which the event is injected.
+        probe_seed: seed of the episode choice, the MLP probes and the surprise segments.
+        output_dir: where the JSON, Markdown and plots go.
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    model: str = "models/reacher"
+    quantities: list[str] = field(default_factory=list)
+    probes: list[str] = field(default_factory=lambda: ["linear", "mlp"])
+    baselines: list[str] = field(default_factory=lambda: ["random_encoder", "pixels"])
+    train_probe_episodes: int = 200
+    mlp_steps: int = 3000
+    pixel_size: int = 16
+    horizon: int = 6
+    window_stride: int = 3
+    surprise_episodes: int = 100
+    surprise_steps: int = 6
+    event_step: int = 3
+    probe_seed: int = 0
+    output_dir: str = "results/probe"
+    device: str = "auto"
+
+    def __post_init__(self):
+        super().__post_init__()
+        unknown = [p for p in self.probes if p not in ("linear", "mlp")] + [
+            b for b in self.baselines if b not in ("random_encoder", "pixels")]
+        if unknown or not self.probes:
+            raise ValueError(f"probes must be a non-empty subset of [linear, mlp] and baselines a subset of "
+                             f"[random_encoder, pixels]; got probes={self.probes}, baselines={self.baselines}")
+        if min(self.train_probe_episodes, self.mlp_steps, self.pixel_size, self.horizon, self.window_stride,
+               self.surprise_episodes, self.surprise_steps) < 1:
+            raise ValueError(f"counts and sizes must be >= 1, got {self}")
+        if not 0 <= self.event_step < self.surprise_steps:
+            raise ValueError(f"event_step must be in [0, surprise_steps={self.surprise_steps}), got {self.event_step}")
+        if self.heldout_episodes < 1:
+            raise ValueError(f"heldout_episodes must be >= 1 to probe held-out episodes, got {self.heldout_episodes}")

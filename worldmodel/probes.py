@@ -1,51 +1,95 @@
-"""Linear probes from frozen features to physical quantities."""
+"""Probes: which physical quantities can be read out of frozen representations.
+
+A probe maps representations ``(n, d)`` to the physical quantities an environment
+records in ``info`` (stored in a dataset as ``physics.<key>``). Angles (keys that
+contain ``angle``) are regressed as sin/cos and scored back in radians, modulo 2*pi;
+other quantities in their own units; a quantity with two columns (``*_xy``) is also
+scored as a Euclidean distance. Two probe families, both fitted on standardised
+inputs and outputs: ridge regression (closed form) and a small MLP.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+from torch import nn
 
 from worldmodel.data.episodes import Episodes
 from worldmodel.encoder import ViTEncoder, pool_tokens
 
 
-def physical_targets(episodes: Episodes, frames: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Probe targets of the given frames: sin/cos of each joint angle, then the fingertip xy."""
-    q = np.asarray(episodes.physics["joint_angles"][frames], dtype=np.float64)
-    tip = np.asarray(episodes.physics["fingertip_xy"][frames], dtype=np.float64)
-    cols = [np.sin(q[:, 0]), np.cos(q[:, 0]), np.sin(q[:, 1]), np.cos(q[:, 1]), tip[:, 0], tip[:, 1]]
-    names = ["sin_shoulder", "cos_shoulder", "sin_elbow", "cos_elbow", "fingertip_x", "fingertip_y"]
-    return np.stack(cols, 1), names
+@dataclass(frozen=True)
+class Quantity:
+    """One recorded physical quantity, ``dims`` values per frame."""
+
+    key: str
+    dims: int
+
+    @property
+    def angle(self) -> bool:
+        return "angle" in self.key
+
+    @property
+    def columns(self) -> list[str]:
+        if self.angle:
+            return [f"{f}({self.key}[{i}])" for f in ("sin", "cos") for i in range(self.dims)]
+        return [f"{self.key}[{i}]" for i in range(self.dims)]
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """Probe targets ``(n, len(columns))`` of values ``(n, dims)``."""
+        return np.concatenate([np.sin(values), np.cos(values)], 1) if self.angle else values
+
+    def decode(self, columns: np.ndarray) -> np.ndarray:
+        """Values ``(n, dims)`` back from probe outputs ``(n, len(columns))``."""
+        return np.arctan2(columns[:, : self.dims], columns[:, self.dims :]) if self.angle else columns
+
+    def errors(self, columns: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-frame absolute errors in physical units, by name."""
+        diff = self.decode(columns) - values
+        if self.angle:
+            diff = (diff + np.pi) % (2 * np.pi) - np.pi
+        out = {f"{self.key}[{i}]": np.abs(diff[:, i]) for i in range(self.dims)}
+        if self.dims == 2 and not self.angle:
+            out[f"{self.key}(distance)"] = np.linalg.norm(diff, axis=1)
+        return out
 
 
-@torch.no_grad()
-def encode_frames(encoder: ViTEncoder, episodes: Episodes, frames: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Pooled features ``(n, D)`` of the given frames."""
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    out = []
-    for i in range(0, len(frames), batch):
-        obs = torch.from_numpy(np.asarray(episodes.obs[np.sort(frames[i : i + batch])]))
-        # keep the caller's order
-        order = np.argsort(np.argsort(frames[i : i + batch]))
-        images = obs.permute(0, 3, 1, 2).to(device)
-        out.append(pool_tokens(encoder(images)).float().cpu().numpy()[order])
-    return np.concatenate(out)
+class Targets:
+    """The quantities probed, in a fixed order, and their column layout."""
 
+    def __init__(self, quantities: list[Quantity]):
+        if not quantities:
+            raise ValueError("no physical quantities to probe (the dataset records no physics.<key> arrays)")
+        self.quantities = quantities
+        self.columns = [c for q in quantities for c in q.columns]
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Ridge regression on standardised features; returns ``(mean, scale, W, b)``."""
-    mu, sd = x.mean(0), x.std(0) + 1e-8
-    z = (x - mu) / sd
-    ym = y.mean(0)
-    a = z.T @ z + alpha * len(z) * np.eye(z.shape[1])
-    w = np.linalg.solve(a, z.T @ (y - ym))
-    return mu, sd, w, ym
+    @classmethod
+    def of(cls, episodes: Episodes, keys: list[str] | None = None) -> "Targets":
+        """The quantities ``keys`` (all recorded ones when ``None``) of ``episodes``."""
+        keys = sorted(episodes.physics) if keys is None else list(keys)
+        missing = [k for k in keys if k not in episodes.physics]
+        if missing:
+            raise KeyError(f"quantities {missing} are not recorded; the dataset has {sorted(episodes.physics)}")
+        return cls([Quantity(k, np.asarray(episodes.physics[k][:1]).reshape(1, -1).shape[1]) for k in keys])
 
+    def values(self, episodes: Episodes, frames: np.ndarray) -> dict[str, np.ndarray]:
+        return {q.key: np.asarray(episodes.physics[q.key][frames], dtype=np.float64).reshape(len(frames), -1)
+                for q in self.quantities}
 
-def predict_ridge(params, x: np.ndarray) -> np.ndarray:
-    mu, sd, w, b = params
-    return ((x - mu) / sd) @ w + b
+    def table(self, values: dict[str, np.ndarray]) -> np.ndarray:
+        """Probe targets ``(n, len(columns))``."""
+        return np.concatenate([q.encode(values[q.key]) for q in self.quantities], 1)
+
+    def errors(self, pred: np.ndarray, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-frame physical errors of predictions ``(n, len(columns))``, by name."""
+        out, i = {}, 0
+        for q in self.quantities:
+            n = len(q.columns)
+            out.update(q.errors(pred[:, i : i + n], values[q.key]))
+            i += n
+        return out
 
 
 def r2_score(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -55,25 +99,120 @@ def r2_score(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return 1 - ss_res / np.maximum(ss_tot, 1e-12)
 
 
-def linear_probe(
-    encoder: ViTEncoder,
-    train: Episodes,
-    test: Episodes,
-    n_train: int = 4000,
-    n_test: int = 2000,
-    seed: int = 0,
-) -> dict:
-    """Fit a linear probe on frames of ``train``, score R^2 on frames of ``test``."""
+def pearson(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Pearson correlation per column (0 where either side is constant)."""
+    a, b = y - y.mean(0), pred - pred.mean(0)
+    denom = np.sqrt((a**2).sum(0) * (b**2).sum(0))
+    return np.where(denom > 1e-12, (a * b).sum(0) / np.maximum(denom, 1e-12), 0.0)
+
+
+class _Standardised:
+    def _stats(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.mx, self.sx = x.mean(0), x.std(0) + 1e-8
+        self.my, self.sy = y.mean(0), y.std(0) + 1e-8
+
+    def _check(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
+        if x.ndim != 2 or (y is not None and (y.ndim != 2 or len(y) != len(x))):
+            raise ValueError(f"probe inputs must be (n, d) and targets (n, k), got {x.shape}, "
+                             f"{None if y is None else y.shape}")
+        if not np.all(np.isfinite(x)) or (y is not None and not np.all(np.isfinite(y))):
+            raise ValueError("probe inputs or targets contain NaN or inf")
+
+
+class LinearProbe(_Standardised):
+    """Ridge regression on standardised inputs; ``alpha`` scales with the sample count."""
+
+    def __init__(self, alpha: float = 1e-3):
+        self.alpha = alpha
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "LinearProbe":
+        self._check(x, y)
+        self._stats(x, y)
+        z, t = (x - self.mx) / self.sx, (y - self.my) / self.sy
+        a = z.T @ z + self.alpha * len(z) * np.eye(z.shape[1])
+        self.w = np.linalg.solve(a, z.T @ t)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self._check(x)
+        return ((x - self.mx) / self.sx) @ self.w * self.sy + self.my
+
+
+class MLPProbe(_Standardised):
+    """Two hidden layers, Adam on the mean squared error of standardised targets."""
+
+    def __init__(self, hidden: int = 256, steps: int = 2000, batch: int = 256, lr: float = 1e-3, seed: int = 0):
+        self.hidden, self.steps, self.batch, self.lr, self.seed = hidden, steps, batch, lr, seed
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "MLPProbe":
+        self._check(x, y)
+        self._stats(x, y)
+        gen = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)
+        self.net = nn.Sequential(nn.Linear(x.shape[1], self.hidden), nn.GELU(), nn.Linear(self.hidden, self.hidden),
+                                 nn.GELU(), nn.Linear(self.hidden, y.shape[1]))
+        z = torch.as_tensor((x - self.mx) / self.sx, dtype=torch.float32)
+        t = torch.as_tensor((y - self.my) / self.sy, dtype=torch.float32)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.steps)
+        for _ in range(self.steps):
+            idx = torch.randint(len(z), (min(self.batch, len(z)),), generator=gen)
+            loss = ((self.net(z[idx]) - t[idx]) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        return self
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self._check(x)
+        z = torch.as_tensor((x - self.mx) / self.sx, dtype=torch.float32)
+        return self.net(z).double().numpy() * self.sy + self.my
+
+
+PROBES = {"linear": LinearProbe, "mlp": MLPProbe}
+
+
+def score(targets: Targets, pred: np.ndarray, values: dict[str, np.ndarray]) -> dict:
+    """R^2 and Pearson r per column, and the median physical error per quantity."""
+    y = targets.table(values)
+    r2, r = r2_score(y, pred), pearson(y, pred)
+    errors = {k: float(np.median(v)) for k, v in targets.errors(pred, values).items()}
+    return {"r2": dict(zip(targets.columns, r2.tolist())), "pearson": dict(zip(targets.columns, r.tolist())),
+            "median_error": errors}
+
+
+# --- the JEPA pretraining's quick check: pooled features, joint angles and fingertip -----------------
+
+
+@torch.no_grad()
+def encode_frames(encoder: ViTEncoder, episodes: Episodes, frames: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Mean-pooled features ``(n, D)`` of the given frames, in the given order."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = []
+    for i in range(0, len(frames), batch):
+        chunk = frames[i : i + batch]
+        obs = torch.from_numpy(np.asarray(episodes.obs[np.sort(chunk)]))
+        order = np.argsort(np.argsort(chunk))  # back to the caller's order
+        out.append(pool_tokens(encoder(obs.permute(0, 3, 1, 2).to(device))).float().cpu().numpy()[order])
+    return np.concatenate(out)
+
+
+def linear_probe(encoder: ViTEncoder, train: Episodes, test: Episodes, n_train: int = 4000, n_test: int = 2000,
+                 seed: int = 0) -> dict:
+    """Ridge probe from pooled features to joint angles (sin/cos) and fingertip xy; R^2 on ``test``."""
     rng = np.random.default_rng(seed)
     ftr = rng.choice(len(train.obs), size=min(n_train, len(train.obs)), replace=False)
     fte = rng.choice(len(test.obs), size=min(n_test, len(test.obs)), replace=False)
-    ytr, names = physical_targets(train, ftr)
-    yte, _ = physical_targets(test, fte)
-    params = fit_ridge(encode_frames(encoder, train, ftr), ytr)
-    r2 = r2_score(yte, predict_ridge(params, encode_frames(encoder, test, fte)))
-    per = dict(zip(names, r2.tolist()))
+    targets = Targets.of(train, ["joint_angles", "fingertip_xy"])
+    ytr, yte = targets.table(targets.values(train, ftr)), targets.table(targets.values(test, fte))
+    probe = LinearProbe().fit(encode_frames(encoder, train, ftr), ytr)
+    r2 = r2_score(yte, probe.predict(encode_frames(encoder, test, fte)))
+    names = ["sin_shoulder", "sin_elbow", "cos_shoulder", "cos_elbow", "fingertip_x", "fingertip_y"]
     return {
-        "r2": per,
+        "r2": dict(zip(names, r2.tolist())),
         "r2_mean": float(r2.mean()),
         "r2_joint_angles": float(r2[:4].mean()),
         "r2_fingertip": float(r2[4:].mean()),
