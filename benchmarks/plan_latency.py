@@ -57,17 +57,21 @@ def main() -> None:
     size = model.encoder.cfg.image_size
     image = lambda: rng.integers(0, 256, (size, size, 3), dtype=np.uint8)  # noqa: E731
     agent.reset(image())
+
+    def replan(obs):
+        agent.frames, agent.actions = [obs], []
+        agent._replan()
+
     for _ in range(3):  # warm-up
-        agent._replan([image()])
+        replan(image())
     agent.plan_seconds.clear()
     encode_s = []
     for _ in range(args.replans):
         obs = image()
         t = time.perf_counter()
-        with torch.no_grad():
-            agent._encode([obs])
+        agent._encode([obs], [])
         encode_s.append(time.perf_counter() - t)
-        agent._replan([obs])
+        replan(obs)
     plan_s = float(np.mean(agent.plan_seconds))
     c = cfg.cem
     flops = predictor_flops_per_step(model) * c.samples * cfg.horizon * c.iterations

@@ -3,9 +3,9 @@
 1. Frame probes: linear and MLP probes fitted on states of training episodes, scored
    on held-out episodes (R^2, Pearson r, median error in physical units), for the
    world model's latent state, the encoder features under it, a randomly
-   initialised encoder of the same architecture, and raw downsampled pixels. A
-   state stacks the model's ``history`` frames for every representation, so
-   velocities are readable from all of them.
+   initialised encoder of the same architecture, and raw downsampled pixels. Every
+   representation is stacked like the model's state (``history`` frames one action
+   block apart, and the actions between them), so velocities are readable from all.
 2. Rollout probes: the world-model probes applied to open-loop predicted states
    (recorded actions) at horizons 0..H, next to the same probes on the encoded true
    frames; plus the latent error per horizon.
@@ -39,18 +39,23 @@ from worldmodel.dynamics_trainer import load_world_model
 from worldmodel.encoder import ViTEncoder
 from worldmodel.pretrain import resolve_device
 from worldmodel.probes import PROBES, MLPProbe, Targets, score
-from worldmodel.surprise import auroc, perturbation_names, replay, surprise
+from worldmodel.surprise import auroc, event_action, perturbation_names, replay, segment_frames, surprise
 from worldmodel.world_model import DynamicsConfig, LatentWorldModel
 
 
-def state_rows(episodes: Episodes, history: int) -> np.ndarray:
-    """Frames that end a full state (the ``history - 1`` first frames of each episode do not)."""
-    return np.concatenate([s + np.arange(history - 1, n + 1) for s, n in zip(episodes.frame_starts, episodes.lengths)])
+def state_rows(episodes: Episodes, span: int) -> np.ndarray:
+    """Frames that end a full state, i.e. have ``span`` env steps of their episode before them."""
+    return np.concatenate([s + np.arange(span, n + 1) for s, n in zip(episodes.frame_starts, episodes.lengths)])
 
 
-def stack(features: np.ndarray, rows: np.ndarray, history: int) -> np.ndarray:
-    """States ``(len(rows), history * d)``: the features of frames ``row - history + 1 .. row``."""
-    return np.concatenate([features[rows - history + 1 + i] for i in range(history)], 1)
+def stack(features: np.ndarray, episodes: Episodes, rows: np.ndarray, history: int, k: int) -> np.ndarray:
+    """States shaped like the world model's: the features of frames ``row - (h-1)k, ..., row - k, row``
+    and the ``(h-1)k`` actions between them, ``(len(rows), h * d + (h-1) * k * A)``."""
+    span = (history - 1) * k
+    steps = rows - np.searchsorted(episodes.frame_starts, rows, side="right") + 1  # step index of frame ``row``
+    parts = [features[rows - span + i * k] for i in range(history)]
+    parts += [np.asarray(episodes.actions[steps - span + j]) for j in range(span)]
+    return np.concatenate(parts, 1)
 
 
 @torch.no_grad()
@@ -77,14 +82,16 @@ def random_encoder_model(model: LatentWorldModel, train: Episodes, seed: int) ->
     return rand
 
 
-def frame_probes(reps: dict, targets: Targets, train: Episodes, test: Episodes, history: int, cfg: ProbeConfig):
+def frame_probes(reps: dict, targets: Targets, train: Episodes, test: Episodes, history: int, k: int,
+                 cfg: ProbeConfig):
     """Every probe kind on every representation; returns the scores and the fitted world-model probes."""
-    rtr, rte = state_rows(train, history), state_rows(test, history)
+    span = (history - 1) * k
+    rtr, rte = state_rows(train, span), state_rows(test, span)
     vtr, vte = targets.values(train, rtr), targets.values(test, rte)
     ytr = targets.table(vtr)
     results, fitted = {}, {}
     for name, (ftr, fte) in tqdm(reps.items(), desc="frame probes", disable=not cfg.progress):
-        xtr, xte = stack(ftr, rtr, history), stack(fte, rte, history)
+        xtr, xte = stack(ftr, train, rtr, history, k), stack(fte, test, rte, history, k)
         for kind in cfg.probes:
             probe = MLPProbe(steps=cfg.mlp_steps, seed=cfg.probe_seed) if kind == "mlp" else PROBES[kind]()
             probe.fit(xtr, ytr)
@@ -99,12 +106,13 @@ def frame_probes(reps: dict, targets: Targets, train: Episodes, test: Episodes, 
 def rollout_probes(model: LatentWorldModel, probes: dict, targets: Targets, test: Episodes, raw: torch.Tensor,
                    cfg: ProbeConfig) -> dict:
     """Probe errors of open-loop predicted states vs the encoded true frames, per horizon."""
+    h = model.history
     batches = WindowBatches(model, test, raw, cfg.horizon)
     index = np.arange(0, len(batches.sampler), cfg.window_stride)
     x, a = batches.get(index)
-    true = model.embed(x, target=True)  # (B, R+1, d)
-    pred = torch.cat([true[:, :1], model.rollout(true[:, 0], a)], 1)
-    frames = batches.sampler.rows(index)[0][:, batches.state_frames[:, -1]]  # (B, R+1): each state's last frame
+    true = model.window_states(model.embed(x, target=True), a)  # (B, R+1, state_dim)
+    pred = torch.cat([true[:, :1], model.rollout(true[:, 0], a[:, h - 1 :])], 1)
+    frames = batches.sampler.rows(index)[0][:, batches.boundaries[h - 1 :]]  # (B, R+1): each state's newest frame
     out = {"horizon_env_steps": (np.arange(cfg.horizon + 1) * model.cfg.action_block).tolist(), "windows": len(index),
            "latent_mse": ((pred - true) ** 2).mean((0, 2)).tolist(), "probes": {}}
     for kind, probe in probes.items():
@@ -120,9 +128,9 @@ def rollout_probes(model: LatentWorldModel, probes: dict, targets: Targets, test
 
 def surprise_test(model: LatentWorldModel, spec, env, test: Episodes, cfg: ProbeConfig, device) -> dict:
     """Surprise traces of replayed held-out segments, unperturbed and with each event; AUROC per event."""
-    k, h, R, m = model.cfg.action_block, model.history, cfg.surprise_steps, cfg.event_step
-    n = R * k + h  # images per segment
-    at = h - 1 + m * k + k // 2  # the event happens inside model step m
+    R, m = cfg.surprise_steps, cfg.event_step
+    n = segment_frames(model, R)  # images per segment
+    at = event_action(model, m)  # the event happens inside model step m
     rng = np.random.default_rng(cfg.probe_seed)
     usable = np.flatnonzero(test.lengths + 1 >= n)
     if len(usable) < 2:
@@ -185,9 +193,9 @@ def run(cfg: ProbeConfig) -> dict:
         reps["random_encoder"] = tuple(standardised(rand, r).numpy() for r in rraw)
     if "pixels" in cfg.baselines:
         reps["pixels"] = tuple(pixel_features(ep, cfg.pixel_size) for ep in (train, test))
-    frame, fitted = frame_probes(reps, targets, train, test, h, cfg)
+    frame, fitted = frame_probes(reps, targets, train, test, h, model.cfg.action_block, cfg)
     rollout = rollout_probes(model, fitted, targets, test, raw["test"], cfg)
-    env = cfg.env.make(max_episode_steps=cfg.surprise_steps * model.cfg.action_block + h + 1)
+    env = cfg.env.make(max_episode_steps=segment_frames(model, cfg.surprise_steps) + 1)
     surprise_result = surprise_test(model, spec, env, test, cfg, device)
     env.close()
     return {
@@ -215,7 +223,7 @@ def markdown(summary: dict) -> str:
     qs = summary["quantities"]
     lines = [f"# Probes: {summary['model']} on {summary['env']}", "",
              f"{summary['train_episodes']} training / {summary['test_episodes']} held-out episodes; a state stacks "
-             f"{summary['history']} frames. R^2 (mean over a quantity's columns) / median error in physical units "
+             f"{summary['history']} frames one action block apart (and the actions between). R^2 (mean over a quantity's columns) / median error in physical units "
              "(angles: rad; positions: m, as a distance for xy pairs; velocities: rad/s).", "",
              "| representation | probe | dims | " + " | ".join(qs) + " |", "|---|---|---|" + "---|" * len(qs)]
     for r in summary["frame_probes"].values():

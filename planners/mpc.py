@@ -1,7 +1,8 @@
 """Receding-horizon control in a latent space: plan, execute a few steps, replan.
 
-The agent knows a model only through two verbs, ``encode`` and ``rollout``, and
-plans over blocks of ``action_block`` env steps (their actions concatenated).
+The agent knows a model only through its verbs ``encode``, ``rollout`` and ``newest``,
+and plans over blocks of ``action_block`` env steps (their actions concatenated). The
+cost compares the newest frame latent of each predicted state with the goal image's.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from planners.objectives import REDUCTIONS, ActionPenalty, GoalDistance, Weighte
 
 class LatentModel(Protocol):
     block_dim: int
-    history: int  # consecutive frames per state
+    history: int  # frames per state, one action block apart
 
-    def encode(self, frames: torch.Tensor) -> torch.Tensor: ...  # (B, h, C, H, W) uint8 -> (B, d)
+    def encode(self, frames: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+        ...  # (B, h, C, H, W) uint8 and the (B, (h-1)*k, A) actions between them -> (B, d)
 
     def rollout(self, s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...  # -> (B, H, d)
+
+    def newest(self, s: torch.Tensor) -> torch.Tensor: ...  # (..., d) -> the newest frame's latent
 
 
 @dataclass
@@ -50,7 +54,6 @@ class MPCConfig:
     horizon: int = 5
     receding_horizon: int = 5
     goal_reduce: str = "min"
-    goal_frames: int = 0
     action_penalty: float = 0.0
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
@@ -89,36 +92,37 @@ class LatentMPCAgent:
         self.device = next(iter(model.parameters())).device if hasattr(model, "parameters") else torch.device("cpu")
         self.plan_seconds: list[float] = []
 
-    def _encode(self, frames: list[np.ndarray]) -> torch.Tensor:
-        """State of the last ``history`` images (the oldest repeated while there are fewer)."""
-        h = self.model.history
-        frames = [frames[0]] * (h - len(frames)) + list(frames[-h:])
-        x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)[None].to(self.device)  # (1, h, C, H, W)
-        return self.model.encode(x)
+    @torch.no_grad()
+    def _encode(self, frames: list[np.ndarray], actions: list[np.ndarray]) -> torch.Tensor:
+        """State at the newest of ``frames``: the images one block apart back from it and the
+        actions between them (before the episode's first image: that image, still)."""
+        span = (self.model.history - 1) * self.k  # env steps a state looks back
+        pad = max(0, span + 1 - len(frames))
+        frames = [frames[0]] * pad + list(frames)
+        actions = [np.zeros(self.action_dim, np.float32)] * pad + list(actions)
+        x = torch.from_numpy(np.stack(frames[-span - 1 :: self.k])).permute(0, 3, 1, 2)[None].to(self.device)
+        a = torch.from_numpy(np.asarray(actions[len(actions) - span :], np.float32).reshape(1, span, self.action_dim))
+        return self.model.encode(x, a.to(self.device))
 
     def reset(self, goal_obs: np.ndarray) -> None:
-        with torch.no_grad():
-            self.goal = self._encode([goal_obs])  # the goal as a still scene
-        self.warm, self.queue, self.frames = None, [], []
+        self.goal = self.model.newest(self._encode([goal_obs], []))  # the goal as a still scene
+        self.warm, self.queue, self.frames, self.actions = None, [], [], []
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        self.frames = (self.frames + [np.array(obs, copy=True)])[-self.model.history :]
+        span = (self.model.history - 1) * self.k
+        self.frames = (self.frames + [np.array(obs, copy=True)])[-span - 1 :]
         if not self.queue:
-            self._replan(self.frames)
-        return self.queue.pop(0)
+            self._replan()
+        action = self.queue.pop(0)
+        self.actions = (self.actions + [action])[-span:] if span else []  # those since the oldest frame kept
+        return action
 
-    def _replan(self, frames: list[np.ndarray]) -> None:
+    def _replan(self) -> None:
         start = time.perf_counter()
         cfg = self.cfg
-        with torch.no_grad():
-            s0 = self._encode(frames)
-        rollout, goal = self.model.rollout, self.goal
-        if cfg.goal_frames:  # compare only the latents of the state's last goal_frames frames
-            d = goal.shape[-1] * cfg.goal_frames // self.model.history
-            rollout, goal = (lambda s, a: self.model.rollout(s, a)[..., -d:]), goal[..., -d:]
-            cost = GoalDistance(rollout, s0, goal, cfg.goal_reduce)
-        else:
-            cost = GoalDistance(rollout, s0, goal, cfg.goal_reduce)
+        s0 = self._encode(self.frames, self.actions)
+        model = self.model
+        cost = GoalDistance(lambda s, a: model.newest(model.rollout(s, a)), s0, self.goal, cfg.goal_reduce)
         if cfg.action_penalty:
             cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])
         grad = cfg.planner == "gradient"

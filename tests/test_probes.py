@@ -15,7 +15,7 @@ from worldmodel.dynamics import encode_frames
 from worldmodel.dynamics_trainer import world_model_config
 from worldmodel.encoder import EncoderConfig, ViTEncoder
 from worldmodel.probes import LinearProbe, MLPProbe, Quantity, Targets, pearson, r2_score
-from worldmodel.surprise import auroc, replay, surprise
+from worldmodel.surprise import auroc, event_action, replay, surprise
 from worldmodel.world_model import DynamicsConfig, LatentWorldModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,13 +87,15 @@ def test_rollout_probe_at_horizon_zero_equals_the_frame_probe(tiny_dataset):
     raw = encode_frames(model, test, progress=False)
     model.set_latent_stats(raw)
     targets = Targets.of(test, ["joint_angles", "fingertip_xy"])
-    rows = state_rows(test, model.history)
+    k = model.cfg.action_block
+    rows = state_rows(test, k)  # frames with one action block of their episode before them
     with torch.no_grad():  # states of real frames, the way the planner encodes them
-        obs = torch.from_numpy(np.asarray(test.obs)).permute(0, 3, 1, 2)
-        pairs = torch.stack([obs[rows - 1], obs[rows]], 1)
-        states = model.encode(pairs).double().numpy()
+        obs = torch.from_numpy(np.array(test.obs)).permute(0, 3, 1, 2)
+        steps = rows - np.searchsorted(test.frame_starts, rows, side="right") + 1
+        actions = torch.from_numpy(np.stack([test.actions[steps - k + j] for j in range(k)], 1))
+        states = model.encode(torch.stack([obs[rows - k], obs[rows]], 1), actions).double().numpy()
     features = model.target_head((raw - model.latent_mean) / model.latent_std).detach().numpy()
-    np.testing.assert_allclose(stack(features, rows, 2), states, atol=1e-4)
+    np.testing.assert_allclose(stack(features, test, rows, 2, k), states, atol=1e-4)
     probe = LinearProbe().fit(states, targets.table(targets.values(test, rows)))
     cfg = ProbeConfig(horizon=2, window_stride=1, heldout_episodes=2)
     out = rollout_probes(model, {"linear": probe}, targets, test, raw, cfg)
@@ -101,8 +103,8 @@ def test_rollout_probe_at_horizon_zero_equals_the_frame_probe(tiny_dataset):
     assert per["rollout"][0] == per["true_frames"][0]
     assert out["latent_mse"][0] == 0 and out["latent_mse"][2] > 0
     # horizon 0 of each window is one of the real states probed above
-    window = 2 * 5 + 2  # R*k + h frames
-    first = np.concatenate([s + 1 + np.arange(n - window + 1) for s, n in zip(test.frame_starts, test.lengths + 1)])
+    window = (2 + 2 - 1) * k + 1  # (R + h - 1) * k + 1 frames
+    first = np.concatenate([s + k + np.arange(n - window + 1) for s, n in zip(test.frame_starts, test.lengths + 1)])
     direct = targets.errors(probe.predict(states[np.searchsorted(rows, first)]), targets.values(test, first))
     for name, errs in direct.items():
         assert per["true_frames"][0][name] == pytest.approx(float(np.median(errs)), rel=1e-4)
@@ -113,15 +115,17 @@ def test_events_change_what_is_replayed_and_surprise_rises_at_the_event(tiny_dat
     test = tiny_dataset.split("heldout")
     env = envs.make_env("reacher", max_episode_steps=30)
     start, other = np.asarray(test.states[0]), np.asarray(test.states[test.frame_starts[1] + 5])
-    actions = np.asarray(test.actions[:11])
+    actions = np.asarray(test.actions[:15])  # (R + h - 1) * k actions: two model steps
     plain = replay(env, spec, start, actions)
-    np.testing.assert_array_equal(plain, test.obs[:12])  # the recording, image for image
-    arm = replay(env, spec, start, actions, "teleport_arm", at=6, other_state=other)
-    np.testing.assert_array_equal(arm[:7], plain[:7])
-    assert np.abs(arm[7:].astype(int) - plain[7:]).sum() > 0
-    colour = replay(env, spec, start, actions, "colour", at=6)
-    np.testing.assert_array_equal(colour[:7], plain[:7])
-    assert np.abs(colour[7:].astype(int) - plain[7:]).sum() > 0
+    np.testing.assert_array_equal(plain, test.obs[:16])  # the recording, image for image
+    at = event_action(tiny_model(), 1)  # inside model step 1: between images 10 and 15
+    assert at == 12
+    arm = replay(env, spec, start, actions, "teleport_arm", at=at, other_state=other)
+    np.testing.assert_array_equal(arm[: at + 1], plain[: at + 1])
+    assert np.abs(arm[at + 1 :].astype(int) - plain[at + 1 :]).sum() > 0
+    colour = replay(env, spec, start, actions, "colour", at=at)
+    np.testing.assert_array_equal(colour[: at + 1], plain[: at + 1])
+    assert np.abs(colour[at + 1 :].astype(int) - plain[at + 1 :]).sum() > 0
     np.testing.assert_array_equal(replay(env, spec, start, actions), plain)  # the colours were restored
     with pytest.raises(ValueError, match="unknown perturbation"):
         replay(env, spec, start, actions, "explode", at=3)

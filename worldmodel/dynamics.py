@@ -1,11 +1,13 @@
 """Training the action-conditioned predictor on frozen-encoder states.
 
-The encoder is frozen, so every frame's latent is computed once (``encode_frames``)
+The encoder is frozen, so every frame's features are computed once (``encode_frames``)
 and training windows are read from that table: a window of ``R`` model steps spans
-``R * k + h`` frames (``k`` env steps per action block, ``h`` frames per state). Two named loss terms:
+``(R + h - 1) * k + 1`` frames (``k`` env steps per action block, ``h`` block-boundary
+latents per state), of which the block boundaries are used. Two named loss terms on
+the predicted newest latent:
 
-- ``one_step``: teacher forcing, ``g(s_t, a_t)`` against ``s_{t+k}``;
-- ``rollout``: ``R`` steps open loop from ``s_0``, against every true state;
+- ``one_step``: teacher forcing, ``g(s_t, A_t)`` against ``z_{t+k}``;
+- ``rollout``: ``R`` steps open loop from ``s_0``, against every true latent;
 
 and, with a trained head, ``vc``: a variance-covariance term on the online head's
 latents (the collapse guard). Targets are the EMA head's states on the frozen EMA
@@ -97,40 +99,44 @@ def encode_frames(model: LatentWorldModel, episodes: Episodes, batch: int = 256,
     return out
 
 
-def dynamics_losses(model: LatentWorldModel, features: torch.Tensor, actions: torch.Tensor) -> dict:
-    """Loss terms of a batch: standardised ``features (B, R+1, h, feature_dim)``, ``actions (B, R, block)``."""
-    states = model.embed(features)
+def dynamics_losses(model: LatentWorldModel, features: torch.Tensor, blocks: torch.Tensor) -> dict:
+    """Loss terms of a batch: standardised block-boundary ``features (B, R+h, feature_dim)`` and the
+    action ``blocks (B, R+h-1, block)`` between them."""
+    h = model.history
+    latents = model.embed(features)
     with torch.no_grad():
-        targets = model.embed(features, target=True)[:, 1:]
-    one_step = F.mse_loss(model.predict(states[:, :-1], actions), targets)
-    rollout = F.mse_loss(model.rollout(states[:, 0], actions), targets)
+        targets = model.embed(features, target=True)[:, h:]
+    states = model.window_states(latents, blocks)[:, :-1]  # (B, R, state_dim)
+    one_step = F.mse_loss(model.newest(model.predict(states, blocks[:, h - 1 :])), targets)
+    rollout = F.mse_loss(model.newest(model.rollout(states[:, 0], blocks[:, h - 1 :])), targets)
     if model.cfg.latent_dim:
-        vc = variance_covariance(states.reshape(-1, model.frame_dim))
+        vc = variance_covariance(latents.reshape(-1, model.frame_dim))
     else:
         vc = one_step.new_zeros(())
     return {"one_step": one_step, "rollout": rollout, "vc": vc}
 
 
 class WindowBatches:
-    """Standardised feature windows and action blocks, drawn from a table of frame features.
+    """Standardised features at block boundaries and the action blocks between them, drawn
+    from a table of frame features.
 
-    State ``r`` of a window stacks frames ``r*k .. r*k + h - 1``; action block ``r`` is
-    the ``k`` actions taken from its last frame.
+    A window holds the ``R + h`` block-boundary frames ``0, k, 2k, ...`` of ``(R + h - 1) * k + 1``
+    consecutive frames, and the ``R + h - 1`` blocks of ``k`` actions between them.
     """
 
     def __init__(self, model: LatentWorldModel, episodes: Episodes, raw_latents: torch.Tensor, rollout_steps: int):
         k, h = model.cfg.action_block, model.history
         self.k, self.h, self.R = k, h, rollout_steps
-        self.sampler = WindowSampler(episodes, window=rollout_steps * k + h)
+        self.sampler = WindowSampler(episodes, window=(rollout_steps + h - 1) * k + 1)
         self.latents = (raw_latents - model.latent_mean.cpu()) / model.latent_std.cpu()
         self.actions = torch.from_numpy(np.array(episodes.actions, dtype=np.float32))
-        self.state_frames = (np.arange(rollout_steps + 1) * k)[:, None] + np.arange(h)  # (R+1, h)
+        self.boundaries = np.arange(rollout_steps + h) * k  # window frames at block boundaries
 
     def get(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        frames, steps = self.sampler.rows(index)  # (B, R*k + h), (B, R*k + h - 1)
-        z = self.latents[torch.from_numpy(frames[:, self.state_frames])]  # (B, R+1, h, d)
-        a = self.actions[torch.from_numpy(steps[:, self.h - 1 :])]  # (B, R*k, A)
-        return z, a.reshape(len(index), self.R, -1)  # features of each state's frames; blocks of k actions
+        frames, steps = self.sampler.rows(index)
+        x = self.latents[torch.from_numpy(frames[:, self.boundaries])]  # (B, R+h, d)
+        a = self.actions[torch.from_numpy(steps)]  # (B, (R+h-1)*k, A)
+        return x, a.reshape(len(index), self.R + self.h - 1, -1)
 
     def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.get(torch.randint(len(self.sampler), (batch,), generator=generator).numpy())
@@ -144,8 +150,9 @@ def evaluate(model: LatentWorldModel, batches: WindowBatches, n: int = 1024, see
     x, a = batches.sample(n, torch.Generator().manual_seed(seed))
     x, a = x.to(model.latent_mean.device), a.to(model.latent_mean.device)
     terms = {k: v.item() for k, v in dynamics_losses(model, x, a).items()}
-    s = model.embed(x, target=True)
-    per_h = ((model.rollout(s[:, 0], a) - s[:, 1:]) ** 2).mean((0, 2))
-    latent_std = s.reshape(-1, model.frame_dim).std(0).mean().item()
+    z, h = model.embed(x, target=True), model.history
+    s0 = model.window_states(z, a)[:, 0]
+    per_h = ((model.newest(model.rollout(s0, a[:, h - 1 :])) - z[:, h:]) ** 2).mean((0, 2))
+    latent_std = z.reshape(-1, model.frame_dim).std(0).mean().item()
     model.train()
     return {**terms, "rollout_mse_by_horizon": per_h.tolist(), "latent_std": latent_std}

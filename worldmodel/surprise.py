@@ -89,18 +89,30 @@ def replay(env, spec: EnvSpec, start_state: np.ndarray, actions: np.ndarray, per
     return np.stack(frames)
 
 
+def segment_frames(model, steps: int) -> int:
+    """Images in a segment of ``steps`` model steps: ``(steps + h - 1) * k + 1``."""
+    return (steps + model.history - 1) * model.cfg.action_block + 1
+
+
+def event_action(model, step: int) -> int:
+    """The action before which an event is injected so that it happens inside model step ``step``."""
+    k = model.cfg.action_block
+    return (step + model.history - 1) * k + k // 2
+
+
 @torch.no_grad()
 def surprise(model, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Per model-step surprise ``(B, R)`` of image sequences ``(B, R*k + h, C, H, W)`` uint8 and
-    their actions ``(B, R*k + h - 1, A)``: state ``r`` stacks images ``r*k .. r*k + h - 1``."""
+    """Per model-step surprise ``(B, R)`` of image sequences ``(B, (R+h-1)*k + 1, C, H, W)`` uint8
+    and their actions ``(B, (R+h-1)*k, A)``: the distance between the predicted and the encoded
+    newest latent after each action block."""
     k, h = model.cfg.action_block, model.history
     B, n = frames.shape[:2]
-    R = (n - h) // k
-    if R < 1 or R * k + h != n or actions.shape[1] != n - 1:
-        raise ValueError(f"need R*k + h images and one action fewer (k={k}, h={h}), got {n} images, "
+    R = (n - 1) // k - h + 1
+    if R < 1 or segment_frames(model, R) != n or actions.shape[1] != n - 1:
+        raise ValueError(f"need (R+h-1)*k + 1 images and one action fewer (k={k}, h={h}), got {n} images, "
                          f"{actions.shape[1]} actions")
-    idx = (torch.arange(R + 1) * k)[:, None] + torch.arange(h)  # (R+1, h)
-    states = model.encode(frames[:, idx].flatten(0, 1)).view(B, R + 1, -1)
-    blocks = actions[:, h - 1 :].reshape(B, R, -1)
-    pred = model.predict(states[:, :-1], blocks)
-    return ((pred - states[:, 1:]) ** 2).mean(-1)
+    z = model.latents(frames[:, :: k])  # (B, R+h, d) at the block boundaries
+    blocks = actions.reshape(B, R + h - 1, -1)
+    states = model.window_states(z, blocks)[:, :-1]
+    pred = model.newest(model.predict(states, blocks[:, h - 1 :]))
+    return ((pred - z[:, h:]) ** 2).mean(-1)

@@ -7,10 +7,16 @@ standardised with dataset statistics. Its latent ``z_t = head(x_t)`` is a small 
 onto ``latent_dim`` dimensions, trained with the predictor (``latent_dim = 0``: the
 identity, ``z_t = x_t``). As in JEPA, the head has an EMA twin, ``target_head``, that
 gives the prediction targets under stop-gradient and the states used for planning;
-a variance-covariance term keeps the online head from collapsing. One image shows no
-velocity, so the state stacks the latents of the last ``history`` consecutive
-frames, ``s_t = [z_{t-h+1}, ..., z_t]``. The predictor is a residual MLP
-``s_{t+k} = s_t + f([s_t, a_t .. a_{t+k-1}])`` over blocks of ``k`` env steps.
+a variance-covariance term keeps the online head from collapsing.
+
+The model steps over blocks of ``k`` env steps (``a_t .. a_{t+k-1}`` concatenated).
+One image shows no velocity, so the state holds the latents of the last ``history``
+block boundaries and the action blocks between them,
+``s_t = [z_{t-(h-1)k}, ..., z_{t-k}, z_t, A_{t-(h-1)k}, ..., A_{t-k}]``: frames a block
+apart pin the velocity down ``k`` times better than consecutive frames (the arm moves
+``k`` times further between them), and the actions between them account for the
+torques applied meanwhile. The predictor is a residual MLP on the newest latent,
+``z_{t+k} = z_t + f([s_t, A_t])``; the rest of the next state is a shift.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ class DynamicsConfig:
             vector per image, the patch grid's side = every token).
         project_dim: principal components kept (0 = keep all ``pool^2 * width``
             pooled dimensions).
-        history: consecutive frames per state (2 gives the predictor the velocity).
+        history: frame latents per state, one action block apart (2 gives the velocity).
         standardize: ``per_dim`` scales every latent dimension to unit variance;
             ``global`` divides all by one scale, keeping the principal components'
             variances, so losses and planning costs weigh them as the encoder does.
@@ -90,9 +96,10 @@ class LatentWorldModel(nn.Module):
             raise ValueError(f"project_dim {cfg.project_dim} exceeds the {pooled_dim} pooled dimensions")
         self.feature_dim = cfg.project_dim or pooled_dim
         self.frame_dim = cfg.latent_dim or self.feature_dim
-        self.state_dim = cfg.history * self.frame_dim
         self.history = cfg.history
         self.block_dim = cfg.action_block * action_dim
+        self.latent_part = cfg.history * self.frame_dim  # the state's frame latents, then its past action blocks
+        self.state_dim = self.latent_part + (cfg.history - 1) * self.block_dim
         if cfg.project_dim:
             self.register_buffer("pca_mean", torch.zeros(pooled_dim))
             self.register_buffer("pca_components", torch.eye(pooled_dim)[:, : cfg.project_dim].contiguous())
@@ -109,7 +116,7 @@ class LatentWorldModel(nn.Module):
         for _ in range(cfg.depth):
             layers += [nn.Linear(width, cfg.hidden), nn.LayerNorm(cfg.hidden), nn.GELU()]
             width = cfg.hidden
-        last = nn.Linear(width, self.state_dim)
+        last = nn.Linear(width, self.frame_dim)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.f = nn.Sequential(*layers, last)
@@ -137,31 +144,64 @@ class LatentWorldModel(nn.Module):
             x = (x - self.pca_mean) @ self.pca_components
         return x
 
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """States ``(B, state_dim)`` of the last ``history`` frames ``(B, h, C, H, W)`` uint8.
+    def encode(self, frames: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+        """States ``(B, state_dim)`` of images ``(B, h, C, H, W)`` uint8 taken one action block
+        apart, and the ``(h - 1) * k`` actions ``(B, (h-1)*k, A)`` taken between them.
 
-        One image ``(B, C, H, W)`` stands for a still scene (the frame repeated).
+        One image ``(B, C, H, W)`` without actions stands for a still scene (the image
+        repeated, zero torques).
         """
         if frames.ndim == 4:
             frames = frames.unsqueeze(1).expand(-1, self.history, -1, -1, -1)
         if frames.ndim != 5 or frames.shape[1] != self.history:
             raise ValueError(f"frames must be (B, {self.history}, C, H, W) or (B, C, H, W), got {tuple(frames.shape)}")
-        x = (self.raw_latent(frames.flatten(0, 1)) - self.latent_mean) / self.latent_std
-        return self.embed(x.unflatten(0, frames.shape[:2]), target=True)
+        B = frames.shape[0]
+        past = (self.history - 1) * self.cfg.action_block
+        if actions is None:
+            actions = frames.new_zeros((B, past, self.action_dim), dtype=torch.float32)
+        if actions.shape != (B, past, self.action_dim):
+            raise ValueError(f"actions must be (B, {past}, {self.action_dim}), got {tuple(actions.shape)}")
+        z = self.latents(frames)
+        return self.state(z, actions.reshape(B, self.history - 1, self.block_dim).to(z.dtype))
+
+    @torch.no_grad()
+    def latents(self, obs: torch.Tensor) -> torch.Tensor:
+        """Frame latents ``(..., frame_dim)`` (EMA head) of images ``(..., C, H, W)`` uint8."""
+        x = (self.raw_latent(obs.flatten(0, -4)) - self.latent_mean) / self.latent_std
+        return self.embed(x, target=True).unflatten(0, obs.shape[:-3])
 
     def embed(self, features: torch.Tensor, target: bool = False) -> torch.Tensor:
-        """States ``(..., state_dim)`` of standardised features ``(..., history, feature_dim)``.
+        """Frame latents ``(..., frame_dim)`` of standardised features ``(..., feature_dim)``.
 
         ``target=True`` uses the EMA head, as for prediction targets and planning.
         """
-        head = self.target_head if target else self.head
-        return head(features).flatten(-2)
+        return (self.target_head if target else self.head)(features)
+
+    def state(self, latents: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """A state of frame latents ``(..., h, frame_dim)`` and the action blocks ``(..., h-1, block_dim)``
+        between them."""
+        return torch.cat([latents.flatten(-2), blocks.flatten(-2)], -1)
+
+    def window_states(self, latents: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """States ``(B, R + 1, state_dim)`` at the ``R + 1`` steps of a window of block-boundary
+        latents ``(B, R + h, frame_dim)`` and its action blocks ``(B, R + h - 1, block_dim)``."""
+        h, R = self.history, latents.shape[1] - self.history
+        if R < 0 or blocks.shape[1] != R + h - 1:
+            raise ValueError(f"need R + {h} latents and R + {h - 1} action blocks (R >= 0), got "
+                             f"{latents.shape[1]} and {blocks.shape[1]}")
+        return torch.stack([self.state(latents[:, r : r + h], blocks[:, r : r + h - 1]) for r in range(R + 1)], 1)
+
+    def newest(self, s: torch.Tensor) -> torch.Tensor:
+        """The newest frame latent ``(..., frame_dim)`` of states ``(..., state_dim)``."""
+        return s[..., self.latent_part - self.frame_dim : self.latent_part]
 
     def predict(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Next state: ``s (..., state_dim)``, ``a (..., action_block * A)`` -> ``(..., state_dim)``."""
         if a.shape[-1] != self.block_dim:
             raise ValueError(f"action block must have {self.block_dim} values (last axis), got {a.shape[-1]}")
-        return s + self.f(torch.cat([s, a], dim=-1))
+        d, z, past = self.frame_dim, s[..., : self.latent_part], s[..., self.latent_part :]
+        new = z[..., -d:] + self.f(torch.cat([s, a], dim=-1))
+        return torch.cat([z[..., d:], new, past[..., self.block_dim :], a], -1)
 
     def rollout(self, s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """States after each block: ``s0 (B, state_dim)``, ``actions (B, H, block)`` -> ``(B, H, state_dim)``."""
