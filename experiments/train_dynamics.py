@@ -31,6 +31,26 @@ from worldmodel.pretrain import shutdown_distributed
 from worldmodel.world_model import LatentWorldModel
 
 
+def cached_projection(model: LatentWorldModel, dataset, cache: Path, seed: int) -> None:
+    """Fit the principal-component projection once per (encoder, dataset, pooling, seed)."""
+    if not model.cfg.project_dim:
+        return
+    weights = b"".join(t.detach().numpy().tobytes() for t in model.encoder.parameters())
+    settings = f"{dataset.manifest['checksum']}{(model.cfg.pool, model.cfg.project_dim, seed)}"
+    path = cache / f"projection-{hashlib.sha256(weights + settings.encode()).hexdigest()[:16]}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        model.pca_mean.copy_(saved["mean"])
+        model.pca_components.copy_(saved["components"])
+        return
+    torch.manual_seed(seed)  # pca_lowrank draws from the global generator
+    fit_projection(model, dataset.split("train"), seed=seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{path.name}.tmp-{os.getpid()}"
+    torch.save({"mean": model.pca_mean.clone(), "components": model.pca_components.clone()}, tmp)
+    os.replace(tmp, path)
+
+
 def cached_states(model: LatentWorldModel, dataset, split: str, cache: Path, key: str, progress: bool):
     """Raw states of every frame of ``split``, computed once per (encoder, dataset, pooling)."""
     path = cache / f"{split}-{key}.npy"
@@ -52,8 +72,7 @@ def run(cfg: DynamicsExperimentConfig) -> dict:
     encoder = load_encoder(cfg.encoder_checkpoint)
     action_dim = dataset.split("train").actions.shape[1]
     model = LatentWorldModel(encoder, cfg.dynamics, action_dim)
-    torch.manual_seed(cfg.train.seed)  # pca_lowrank draws from the global generator
-    fit_projection(model, dataset.split("train"), seed=cfg.train.seed)
+    cached_projection(model, dataset, out / "cache", cfg.train.seed)
     frame_map = [*encoder.parameters()] + ([model.pca_mean, model.pca_components] if cfg.dynamics.project_dim else [])
     weights = b"".join(t.detach().numpy().tobytes() for t in frame_map)
     frame = (cfg.dynamics.pool, cfg.dynamics.project_dim)  # what a frame latent depends on

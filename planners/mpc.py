@@ -40,8 +40,8 @@ class MPCConfig:
     Attributes:
         planner: ``cem``, ``mppi`` or ``gradient``.
         horizon: model steps (action blocks) per plan.
-        receding_horizon: env steps executed before replanning (a multiple of the
-            model's action block).
+        receding_horizon: env steps executed before replanning (any number up to the
+            plan's length: a state can be encoded after any env step).
         goal_reduce: how the goal distance is reduced over the plan's steps: ``min``
             (the closest approach, since reaching the goal at any step succeeds),
             ``terminal`` or ``mean``. With ``terminal``, a receding plan keeps
@@ -80,13 +80,12 @@ class LatentMPCAgent:
 
     def __init__(self, model: LatentModel, cfg: MPCConfig, action_low: np.ndarray, action_high: np.ndarray,
                  action_block: int, generator: torch.Generator, name: str = "latent-mpc"):
-        if cfg.receding_horizon % action_block or cfg.receding_horizon > cfg.horizon * action_block:
-            raise ValueError(
-                f"receding_horizon {cfg.receding_horizon} must be a multiple of the action block {action_block} "
-                f"and at most the plan's {cfg.horizon * action_block} env steps"
-            )
+        if cfg.receding_horizon > cfg.horizon * action_block:
+            raise ValueError(f"receding_horizon {cfg.receding_horizon} must be at most the plan's "
+                             f"{cfg.horizon * action_block} env steps")
         self.model, self.cfg, self.k, self.gen, self.name = model, cfg, action_block, generator, name
         self.action_dim = len(action_low)
+        self.env_bounds = Bounds(action_low, action_high)
         self.bounds = Bounds(np.tile(action_low, action_block), np.tile(action_high, action_block))
         self.planner = make_planner(cfg, self.bounds)
         self.device = next(iter(model.parameters())).device if hasattr(model, "parameters") else torch.device("cpu")
@@ -128,8 +127,8 @@ class LatentMPCAgent:
         grad = cfg.planner == "gradient"
         with torch.enable_grad() if grad else torch.no_grad():
             result = self.planner.plan(cost, 1, self.gen, warm_start=self.warm)
-        blocks = result.actions.detach().cpu()  # (1, H, k*A)
-        env_actions = blocks[0].reshape(-1, self.action_dim).numpy()  # (H*k, A)
-        self.queue = list(env_actions[: cfg.receding_horizon])
-        self.warm = shift_plan(blocks, cfg.receding_horizon // self.k, self.bounds)
+        env_actions = result.actions.detach().cpu().reshape(1, -1, self.action_dim)  # (1, H*k, A)
+        self.queue = list(env_actions[0, : cfg.receding_horizon].numpy())
+        # warm start: the rest of this plan, shifted by the env steps executed (states hold at any step)
+        self.warm = shift_plan(env_actions, cfg.receding_horizon, self.env_bounds).reshape(1, cfg.horizon, -1)
         self.plan_seconds.append(time.perf_counter() - start)

@@ -23,9 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny_world_model(block=2) -> LatentWorldModel:
     torch.manual_seed(0)
-    return LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), DynamicsConfig(pool=2, project_dim=0,
-                                                                                   action_block=block, hidden=64,
-                                                                                   depth=2), 2)
+    cfg = DynamicsConfig(pool=2, project_dim=0, latent_dim=0, action_block=block, hidden=64, depth=2)
+    return LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), cfg, 2)
 
 
 def test_rollout_equals_repeated_predict():
@@ -126,7 +125,7 @@ def test_plan_runs_end_to_end_with_a_world_model(tiny_dataset, tiny_model_dir, t
 
 def test_projection_keeps_the_top_principal_components(tiny_dataset):
     torch.manual_seed(0)
-    model = LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), DynamicsConfig(pool=2, project_dim=8), 2)
+    model = LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), DynamicsConfig(pool=2, project_dim=8, latent_dim=0), 2)
     from worldmodel.dynamics import fit_projection
 
     fit_projection(model, tiny_dataset.split("train"), frames=126)
@@ -145,7 +144,7 @@ def test_global_standardisation_keeps_relative_variances():
     torch.manual_seed(0)
     model = LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")),
                              DynamicsConfig(pool=2, project_dim=0, standardize="global"), 2)
-    raw = torch.randn(500, model.frame_dim) * torch.linspace(0.1, 3.0, model.frame_dim)
+    raw = torch.randn(500, model.feature_dim) * torch.linspace(0.1, 3.0, model.feature_dim)
     model.set_latent_stats(raw)
     z = (raw - model.latent_mean) / model.latent_std
     var = z.var(0)

@@ -60,7 +60,7 @@ class DynamicsConfig:
     action_block: int = 5
     hidden: int = 512
     depth: int = 3
-    latent_dim: int = 0
+    latent_dim: int = 32
     head_hidden: int = 512
 
     def __post_init__(self):
