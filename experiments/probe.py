@@ -63,7 +63,7 @@ def pixel_features(episodes: Episodes, size: int, batch: int = 1024) -> np.ndarr
     """Frames average-pooled to ``size x size`` RGB, in [0, 1], flattened."""
     out = []
     for i in range(0, len(episodes.obs), batch):
-        obs = torch.from_numpy(np.asarray(episodes.obs[i : i + batch])).permute(0, 3, 1, 2).float() / 255
+        obs = torch.from_numpy(np.array(episodes.obs[i : i + batch])).permute(0, 3, 1, 2).float() / 255
         out.append(F.adaptive_avg_pool2d(obs, size).flatten(1).numpy())
     return np.concatenate(out)
 
