@@ -68,10 +68,6 @@ def pixel_features(episodes: Episodes, size: int, batch: int = 1024) -> np.ndarr
     return np.concatenate(out)
 
 
-def standardised(model: LatentWorldModel, raw: torch.Tensor) -> torch.Tensor:
-    return (raw - model.latent_mean.cpu()) / model.latent_std.cpu()
-
-
 def random_encoder_model(model: LatentWorldModel, train: Episodes, seed: int) -> LatentWorldModel:
     """The world model's feature pipeline (pooling, projection, standardisation) on a random-init encoder."""
     torch.manual_seed(seed)
@@ -144,11 +140,12 @@ def surprise_test(model: LatentWorldModel, spec, env, test: Episodes, cfg: Probe
         other = int(rng.choice(usable[usable != e]))
         other_state = np.asarray(test.states[test.frame_starts[other] + rng.integers(0, test.lengths[other] + 1)])
         actions = np.asarray(test.actions[s0 : s0 + n - 1])
-        a = torch.from_numpy(actions).float()[None].to(device)
-        for p in names:
-            imgs = replay(env, spec, np.asarray(test.states[f0]), actions, None if p == "none" else p, at, other_state)
-            frames = torch.from_numpy(imgs).permute(0, 3, 1, 2)[None].to(device)
-            traces[p].append(surprise(model, frames, a)[0].cpu().numpy())
+        runs = [replay(env, spec, np.asarray(test.states[f0]), actions, None if p == "none" else p, at, other_state)
+                for p in names]  # the same segment, unperturbed and with each event
+        frames = torch.from_numpy(np.stack(runs)).permute(0, 1, 4, 2, 3).to(device)
+        a = torch.from_numpy(actions).float().expand(len(names), -1, -1).to(device)
+        for p, trace in zip(names, surprise(model, frames, a).cpu().numpy()):
+            traces[p].append(trace)
     traces = {p: np.stack(v) for p, v in traces.items()}
     base = traces["none"][:, m]
     return {
@@ -181,16 +178,16 @@ def run(cfg: ProbeConfig) -> dict:
     h = model.history
 
     raw = {s: encode_frames(model, ep, progress=cfg.progress) for s, ep in (("train", train), ("test", test))}
-    enc = {s: standardised(model, r) for s, r in raw.items()}
+    enc = {s: model.standardise(r) for s, r in raw.items()}
     reps = {
-        "world_model": tuple(model.target_head(enc[s].to(device)).cpu().numpy() for s in ("train", "test")),
+        "world_model": tuple(model.embed(enc[s].to(device), target=True).cpu().numpy() for s in ("train", "test")),
         "encoder": tuple(enc[s].numpy() for s in ("train", "test")),
     }
     if "random_encoder" in cfg.baselines:
         rand = random_encoder_model(model, full_train, cfg.probe_seed)
         rraw = [encode_frames(rand, ep, progress=cfg.progress) for ep in (train, test)]
         rand.set_latent_stats(rraw[0])
-        reps["random_encoder"] = tuple(standardised(rand, r).numpy() for r in rraw)
+        reps["random_encoder"] = tuple(rand.standardise(r).numpy() for r in rraw)
     if "pixels" in cfg.baselines:
         reps["pixels"] = tuple(pixel_features(ep, cfg.pixel_size) for ep in (train, test))
     frame, fitted = frame_probes(reps, targets, train, test, h, model.cfg.action_block, cfg)

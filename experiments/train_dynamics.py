@@ -31,15 +31,22 @@ from worldmodel.pretrain import shutdown_distributed
 from worldmodel.world_model import LatentWorldModel
 
 
-def cached_projection(model: LatentWorldModel, dataset, cache: Path, seed: int) -> None:
-    """Fit the principal-component projection once per (encoder, dataset, pooling, seed)."""
+def digest(tensors, *settings) -> str:
+    """A short key for cache files: the tensors' bytes and the settings they were made with."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().numpy().tobytes())
+    h.update(repr(settings).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_projection(model: LatentWorldModel, cache: Path, key: str, dataset, seed: int) -> None:
+    """Fit the principal-component projection once per ``key`` (encoder, dataset, pooling, seed)."""
     if not model.cfg.project_dim:
         return
-    weights = b"".join(t.detach().numpy().tobytes() for t in model.encoder.parameters())
-    settings = f"{dataset.manifest['checksum']}{(model.cfg.pool, model.cfg.project_dim, seed)}"
-    path = cache / f"projection-{hashlib.sha256(weights + settings.encode()).hexdigest()[:16]}.pt"
+    path = cache / f"projection-{key}.pt"
     if path.exists():
-        saved = torch.load(path)
+        saved = torch.load(path, weights_only=True)
         model.pca_mean.copy_(saved["mean"])
         model.pca_components.copy_(saved["components"])
         return
@@ -72,11 +79,11 @@ def run(cfg: DynamicsExperimentConfig) -> dict:
     encoder = load_encoder(cfg.encoder_checkpoint)
     action_dim = dataset.split("train").actions.shape[1]
     model = LatentWorldModel(encoder, cfg.dynamics, action_dim)
-    cached_projection(model, dataset, out / "cache", cfg.train.seed)
-    frame_map = [*encoder.parameters()] + ([model.pca_mean, model.pca_components] if cfg.dynamics.project_dim else [])
-    weights = b"".join(t.detach().numpy().tobytes() for t in frame_map)
-    frame = (cfg.dynamics.pool, cfg.dynamics.project_dim)  # what a frame latent depends on
-    key = hashlib.sha256(weights + f"{dataset.manifest['checksum']}{frame}".encode()).hexdigest()[:16]
+    encoder_key = digest(encoder.parameters(), dataset.manifest["checksum"], cfg.dynamics.pool)
+    cached_projection(model, out / "cache", digest([], encoder_key, cfg.dynamics.project_dim, cfg.train.seed),
+                      dataset, cfg.train.seed)
+    projection = [model.pca_mean, model.pca_components] if cfg.dynamics.project_dim else []
+    key = digest(projection, encoder_key, cfg.dynamics.project_dim)  # what a frame's features depend on
     raw = {s: cached_states(model, dataset, s, out / "cache", key, cfg.train.progress) for s in ("train", "val")}
     model.set_latent_stats(raw["train"])
     batches = {s: WindowBatches(model, dataset.split(s), raw[s], cfg.train.rollout_steps) for s in raw}

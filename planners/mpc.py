@@ -84,6 +84,7 @@ class LatentMPCAgent:
             raise ValueError(f"receding_horizon {cfg.receding_horizon} must be at most the plan's "
                              f"{cfg.horizon * action_block} env steps")
         self.model, self.cfg, self.k, self.gen, self.name = model, cfg, action_block, generator, name
+        self.span = (model.history - 1) * action_block  # env steps a state looks back
         self.action_dim = len(action_low)
         self.env_bounds = Bounds(action_low, action_high)
         self.bounds = Bounds(np.tile(action_low, action_block), np.tile(action_high, action_block))
@@ -95,7 +96,7 @@ class LatentMPCAgent:
     def _encode(self, frames: list[np.ndarray], actions: list[np.ndarray]) -> torch.Tensor:
         """State at the newest of ``frames``: the images one block apart back from it and the
         actions between them (before the episode's first image: that image, still)."""
-        span = (self.model.history - 1) * self.k  # env steps a state looks back
+        span = self.span
         pad = max(0, span + 1 - len(frames))
         frames = [frames[0]] * pad + list(frames)
         actions = [np.zeros(self.action_dim, np.float32)] * pad + list(actions)
@@ -108,12 +109,11 @@ class LatentMPCAgent:
         self.warm, self.queue, self.frames, self.actions = None, [], [], []
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        span = (self.model.history - 1) * self.k
-        self.frames = (self.frames + [np.array(obs, copy=True)])[-span - 1 :]
+        self.frames = (self.frames + [np.array(obs, copy=True)])[-self.span - 1 :]
         if not self.queue:
             self._replan()
         action = self.queue.pop(0)
-        self.actions = (self.actions + [action])[-span:] if span else []  # those since the oldest frame kept
+        self.actions = (self.actions + [action])[-self.span :] if self.span else []  # since the oldest frame kept
         return action
 
     def _replan(self) -> None:

@@ -128,7 +128,7 @@ class WindowBatches:
         k, h = model.cfg.action_block, model.history
         self.k, self.h, self.R = k, h, rollout_steps
         self.sampler = WindowSampler(episodes, window=(rollout_steps + h - 1) * k + 1)
-        self.latents = (raw_latents - model.latent_mean.cpu()) / model.latent_std.cpu()
+        self.latents = model.standardise(raw_latents)
         self.actions = torch.from_numpy(np.array(episodes.actions, dtype=np.float32))
         self.boundaries = np.arange(rollout_steps + h) * k  # window frames at block boundaries
 

@@ -167,8 +167,12 @@ class LatentWorldModel(nn.Module):
     @torch.no_grad()
     def latents(self, obs: torch.Tensor) -> torch.Tensor:
         """Frame latents ``(..., frame_dim)`` (EMA head) of images ``(..., C, H, W)`` uint8."""
-        x = (self.raw_latent(obs.flatten(0, -4)) - self.latent_mean) / self.latent_std
+        x = self.standardise(self.raw_latent(obs.flatten(0, -4)))
         return self.embed(x, target=True).unflatten(0, obs.shape[:-3])
+
+    def standardise(self, raw: torch.Tensor) -> torch.Tensor:
+        """Standardised features of raw ones ``(..., feature_dim)``, on ``raw``'s device."""
+        return (raw - self.latent_mean.to(raw.device)) / self.latent_std.to(raw.device)
 
     def embed(self, features: torch.Tensor, target: bool = False) -> torch.Tensor:
         """Frame latents ``(..., frame_dim)`` of standardised features ``(..., feature_dim)``.
