@@ -54,7 +54,7 @@ def main() -> None:
     agent = LatentMPCAgent(model, cfg, np.array([-1.0, -1.0]), np.array([1.0, 1.0]), model.cfg.action_block,
                            torch.Generator().manual_seed(0))
     rng = np.random.default_rng(0)
-    size = model.encoder.cfg.image_size
+    size = model.image_shape[-1]
     image = lambda: rng.integers(0, 256, (size, size, 3), dtype=np.uint8)  # noqa: E731
     agent.reset(image())
 

@@ -39,8 +39,8 @@ def planner_agent(cfg: PlanConfig, env) -> LatentMPCAgent:
             f"`python experiments/build_default_model.py`, or pass model='' to run only the baselines"
         )
     model = load_world_model(cfg.model, resolve_device(cfg.device, 0))
-    if model.encoder.cfg.image_size != cfg.env.image_size:
-        raise ValueError(f"model {cfg.model} takes {model.encoder.cfg.image_size}px images, env gives "
+    if model.image_shape[-1] != cfg.env.image_size:
+        raise ValueError(f"model {cfg.model} takes {model.image_shape[-1]}px images, env gives "
                          f"{cfg.env.image_size}px")
     gen = torch.Generator().manual_seed(cfg.task_seed)
     space = env.action_space
@@ -72,6 +72,9 @@ def run(cfg: PlanConfig) -> dict:
     for agent in agents:
         record = cfg.videos if isinstance(agent, LatentMPCAgent) else 0
         summary, per_task = evaluate(env, spec, tasks, agent, cfg.budget, progress=cfg.progress, record=record)
+        summary["tasks"] = [{"episode": t.episode, "start": t.start, "success": r.success, "steps": r.steps,
+                              "best_goal_error": r.best_goal_error, "final_goal_error": r.final_goal_error}
+                             for t, r in zip(tasks, per_task)]
         if hasattr(agent, "plan_seconds"):
             summary["mean_plan_ms"] = 1000 * float(np.mean(agent.plan_seconds))
             summary["replans"] = len(agent.plan_seconds)

@@ -68,12 +68,22 @@ def pixel_features(episodes: Episodes, size: int, batch: int = 1024) -> np.ndarr
     return np.concatenate(out)
 
 
+@torch.no_grad()
+def frame_latents(model: LatentWorldModel, features: torch.Tensor, batch: int = 2048) -> np.ndarray:
+    """Frame latents (EMA head) of standardised features, in batches."""
+    return torch.cat([model.embed(features[i : i + batch].to(model.device), target=True).cpu()
+                      for i in range(0, len(features), batch)]).numpy()
+
+
 def random_encoder_model(model: LatentWorldModel, train: Episodes, seed: int) -> LatentWorldModel:
-    """The world model's feature pipeline (pooling, projection, standardisation) on a random-init encoder."""
+    """The world model's feature pipeline (pooling, projection, standardisation) on a random-init encoder;
+    for a world model with a trained conv encoder, that conv encoder at its random init."""
     torch.manual_seed(seed)
-    encoder = ViTEncoder(model.encoder.cfg).to(model.latent_mean.device)
+    if not model.frozen:
+        return LatentWorldModel(None, model.cfg, model.action_dim, model.image_shape).to(model.device).eval()
+    encoder = ViTEncoder(model.encoder.cfg).to(model.device)
     cfg = DynamicsConfig(**{**model.cfg.to_dict(), "latent_dim": 0})
-    rand = LatentWorldModel(encoder, cfg, model.action_dim).to(model.latent_mean.device).eval()
+    rand = LatentWorldModel(encoder, cfg, model.action_dim).to(model.device).eval()
     fit_projection(rand, train, frames=4000, seed=seed)
     return rand
 
@@ -166,8 +176,8 @@ def run(cfg: ProbeConfig) -> dict:
                                 f"default one with `python experiments/build_default_model.py`")
     device = resolve_device(cfg.device, 0)
     model = load_world_model(cfg.model, device)
-    if model.encoder.cfg.image_size != cfg.env.image_size:
-        raise ValueError(f"model {cfg.model} takes {model.encoder.cfg.image_size}px images, the dataset has "
+    if model.image_shape[-1] != cfg.env.image_size:
+        raise ValueError(f"model {cfg.model} takes {model.image_shape[-1]}px images, the dataset has "
                          f"{cfg.env.image_size}px")
     full_train, test = dataset.split("train"), dataset.split("heldout")
     rng = np.random.default_rng(cfg.probe_seed)
@@ -179,15 +189,14 @@ def run(cfg: ProbeConfig) -> dict:
 
     raw = {s: encode_frames(model, ep, progress=cfg.progress) for s, ep in (("train", train), ("test", test))}
     enc = {s: model.standardise(r) for s, r in raw.items()}
-    reps = {
-        "world_model": tuple(model.embed(enc[s].to(device), target=True).cpu().numpy() for s in ("train", "test")),
-        "encoder": tuple(enc[s].numpy() for s in ("train", "test")),
-    }
+    reps = {"world_model": tuple(frame_latents(model, enc[s]) for s in ("train", "test"))}
+    if model.frozen:  # the frozen features under the head (a conv model's features are the pixels)
+        reps["encoder"] = tuple(enc[s].numpy() for s in ("train", "test"))
     if "random_encoder" in cfg.baselines:
         rand = random_encoder_model(model, full_train, cfg.probe_seed)
         rraw = [encode_frames(rand, ep, progress=cfg.progress) for ep in (train, test)]
         rand.set_latent_stats(rraw[0])
-        reps["random_encoder"] = tuple(rand.standardise(r).numpy() for r in rraw)
+        reps["random_encoder"] = tuple(frame_latents(rand, rand.standardise(r)) for r in rraw)
     if "pixels" in cfg.baselines:
         reps["pixels"] = tuple(pixel_features(ep, cfg.pixel_size) for ep in (train, test))
     frame, fitted = frame_probes(reps, targets, train, test, h, model.cfg.action_block, cfg)

@@ -76,19 +76,25 @@ def run(cfg: DynamicsExperimentConfig) -> dict:
     out = Path(cfg.out_dir)
     if (out / "checkpoint").exists() and not cfg.resume:
         raise FileExistsError(f"{out}/checkpoint exists: pass --resume to continue it, or choose another out_dir")
-    encoder = load_encoder(cfg.encoder_checkpoint)
     action_dim = dataset.split("train").actions.shape[1]
-    model = LatentWorldModel(encoder, cfg.dynamics, action_dim)
-    encoder_key = digest(encoder.parameters(), dataset.manifest["checksum"], cfg.dynamics.pool)
-    cached_projection(model, out / "cache", digest([], encoder_key, cfg.dynamics.project_dim, cfg.train.seed),
-                      dataset, cfg.train.seed)
-    projection = [model.pca_mean, model.pca_components] if cfg.dynamics.project_dim else []
-    key = digest(projection, encoder_key, cfg.dynamics.project_dim)  # what a frame's features depend on
-    raw = {s: cached_states(model, dataset, s, out / "cache", key, cfg.train.progress) for s in ("train", "val")}
+    if cfg.dynamics.encoder == "frozen":
+        encoder = load_encoder(cfg.encoder_checkpoint)
+        model = LatentWorldModel(encoder, cfg.dynamics, action_dim)
+        encoder_key = digest(encoder.parameters(), dataset.manifest["checksum"], cfg.dynamics.pool)
+        cached_projection(model, out / "cache", digest([], encoder_key, cfg.dynamics.project_dim, cfg.train.seed),
+                          dataset, cfg.train.seed)
+        projection = [model.pca_mean, model.pca_components] if cfg.dynamics.project_dim else []
+        key = digest(projection, encoder_key, cfg.dynamics.project_dim)  # what a frame's features depend on
+        raw = {s: cached_states(model, dataset, s, out / "cache", key, cfg.train.progress) for s in ("train", "val")}
+    else:  # the encoder trains end to end on the frames themselves
+        height, width, chans = dataset.split("train").obs.shape[1:]
+        image_shape = (chans, height, width)
+        model = LatentWorldModel(None, cfg.dynamics, action_dim, image_shape)
+        raw = {s: encode_frames(model, dataset.split(s)) for s in ("train", "val")}
     model.set_latent_stats(raw["train"])
     batches = {s: WindowBatches(model, dataset.split(s), raw[s], cfg.train.rollout_steps) for s in raw}
     meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"],
-            "encoder_checkpoint": cfg.encoder_checkpoint, "commit": git_commit(), "env": cfg.env.name,
+            "encoder_checkpoint": cfg.encoder_checkpoint if model.frozen else None, "commit": git_commit(), "env": cfg.env.name,
             "image_size": cfg.env.image_size}
     torch.manual_seed(cfg.train.seed)
     trainer = DynamicsTrainer(model, cfg.train, batches["train"], batches["val"], out, meta)

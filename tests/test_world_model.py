@@ -1,3 +1,4 @@
+import copy
 import json
 import subprocess
 import sys
@@ -6,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import envs
 from planners import CEMConfig
@@ -25,6 +27,13 @@ def tiny_world_model(block=2) -> LatentWorldModel:
     torch.manual_seed(0)
     cfg = DynamicsConfig(pool=2, project_dim=0, latent_dim=0, action_block=block, hidden=64, depth=2)
     return LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), cfg, 2)
+
+
+def tiny_conv_world_model(block=2) -> LatentWorldModel:
+    torch.manual_seed(0)
+    cfg = DynamicsConfig(encoder="conv", latent_dim=8, conv_width=8, head_hidden=32, action_block=block, hidden=64,
+                         depth=2, inverse=True)
+    return LatentWorldModel(None, cfg, 2, (3, 64, 64))
 
 
 def test_rollout_equals_repeated_predict():
@@ -75,6 +84,69 @@ def test_predictor_learns_beyond_the_copy_baseline(tiny_dataset, tmp_path):
     assert after["one_step"] < 0.7 * before["one_step"]
 
 
+def test_conv_encoder_trains_end_to_end_against_its_ema_target(tiny_dataset, tmp_path):
+    model = tiny_conv_world_model()
+    raw = {s: encode_frames(model, tiny_dataset.split(s), progress=False) for s in ("train", "val")}
+    assert raw["train"].dtype == torch.uint8 and raw["train"].shape[1:] == (3, 64, 64)  # the frames themselves
+    batches = {s: WindowBatches(model, tiny_dataset.split(s), raw[s], rollout_steps=3) for s in raw}
+    start = copy.deepcopy(model.head.state_dict())
+    cfg = DynamicsTrainConfig(steps=150, batch_size=32, lr=3e-3, warmup_steps=10, log_every=50, rollout_steps=3,
+                              ema=0.9, progress=False)
+    DynamicsTrainer(model, cfg, batches["train"], batches["val"], tmp_path, {}).run()
+    moved = [k for k, v in model.head.state_dict().items() if not torch.equal(v, start[k])]
+    assert any(k.startswith("conv.0.") for k in moved)  # gradients reach the first conv layer
+    # planning reads the EMA target encoder, which trails the online one
+    obs = torch.from_numpy(np.array(tiny_dataset.split("val").obs[:16])).permute(0, 3, 1, 2)
+    assert torch.allclose(model.latents(obs), model.target_head(obs))
+    assert not torch.allclose(model.target_head(obs), model.head(obs))
+    # in the learned space the predictor beats "nothing moves", and the latents did not collapse
+    x, a = batches["train"].sample(256, torch.Generator().manual_seed(1))
+    z = model.embed(x, target=True)
+    states = model.window_states(z, a)[:, :-1]
+    with torch.no_grad():
+        pred = model.newest(model.predict(states, a[:, 1:]))
+    copy_error = F.mse_loss(z[:, 1:-1], z[:, 2:]).item()
+    assert F.mse_loss(pred, z[:, 2:]).item() < 0.7 * copy_error
+    assert evaluate(model, batches["val"])["latent_std"] > 0.1
+    # the inverse-dynamics head reads the torques from pairs of latents better than their mean (0) does
+    terms = evaluate(model, batches["train"])
+    assert terms["inverse"] < 0.8 * (a**2).mean().item(), terms
+    with pytest.raises(ValueError, match=r"images must have shape \(B, 3, 64, 64\)"):
+        model.latents(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="conv encoder needs latent_dim"):
+        DynamicsConfig(encoder="conv", latent_dim=0)
+    with pytest.raises(ValueError, match="unknown encoder"):
+        DynamicsConfig(encoder="resnet")
+
+
+def test_train_dynamics_resumes_and_its_conv_model_plans(tiny_dataset, tmp_path):
+    m = tiny_dataset.manifest
+    data = [f"root={tiny_dataset.path.parent}", f"name={tiny_dataset.path.name}", "env.episode_steps=20",
+            f"train_episodes={m['splits']['train']['episodes']}", "progress=false"]
+    train = [sys.executable, str(ROOT / "experiments" / "train_dynamics.py"), *data, "dynamics.encoder=conv",
+             "dynamics.latent_dim=8", "dynamics.conv_width=8", "dynamics.head_hidden=32", "dynamics.hidden=32",
+             "dynamics.depth=1", "train.batch_size=16", "train.rollout_steps=1", "train.log_every=5",
+             "train.progress=false", f"out_dir={tmp_path}/run", f"hydra.run.dir={tmp_path}/h"]
+    out = subprocess.run([*train, "train.steps=10"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = subprocess.run([*train, "train.steps=10"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "pass --resume" in again.stderr
+    out = subprocess.run([*train, "train.steps=20", "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming" in out.stdout
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert [row.split(",")[log[0].split(",").index("step")] for row in log[1:]] == ["5", "10", "15", "20"]
+    model = load_world_model(tmp_path / "run" / "checkpoint")
+    assert model.encoder is None and model.image_shape == (3, 64, 64)
+    plan = [sys.executable, str(ROOT / "experiments" / "plan.py"), *data, f"model={tmp_path}/run/checkpoint",
+            "episodes=1", "goal_offset=10", "budget=5", "mpc.cem.samples=10", "mpc.cem.elites=2",
+            "mpc.cem.iterations=1", "videos=0", "baselines=[]", f"output_dir={tmp_path}/out",
+            f"hydra.run.dir={tmp_path}/h2"]
+    out = subprocess.run(plan, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "cem-mpc" in out.stdout
+
+
 def test_world_model_checkpoint_round_trip(tmp_path):
     model = tiny_world_model()
     torch.nn.init.normal_(model.f[-1].weight, std=0.1)
@@ -119,6 +191,9 @@ def test_plan_runs_end_to_end_with_a_world_model(tiny_dataset, tiny_model_dir, t
     summary = json.loads(result.read_text())
     assert [r["agent"] for r in summary["results"]] == ["cem-mpc", "random", "zero"]
     assert summary["results"][0]["replans"] == 4 and summary["results"][0]["mean_plan_ms"] > 0
+    for r in summary["results"]:  # every task's outcome is kept, and agrees with the summary
+        assert len(r["tasks"]) == 2 and sum(t["success"] for t in r["tasks"]) == r["successes"]
+        assert all(t["best_goal_error"] <= t["final_goal_error"] for t in r["tasks"])
     (video,) = summary["videos"]
     assert Path(video).stat().st_size > 0
 

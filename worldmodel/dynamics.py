@@ -1,17 +1,18 @@
-"""Training the action-conditioned predictor on frozen-encoder states.
+"""Training the action-conditioned predictor (and a trained encoder or head).
 
-The encoder is frozen, so every frame's features are computed once (``encode_frames``)
-and training windows are read from that table: a window of ``R`` model steps spans
-``(R + h - 1) * k + 1`` frames (``k`` env steps per action block, ``h`` block-boundary
-latents per state), of which the block boundaries are used. Two named loss terms on
-the predicted newest latent:
+A frozen encoder's features are computed once per frame (``encode_frames``); a conv
+encoder trained end to end reads the frames themselves. Training windows are read from
+that table: a window of ``R`` model steps spans ``(R + h - 1) * k + 1`` frames (``k`` env
+steps per action block, ``h`` block-boundary latents per state), of which the block
+boundaries are used. Two named loss terms on the predicted newest latent:
 
 - ``one_step``: teacher forcing, ``g(s_t, A_t)`` against ``z_{t+k}``;
 - ``rollout``: ``R`` steps open loop from ``s_0``, against every true latent;
 
-and, with a trained head, ``vc``: a variance-covariance term on the online head's
-latents (the collapse guard). Targets are the EMA head's states on the frozen EMA
-target encoder's features, so no gradient reaches them.
+with a trained head or encoder, ``vc``: a variance-covariance term on its online
+latents (the collapse guard); and optionally ``inverse``: the action block ``A_t``
+regressed from the state ``s_t`` and the next latent ``z_{t+k}`` (PLDM's inverse-dynamics
+term). Targets are the EMA head's (or EMA encoder's) latents, so no gradient reaches them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class DynamicsTrainConfig:
         rollout_steps: model steps R per training window.
         rollout_weight: weight of the rollout term (the one-step term has weight 1).
         vc_weight: weight of the variance-covariance term (with a trained head).
+        inverse_weight: weight of the inverse-dynamics term (with ``DynamicsConfig.inverse``).
         ema: momentum of the target head's exponential moving average.
         seed: seed of initial weights and the window draw.
         log_every: steps between log rows.
@@ -59,6 +61,7 @@ class DynamicsTrainConfig:
     rollout_steps: int = 5
     rollout_weight: float = 1.0
     vc_weight: float = 1.0
+    inverse_weight: float = 1.0
     ema: float = 0.99
     seed: int = 0
     log_every: int = 50
@@ -77,9 +80,9 @@ class DynamicsTrainConfig:
 @torch.no_grad()
 def fit_projection(model: LatentWorldModel, episodes: Episodes, frames: int = 6000, seed: int = 0) -> None:
     """Fit the model's principal-component projection on random frames of ``episodes``."""
-    if not model.cfg.project_dim:
+    if not model.frozen or not model.cfg.project_dim:
         return
-    device = model.latent_mean.device
+    device = model.device
     rows = np.sort(np.random.default_rng(seed).choice(len(episodes.obs), min(frames, len(episodes.obs)), False))
     pooled = torch.cat([
         model.pooled(torch.from_numpy(np.array(episodes.obs[rows[i : i + 256]])).permute(0, 3, 1, 2).to(device)).cpu()
@@ -90,8 +93,11 @@ def fit_projection(model: LatentWorldModel, episodes: Episodes, frames: int = 60
 
 @torch.no_grad()
 def encode_frames(model: LatentWorldModel, episodes: Episodes, batch: int = 256, progress: bool = True) -> torch.Tensor:
-    """Raw (unstandardised) features of every frame of ``episodes``: ``(F, feature_dim)`` float32."""
-    device = model.latent_mean.device
+    """Raw (unstandardised) features of every frame of ``episodes``: ``(F, feature_dim)`` float32
+    (with the conv encoder: the frames themselves, ``(F, C, H, W)`` uint8)."""
+    if not model.frozen:
+        return torch.from_numpy(np.array(episodes.obs)).permute(0, 3, 1, 2).contiguous()
+    device = model.device
     out = torch.empty(len(episodes.obs), model.feature_dim)
     for i in tqdm(range(0, len(out), batch), desc="encode frames", disable=not progress):
         obs = torch.from_numpy(np.array(episodes.obs[i : i + batch])).permute(0, 3, 1, 2).to(device)
@@ -109,11 +115,12 @@ def dynamics_losses(model: LatentWorldModel, features: torch.Tensor, blocks: tor
     states = model.window_states(latents, blocks)[:, :-1]  # (B, R, state_dim)
     one_step = F.mse_loss(model.newest(model.predict(states, blocks[:, h - 1 :])), targets)
     rollout = F.mse_loss(model.newest(model.rollout(states[:, 0], blocks[:, h - 1 :])), targets)
-    if model.cfg.latent_dim:
-        vc = variance_covariance(latents.reshape(-1, model.frame_dim))
-    else:
-        vc = one_step.new_zeros(())
-    return {"one_step": one_step, "rollout": rollout, "vc": vc}
+    zero = one_step.new_zeros(())
+    vc = variance_covariance(latents.reshape(-1, model.frame_dim)) if model.cfg.latent_dim else zero
+    terms = {"one_step": one_step, "rollout": rollout, "vc": vc}
+    if model.cfg.inverse:  # the action block A_t from the state s_t (it holds the velocity) and z_{t+k}
+        terms["inverse"] = F.mse_loss(model.inverse(torch.cat([states, latents[:, h:]], -1)), blocks[:, h - 1 :])
+    return terms
 
 
 class WindowBatches:
@@ -148,7 +155,7 @@ def evaluate(model: LatentWorldModel, batches: WindowBatches, n: int = 1024, see
     target latents' mean per-dimension std (a collapse shows as ~0)."""
     model.eval()
     x, a = batches.sample(n, torch.Generator().manual_seed(seed))
-    x, a = x.to(model.latent_mean.device), a.to(model.latent_mean.device)
+    x, a = x.to(model.device), a.to(model.device)
     terms = {k: v.item() for k, v in dynamics_losses(model, x, a).items()}
     z, h = model.embed(x, target=True), model.history
     s0 = model.window_states(z, a)[:, 0]

@@ -27,15 +27,17 @@ MIN_LATENT_STD = 1e-2  # below this the trained head's latents no longer tell fr
 
 def world_model_config(model: LatentWorldModel) -> dict:
     """What ``load_world_model`` needs to rebuild ``model``."""
-    return {"encoder": model.encoder.cfg.to_dict(), "dynamics": model.cfg.to_dict(), "action_dim": model.action_dim}
+    encoder = model.encoder.cfg.to_dict() if model.encoder is not None else None
+    return {"encoder": encoder, "dynamics": model.cfg.to_dict(), "action_dim": model.action_dim,
+            "image_shape": list(model.image_shape)}
 
 
 def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> LatentWorldModel:
     """Rebuild a world model from a checkpoint directory."""
     cfg = load_config(path)
     try:
-        encoder = ViTEncoder(EncoderConfig(**cfg["encoder"]))
-        model = LatentWorldModel(encoder, DynamicsConfig(**cfg["dynamics"]), cfg["action_dim"])
+        encoder = ViTEncoder(EncoderConfig(**cfg["encoder"])) if cfg["encoder"] is not None else None
+        model = LatentWorldModel(encoder, DynamicsConfig(**cfg["dynamics"]), cfg["action_dim"], cfg.get("image_shape"))
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path}/config.json does not describe a world model: {err}") from None
     model.load_state_dict(load_weights(path))
@@ -69,6 +71,8 @@ class DynamicsTrainer:
         s, a = s[part].to(self.device), a[part].to(self.device)
         terms = dynamics_losses(self.model, s, a)
         loss = terms["one_step"] + cfg.rollout_weight * terms["rollout"] + cfg.vc_weight * terms["vc"]
+        if "inverse" in terms:
+            loss = loss + cfg.inverse_weight * terms["inverse"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite dynamics loss {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
