@@ -243,13 +243,14 @@ def test_the_shipped_model_plans_better_than_random(tmp_path):
     from .conftest import tiny_collect_config
 
     assert sum(comb(40, k) for k in range(27, 41)) / 2**40 < 0.02
-    cfg = tiny_collect_config(tmp_path, env=EnvConfig(episode_steps=25), train_episodes=1, val_episodes=0,
-                              heldout_episodes=40, eval_seed=4242)
-    heldout = open_dataset(build_dataset(cfg)).split("heldout")
     model = load_world_model(ROOT / "models" / "reacher")
+    size = model.image_shape[-1]
+    cfg = tiny_collect_config(tmp_path, env=EnvConfig(episode_steps=25, image_size=size), train_episodes=1,
+                              val_episodes=0, heldout_episodes=40, eval_seed=4242, patch_size=size // 8)
+    heldout = open_dataset(build_dataset(cfg)).split("heldout")
     spec = envs.get_spec("reacher")
     tasks = sample_goal_tasks(heldout, spec, 40, 10, np.random.default_rng(0))
-    env = envs.make_env("reacher", max_episode_steps=20)
+    env = envs.make_env("reacher", max_episode_steps=20, image_size=size)
     mpc = MPCConfig(horizon=3, receding_horizon=5, cem=CEMConfig(samples=100, elites=10, iterations=5))
     planner = LatentMPCAgent(model, mpc, env.action_space.low, env.action_space.high, 5, torch.Generator().manual_seed(0))
     random = RandomAgent(env.action_space, np.random.default_rng(1))
