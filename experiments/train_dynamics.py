@@ -94,8 +94,8 @@ def run(cfg: DynamicsExperimentConfig) -> dict:
     model.set_latent_stats(raw["train"])
     batches = {s: WindowBatches(model, dataset.split(s), raw[s], cfg.train.rollout_steps) for s in raw}
     meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"],
-            "encoder_checkpoint": cfg.encoder_checkpoint if model.frozen else None, "commit": git_commit(), "env": cfg.env.name,
-            "image_size": cfg.env.image_size}
+            "encoder_checkpoint": cfg.encoder_checkpoint if model.frozen else None, "commit": git_commit(),
+            "env": cfg.env.name, "image_size": cfg.env.image_size}
     torch.manual_seed(cfg.train.seed)
     trainer = DynamicsTrainer(model, cfg.train, batches["train"], batches["val"], out, meta)
     if cfg.resume and trainer.resume():

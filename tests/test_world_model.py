@@ -51,6 +51,20 @@ def test_rollout_equals_repeated_predict():
         model.predict(s0, torch.zeros(3, 3))
 
 
+def test_predictor_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    cfg = DynamicsConfig(pool=2, project_dim=0, latent_dim=0, action_block=2, hidden=64, depth=2, dropout=0.5)
+    model = LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), cfg, 2)
+    torch.nn.init.normal_(model.f[-1].weight, std=0.1)
+    s, a = torch.randn(4, model.state_dim), torch.rand(4, model.block_dim)
+    model.train()
+    assert not torch.equal(model.predict(s, a), model.predict(s, a))
+    model.eval()
+    assert torch.equal(model.predict(s, a), model.predict(s, a))
+    with pytest.raises(ValueError, match="dropout"):
+        DynamicsConfig(dropout=1.0)
+
+
 def test_states_are_standardised_and_deterministic(tiny_dataset):
     model = tiny_world_model()
     train = tiny_dataset.split("train")
