@@ -214,7 +214,8 @@ def test_plan_runs_end_to_end_with_a_world_model(tiny_dataset, tiny_model_dir, t
 
 def test_projection_keeps_the_top_principal_components(tiny_dataset):
     torch.manual_seed(0)
-    model = LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), DynamicsConfig(pool=2, project_dim=8, latent_dim=0), 2)
+    model = LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")),
+                             DynamicsConfig(pool=2, project_dim=8, latent_dim=0), 2)
     from worldmodel.dynamics import fit_projection
 
     fit_projection(model, tiny_dataset.split("train"), frames=126)

@@ -115,8 +115,7 @@ def dynamics_losses(model: LatentWorldModel, features: torch.Tensor, blocks: tor
     states = model.window_states(latents, blocks)[:, :-1]  # (B, R, state_dim)
     one_step = F.mse_loss(model.newest(model.predict(states, blocks[:, h - 1 :])), targets)
     rollout = F.mse_loss(model.newest(model.rollout(states[:, 0], blocks[:, h - 1 :])), targets)
-    zero = one_step.new_zeros(())
-    vc = variance_covariance(latents.reshape(-1, model.frame_dim)) if model.cfg.latent_dim else zero
+    vc = variance_covariance(latents.reshape(-1, model.frame_dim)) if model.cfg.latent_dim else one_step.new_zeros(())
     terms = {"one_step": one_step, "rollout": rollout, "vc": vc}
     if model.cfg.inverse:  # the action block A_t from the state s_t (it holds the velocity) and z_{t+k}
         terms["inverse"] = F.mse_loss(model.inverse(torch.cat([states, latents[:, h:]], -1)), blocks[:, h - 1 :])

@@ -70,9 +70,8 @@ class DynamicsTrainer:
         part = slice(self.rank * cfg.batch_size // self.world, (self.rank + 1) * cfg.batch_size // self.world)
         s, a = s[part].to(self.device), a[part].to(self.device)
         terms = dynamics_losses(self.model, s, a)
-        loss = terms["one_step"] + cfg.rollout_weight * terms["rollout"] + cfg.vc_weight * terms["vc"]
-        if "inverse" in terms:
-            loss = loss + cfg.inverse_weight * terms["inverse"]
+        weights = {"one_step": 1.0, "rollout": cfg.rollout_weight, "vc": cfg.vc_weight, "inverse": cfg.inverse_weight}
+        loss = sum(weights[k] * v for k, v in terms.items())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite dynamics loss {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)

@@ -162,8 +162,8 @@ class LatentWorldModel(nn.Module):
         nn.init.zeros_(last.bias)
         self.f = nn.Sequential(*layers, last)
         if cfg.inverse:
-            self.inverse = nn.Sequential(nn.Linear(self.state_dim + self.frame_dim, cfg.hidden), nn.LayerNorm(cfg.hidden), nn.GELU(),
-                                         nn.Linear(cfg.hidden, self.block_dim))
+            self.inverse = nn.Sequential(nn.Linear(self.state_dim + self.frame_dim, cfg.hidden),
+                                         nn.LayerNorm(cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, self.block_dim))
 
     def train(self, mode: bool = True) -> "LatentWorldModel":
         super().train(mode)
