@@ -1,8 +1,9 @@
 """Receding-horizon control in a latent space: plan, execute a few steps, replan.
 
-The agent knows a model only through its verbs ``encode``, ``rollout`` and ``newest``,
-and plans over blocks of ``action_block`` env steps (their actions concatenated). The
-cost compares the newest frame latent of each predicted state with the goal image's.
+The agent knows a model only through its verbs ``encode``, ``rollout``, ``newest`` and
+``frame_latents``, and plans over blocks of ``action_block`` env steps (their actions
+concatenated). The cost compares the newest frame latent of each predicted state (and,
+with ``settle``, the one a block before it) with the goal image's.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class LatentModel(Protocol):
 
     def newest(self, s: torch.Tensor) -> torch.Tensor: ...  # (..., d) -> the newest frame's latent
 
+    def frame_latents(self, s: torch.Tensor) -> torch.Tensor: ...  # (..., d) -> (..., history, frame_dim)
+
 
 @dataclass
 class MPCConfig:
@@ -47,6 +50,10 @@ class MPCConfig:
             ``terminal`` or ``mean``. With ``terminal``, a receding plan keeps
             putting the goal at its far end and the arm rarely gets there.
         action_penalty: weight of ``mean(a^2)``.
+        settle: weight of the distance from the goal of the frame latent one action
+            block before each predicted one (0: only the newest counts). With it, a plan
+            is cheapest where the arm reaches the goal and stays, not where it swings
+            through.
         cem, mppi, gradient: the planners' settings.
     """
 
@@ -55,6 +62,7 @@ class MPCConfig:
     receding_horizon: int = 5
     goal_reduce: str = "min"
     action_penalty: float = 0.0
+    settle: float = 0.5
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
     gradient: GradientConfig = field(default_factory=GradientConfig)
@@ -64,6 +72,8 @@ class MPCConfig:
             raise ValueError(f"planner must be 'cem', 'mppi' or 'gradient', got {self.planner!r}")
         if self.goal_reduce not in REDUCTIONS:
             raise ValueError(f"goal_reduce must be one of {REDUCTIONS}, got {self.goal_reduce!r}")
+        if self.settle < 0:
+            raise ValueError(f"settle must be >= 0, got {self.settle}")
         if self.horizon < 1 or self.receding_horizon < 1:
             raise ValueError(f"horizon and receding_horizon must be >= 1, got {self.horizon}, {self.receding_horizon}")
 
@@ -73,6 +83,25 @@ def make_planner(cfg: MPCConfig, bounds: Bounds):
         cfg.planner
     ]
     return cls(settings, cfg.horizon, bounds)
+
+
+def goal_cost(model: LatentModel, start: torch.Tensor, goal: torch.Tensor, cfg: MPCConfig) -> GoalDistance:
+    """Distance of the predicted frame latents from the goal latent ``(B, frame_dim)``, reduced
+    over the plan as ``cfg.goal_reduce`` says. With ``cfg.settle > 0`` each predicted state is
+    scored by its newest latent plus ``settle`` times the latent one block before it, so a
+    plan that reaches the goal and stays there beats one that swings through it."""
+    if not cfg.settle:
+        return GoalDistance(lambda s, a: model.newest(model.rollout(s, a)), start, goal, cfg.goal_reduce)
+    if model.history < 2:
+        raise ValueError(f"settle={cfg.settle} needs states of at least 2 frames, the model keeps "
+                         f"{model.history}; plan with settle=0")
+    w = cfg.settle**0.5
+
+    def last_two(s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        z = model.frame_latents(model.rollout(s0, actions))[..., -2:, :]  # (N, H, 2, frame_dim)
+        return torch.cat([w * z[..., 0, :], z[..., 1, :]], -1)
+
+    return GoalDistance(last_two, start, torch.cat([w * goal, goal], -1), cfg.goal_reduce)
 
 
 class LatentMPCAgent:
@@ -121,7 +150,7 @@ class LatentMPCAgent:
         cfg = self.cfg
         s0 = self._encode(self.frames, self.actions)
         model = self.model
-        cost = GoalDistance(lambda s, a: model.newest(model.rollout(s, a)), s0, self.goal, cfg.goal_reduce)
+        cost = goal_cost(model, s0, self.goal, cfg)
         if cfg.action_penalty:
             cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])
         grad = cfg.planner == "gradient"

@@ -85,3 +85,53 @@ def test_bad_cost_shape_and_bounds_are_clear_errors():
         Bounds(low=[1.0], high=[0.0])
     with pytest.raises(ValueError, match="elites"):
         CEMConfig(samples=10, elites=1)
+
+
+class PointMass:
+    """An exact latent model of a point on a line (each env step ``v += 0.1 a``, then ``p += v``),
+    with the world model's state layout: ``[p_{t-k}, p_t, a_{t-k}, ..., a_{t-1}]``, k = 5."""
+
+    history, k, gain = 2, 5, 0.1
+    block_dim = k
+
+    def predict(self, s, a):
+        w = self.gain * torch.arange(self.k, 0, -1, dtype=s.dtype)  # how a block's actions move p
+        v = (s[..., 1] - s[..., 0] - (s[..., 2:] * w).sum(-1)) / self.k + self.gain * s[..., 2:].sum(-1)
+        p = s[..., 1] + self.k * v + (a * w).sum(-1)
+        return torch.cat([s[..., 1:2], p[..., None], a], -1)
+
+    def rollout(self, s0, actions):
+        states = [s0]
+        for h in range(actions.shape[1]):
+            states.append(self.predict(states[-1], actions[:, h]))
+        return torch.stack(states[1:], 1)
+
+    def newest(self, s):
+        return s[..., 1:2]
+
+    def frame_latents(self, s):
+        return s[..., :2, None]
+
+
+def test_settle_prefers_reaching_the_goal_and_staying_to_swinging_through_it():
+    from planners.mpc import MPCConfig, goal_cost
+
+    model = PointMass()
+    start, goal = torch.zeros(1, 2 + model.k), torch.tensor([[2.5]])
+    blocks = lambda *a: torch.tensor([[x] * model.k for x in a])  # noqa: E731
+    stay = blocks(1.0, -1.0, 0.0)  # speeds up, brakes to rest at p = 2.5 after two blocks, stays
+    swing = blocks(0.625, 0.0, 0.0)  # also at p = 2.5 after two blocks, still moving (p = 4.0625 after three)
+    states = model.rollout(start.expand(2, -1), torch.stack([stay, swing]))
+    assert torch.allclose(states[:, 1, 1], torch.tensor([2.5, 2.5]))
+    assert torch.allclose(states[:, 2, 1], torch.tensor([2.5, 4.0625]))
+    plans = torch.stack([stay, swing])[None]  # (B=1, S=2, H=3, A=5)
+
+    plain = goal_cost(model, start, goal, MPCConfig(horizon=3, settle=0.0))(plans)[0]
+    assert torch.allclose(plain, torch.zeros(2), atol=1e-6)  # the closest approach: both reach the goal
+    settled = goal_cost(model, start, goal, MPCConfig(horizon=3, settle=1.0))(plans)[0]
+    assert settled[0] < 1e-6 < settled[1]
+    with pytest.raises(ValueError, match="settle must be >= 0"):
+        MPCConfig(settle=-1.0)
+    model.history = 1
+    with pytest.raises(ValueError, match="settle=1.0 needs states of at least 2 frames"):
+        goal_cost(model, start, goal, MPCConfig(settle=1.0))

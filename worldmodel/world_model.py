@@ -257,6 +257,10 @@ class LatentWorldModel(nn.Module):
         """The newest frame latent ``(..., frame_dim)`` of states ``(..., state_dim)``."""
         return s[..., self.latent_part - self.frame_dim : self.latent_part]
 
+    def frame_latents(self, s: torch.Tensor) -> torch.Tensor:
+        """The frame latents ``(..., history, frame_dim)`` of states ``(..., state_dim)``, oldest first."""
+        return s[..., : self.latent_part].unflatten(-1, (self.history, self.frame_dim))
+
     def predict(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Next state: ``s (..., state_dim)``, ``a (..., action_block * A)`` -> ``(..., state_dim)``."""
         if a.shape[-1] != self.block_dim:
