@@ -244,10 +244,13 @@ def test_global_standardisation_keeps_relative_variances():
         DynamicsConfig(standardize="minmax")
 
 
-def test_the_shipped_model_plans_better_than_random(tmp_path):
-    """The shipped default model against random torques on 40 fresh held-out tasks (goal 10
-    steps ahead, 20 steps of budget): its closest approach to the goal must be the better one
-    on at least 27 tasks (one-sided sign test: p = 0.019 if neither policy were better)."""
+def test_a_freshly_trained_predictor_and_the_shipped_model_plan_better_than_random(tmp_path):
+    """Learning test: a fresh predictor trained for ~30 s (1500 steps) on 300 short episodes,
+    in the shipped model's latent space (its frozen encoder, PCA and head), then the shipped
+    model itself, each against random torques on the same 40 fresh held-out tasks (goal 10
+    steps ahead, 20 steps of budget). A planner's closest approach to the goal must be the
+    better one on at least 27 tasks (one-sided sign test: p = 0.019 if neither policy were
+    better). Measured: fresh predictor 30/40 (validation one-step MSE 0.30), shipped model 39/40."""
     from math import comb
 
     from envs import EnvConfig
@@ -258,19 +261,36 @@ def test_the_shipped_model_plans_better_than_random(tmp_path):
     from .conftest import tiny_collect_config
 
     assert sum(comb(40, k) for k in range(27, 41)) / 2**40 < 0.02
-    model = load_world_model(ROOT / "models" / "reacher")
-    size = model.image_shape[-1]
-    cfg = tiny_collect_config(tmp_path, env=EnvConfig(episode_steps=25, image_size=size), train_episodes=1,
-                              val_episodes=0, heldout_episodes=40, eval_seed=4242, patch_size=size // 8)
-    heldout = open_dataset(build_dataset(cfg)).split("heldout")
+    shipped = load_world_model(ROOT / "models" / "reacher").float()
+    size = shipped.image_shape[-1]
+    cfg = tiny_collect_config(tmp_path, env=EnvConfig(episode_steps=50, image_size=size), train_episodes=300,
+                              val_episodes=10, heldout_episodes=40, eval_seed=4242, patch_size=size // 8)
+    data = open_dataset(build_dataset(cfg))
+
+    torch.manual_seed(0)
+    fresh = LatentWorldModel(shipped.encoder, DynamicsConfig(**{**shipped.cfg.to_dict(), "hidden": 256}), 2)
+    missing = fresh.load_state_dict({k: v for k, v in shipped.state_dict().items() if not k.startswith("f.")},
+                                    strict=False).missing_keys
+    assert missing and all(k.startswith("f.") for k in missing)  # only the predictor starts from scratch
+    raw = {s: encode_frames(fresh, data.split(s), progress=False) for s in ("train", "val")}
+    batches = {s: WindowBatches(fresh, data.split(s), raw[s], rollout_steps=2) for s in raw}
+    tc = DynamicsTrainConfig(steps=1500, batch_size=128, rollout_steps=2, warmup_steps=50, log_every=1500,
+                             progress=False)
+    DynamicsTrainer(fresh, tc, batches["train"], batches["val"], tmp_path / "run", {}).run()
+    fresh.eval()
+
     spec = envs.get_spec("reacher")
-    tasks = sample_goal_tasks(heldout, spec, 40, 10, np.random.default_rng(0))
+    tasks = sample_goal_tasks(data.split("heldout"), spec, 40, 10, np.random.default_rng(0))
     env = envs.make_env("reacher", max_episode_steps=20, image_size=size)
-    mpc = MPCConfig(horizon=3, receding_horizon=5, cem=CEMConfig(samples=100, elites=10, iterations=5))
-    planner = LatentMPCAgent(model, mpc, env.action_space.low, env.action_space.high, 5, torch.Generator().manual_seed(0))
     random = RandomAgent(env.action_space, np.random.default_rng(1))
-    _, planned = evaluate_agent(env, spec, tasks, planner, budget=20, progress=False)
     _, flailed = evaluate_agent(env, spec, tasks, random, budget=20, progress=False)
+    mpc = MPCConfig(horizon=3, receding_horizon=5, cem=CEMConfig(samples=100, elites=10, iterations=5))
+    better = {}
+    for name, model in (("fresh", fresh), ("shipped", shipped)):
+        planner = LatentMPCAgent(model, mpc, env.action_space.low, env.action_space.high, 5,
+                                 torch.Generator().manual_seed(0))
+        _, planned = evaluate_agent(env, spec, tasks, planner, budget=20, progress=False)
+        better[name] = sum(p.best_goal_error < r.best_goal_error for p, r in zip(planned, flailed))
     env.close()
-    better = sum(p.best_goal_error < r.best_goal_error for p, r in zip(planned, flailed))
-    assert better >= 27, [(round(p.best_goal_error, 3), round(r.best_goal_error, 3)) for p, r in zip(planned, flailed)]
+    print("better than random on 40 tasks:", better)
+    assert min(better.values()) >= 27, better
