@@ -246,8 +246,8 @@ def test_global_standardisation_keeps_relative_variances():
 
 def test_a_freshly_trained_predictor_and_the_shipped_model_plan_better_than_random(tmp_path):
     """Learning test: a fresh predictor trained for ~30 s (1500 steps) on 300 short episodes,
-    in the shipped model's latent space (its frozen encoder, PCA and head), then the shipped
-    model itself, each against random torques on the same 40 fresh held-out tasks (goal 10
+    starting from the shipped model's frozen encoder, PCA and head (the head trains on with
+    it), then the shipped model itself, each against random torques on the same 40 fresh held-out tasks (goal 10
     steps ahead, 20 steps of budget). A planner's closest approach to the goal must be the
     better one on at least 27 tasks (one-sided sign test: p = 0.019 if neither policy were
     better). Measured: fresh predictor 30/40 (validation one-step MSE 0.30), shipped model 39/40."""
