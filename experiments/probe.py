@@ -69,7 +69,7 @@ def pixel_features(episodes: Episodes, size: int, batch: int = 1024) -> np.ndarr
 
 
 @torch.no_grad()
-def frame_latents(model: LatentWorldModel, features: torch.Tensor, batch: int = 2048) -> np.ndarray:
+def head_latents(model: LatentWorldModel, features: torch.Tensor, batch: int = 2048) -> np.ndarray:
     """Frame latents (EMA head) of standardised features, in batches."""
     return torch.cat([model.embed(features[i : i + batch].to(model.device), target=True).cpu()
                       for i in range(0, len(features), batch)]).numpy()
@@ -189,14 +189,14 @@ def run(cfg: ProbeConfig) -> dict:
 
     raw = {s: encode_frames(model, ep, progress=cfg.progress) for s, ep in (("train", train), ("test", test))}
     enc = {s: model.standardise(r) for s, r in raw.items()}
-    reps = {"world_model": tuple(frame_latents(model, enc[s]) for s in ("train", "test"))}
+    reps = {"world_model": tuple(head_latents(model, enc[s]) for s in ("train", "test"))}
     if model.frozen:  # the frozen features under the head (a conv model's features are the pixels)
         reps["encoder"] = tuple(enc[s].numpy() for s in ("train", "test"))
     if "random_encoder" in cfg.baselines:
         rand = random_encoder_model(model, full_train, cfg.probe_seed)
         rraw = [encode_frames(rand, ep, progress=cfg.progress) for ep in (train, test)]
         rand.set_latent_stats(rraw[0])
-        reps["random_encoder"] = tuple(frame_latents(rand, rand.standardise(r)) for r in rraw)
+        reps["random_encoder"] = tuple(head_latents(rand, rand.standardise(r)) for r in rraw)
     if "pixels" in cfg.baselines:
         reps["pixels"] = tuple(pixel_features(ep, cfg.pixel_size) for ep in (train, test))
     frame, fitted = frame_probes(reps, targets, train, test, h, model.cfg.action_block, cfg)

@@ -105,13 +105,17 @@ def encode_frames(model: LatentWorldModel, episodes: Episodes, batch: int = 256,
     return out
 
 
-def dynamics_losses(model: LatentWorldModel, features: torch.Tensor, blocks: torch.Tensor) -> dict:
+def dynamics_losses(model: LatentWorldModel, features: torch.Tensor, blocks: torch.Tensor,
+                    target_latents: torch.Tensor | None = None) -> dict:
     """Loss terms of a batch: standardised block-boundary ``features (B, R+h, feature_dim)`` and the
-    action ``blocks (B, R+h-1, block)`` between them."""
+    action ``blocks (B, R+h-1, block)`` between them; ``target_latents``: the EMA head's latents of
+    ``features`` when the caller has them already."""
     h = model.history
     latents = model.embed(features)
-    with torch.no_grad():
-        targets = model.embed(features, target=True)[:, h:]
+    if target_latents is None:
+        with torch.no_grad():
+            target_latents = model.embed(features, target=True)
+    targets = target_latents[:, h:].detach()
     states = model.window_states(latents, blocks)[:, :-1]  # (B, R, state_dim)
     one_step = F.mse_loss(model.newest(model.predict(states, blocks[:, h - 1 :])), targets)
     rollout = F.mse_loss(model.newest(model.rollout(states[:, 0], blocks[:, h - 1 :])), targets)
@@ -155,8 +159,8 @@ def evaluate(model: LatentWorldModel, batches: WindowBatches, n: int = 1024, see
     model.eval()
     x, a = batches.sample(n, torch.Generator().manual_seed(seed))
     x, a = x.to(model.device), a.to(model.device)
-    terms = {k: v.item() for k, v in dynamics_losses(model, x, a).items()}
     z, h = model.embed(x, target=True), model.history
+    terms = {k: v.item() for k, v in dynamics_losses(model, x, a, z).items()}
     s0 = model.window_states(z, a)[:, 0]
     per_h = ((model.newest(model.rollout(s0, a[:, h - 1 :])) - z[:, h:]) ** 2).mean((0, 2))
     latent_std = z.reshape(-1, model.frame_dim).std(0).mean().item()

@@ -255,7 +255,7 @@ class LatentWorldModel(nn.Module):
 
     def newest(self, s: torch.Tensor) -> torch.Tensor:
         """The newest frame latent ``(..., frame_dim)`` of states ``(..., state_dim)``."""
-        return s[..., self.latent_part - self.frame_dim : self.latent_part]
+        return self.frame_latents(s)[..., -1, :]
 
     def frame_latents(self, s: torch.Tensor) -> torch.Tensor:
         """The frame latents ``(..., history, frame_dim)`` of states ``(..., state_dim)``, oldest first."""
