@@ -1,6 +1,6 @@
-"""Collection and data-loading throughput; how far the arm moves under each policy.
+"""Collection and data-loading throughput; how far each angle moves under each policy.
 
-    python benchmarks/collect.py [--episodes 40] [--out results/benchmarks/collect.json]
+    python benchmarks/collect.py [--env reacher] [--episodes 40] [--out results/benchmarks/collect.json]
 
 Prints a table and writes JSON. Numbers on a shared 2-core machine vary by about
 30 % from run to run.
@@ -25,11 +25,11 @@ from worldmodel.data import CollectConfig, PolicyConfig, WindowSampler, build_da
 from worldmodel.data.collect import collect_episodes, episode_seeds, single_env_rate
 
 
-def collection_rate(episodes: int, steps: int, num_envs: int, antialias: bool) -> float:
+def collection_rate(env: str, episodes: int, steps: int, num_envs: int, antialias: bool) -> float:
     """Frames/s of ``collect_episodes`` including subprocess start-up."""
     start = time.perf_counter()
     collect_episodes(
-        "reacher",
+        env,
         PolicyConfig().build(),
         episode_seeds(0, episodes),
         steps,
@@ -40,36 +40,33 @@ def collection_rate(episodes: int, steps: int, num_envs: int, antialias: bool) -
     return episodes * (steps + 1) / (time.perf_counter() - start)
 
 
-def joint_motion(policy: str, episodes: int, horizon: int = 25) -> dict:
-    """Mean |angle[t + horizon] - angle[t]| per joint (rad) over all start steps.
+def angle_motion(env: str, policy: str, episodes: int, horizon: int = 25) -> dict:
+    """Mean |angle[t + horizon] - angle[t]| (rad) of every angle the env declares, per dimension, over
+    all start steps.
 
-    ``raw`` counts whole turns (the shoulder is unlimited); ``wrapped`` is the distance
-    the success test sees (modulo 2*pi, at most pi; pi/2 means unrelated angles).
+    ``raw`` counts whole turns; ``wrapped`` is the distance modulo 2*pi (at most pi; pi/2 means
+    unrelated angles).
     """
+    spec = envs.get_spec(env)
     data = collect_episodes(
-        "reacher", PolicyConfig(name=policy).build(), episode_seeds(1, episodes), 100, num_envs=2, progress=False
+        env, PolicyConfig(name=policy).build(), episode_seeds(1, episodes), 100, num_envs=2, progress=False
     )
-    deltas = []
-    for e in range(data.num_episodes):
-        q = data.episode(e)["physics.joint_angles"]
-        deltas.append(q[horizon:] - q[:-horizon])
-    d = np.concatenate(deltas)
-    raw, wrapped = np.abs(d).mean(0), np.abs(envs.wrap_angle(d)).mean(0)
-    return {
-        "horizon_steps": horizon,
-        "raw_rad": {"shoulder": float(raw[0]), "elbow": float(raw[1])},
-        "wrapped_rad": {"shoulder": float(wrapped[0]), "elbow": float(wrapped[1])},
-    }
+    out = {"horizon_steps": horizon}
+    for q in (q for q in spec.quantities if q.kind == "angle"):
+        d = np.concatenate([(a[horizon:] - a[:-horizon]) for a in (data.episode(e)[f"physics.{q.key}"]
+                                                                     for e in range(data.num_episodes))])
+        out[q.key] = {"raw_rad": np.abs(d).mean(0).tolist(), "wrapped_rad": np.abs(envs.wrap_angle(d)).mean(0).tolist()}
+    return out
 
 
-def read_rates(episodes: int, window: int = 4, batch: int = 64, iters: int = 30) -> dict:
+def read_rates(env: str, episodes: int, window: int = 4, batch: int = 64, iters: int = 30) -> dict:
     """Random training windows per second: memory-mapped arrays vs the Minari (HDF5) copy."""
     import minari
 
     root = Path(tempfile.mkdtemp())
     try:
         cfg = CollectConfig(
-            env=envs.EnvConfig(episode_steps=100),
+            env=envs.EnvConfig(name=env, episode_steps=100),
             train_episodes=episodes,
             val_episodes=0,
             heldout_episodes=0,
@@ -100,32 +97,35 @@ def read_rates(episodes: int, window: int = 4, batch: int = 64, iters: int = 30)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="reacher", choices=envs.env_names())
     parser.add_argument("--episodes", type=int, default=40, help="episodes per throughput measurement")
     parser.add_argument("--out", default="results/benchmarks/collect.json")
     args = parser.parse_args()
 
-    result: dict = {"device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+    env = args.env
+    result: dict = {"env": env, "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
     result["single_env_fps"] = {
-        "antialias": single_env_rate("reacher", 1000, {"antialias": True}),
-        "no_antialias": single_env_rate("reacher", 1000, {"antialias": False}),
+        "antialias": single_env_rate(env, 1000, {"antialias": True}),
+        "no_antialias": single_env_rate(env, 1000, {"antialias": False}),
     }
     result["collection_fps"] = {
-        f"num_envs={n},antialias={aa}": collection_rate(args.episodes, 100, n, aa)
+        f"num_envs={n},antialias={aa}": collection_rate(env, args.episodes, 100, n, aa)
         for aa in (True, False)
         for n in (1, 2, 3)
     }
-    result["joint_motion_25_steps"] = {p: joint_motion(p, args.episodes) for p in ("uniform", "correlated")}
-    result["reads"] = read_rates(args.episodes)
+    result["angle_motion_25_steps"] = {p: angle_motion(env, p, args.episodes) for p in ("uniform", "correlated")}
+    result["reads"] = read_rates(env, args.episodes)
 
     print(f"device: {result['device']}")
     for k, v in result["single_env_fps"].items():
         print(f"single env step+render 64x64, {k:<13}: {v:7.0f} frames/s")
     for k, v in result["collection_fps"].items():
         print(f"collect_episodes {k:<27}: {v:7.0f} frames/s")
-    for p, m in result["joint_motion_25_steps"].items():
-        r, w = m["raw_rad"], m["wrapped_rad"]
-        print(f"mean |joint change| over 25 steps, {p:<10}: shoulder {r['shoulder']:.2f} rad "
-              f"({w['shoulder']:.2f} mod 2pi), elbow {r['elbow']:.2f} rad ({w['elbow']:.2f} mod 2pi)")
+    for p, m in result["angle_motion_25_steps"].items():
+        for key, v in m.items():
+            if key != "horizon_steps":
+                print(f"mean |{key} change| over 25 steps, {p:<10}: " + ", ".join(
+                    f"{r:.2f} rad ({w:.2f} mod 2pi)" for r, w in zip(v["raw_rad"], v["wrapped_rad"])))
     r = result["reads"]
     print(f"random windows (T={r['window']}, batch {r['batch']}): npy memmap {r['npy_windows_per_s']:.0f}/s, "
           f"Minari HDF5 {r['minari_windows_per_s']:.0f}/s")

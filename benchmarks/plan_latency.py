@@ -1,6 +1,6 @@
 """Planning latency: ms per replan, predictor FLOPs per plan, fraction of the matmul peak.
 
-    python benchmarks/plan_latency.py [--model models/reacher] [--replans 20] [--device auto]
+    python benchmarks/plan_latency.py [--env reacher] [--model models/reacher] [--replans 20] [--device auto]
 
 Replans the latent MPC agent with its default settings on held-out-like random
 images (the cost of a plan does not depend on the images), splits the time into
@@ -16,10 +16,11 @@ import time
 import numpy as np
 import torch
 
+import envs
 from experiments.provenance import device_description, write_json
 from planners.mpc import LatentMPCAgent, MPCConfig
-from worldmodel.dynamics_trainer import load_world_model
-from worldmodel.pretrain import resolve_device
+from worldmodel.dynamics import WorldModel
+from worldmodel.training import resolve_device
 
 
 def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
@@ -38,21 +39,25 @@ def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
 
 def predictor_flops_per_step(model) -> int:
     """Multiply-adds x 2 of one predictor call on one state (the linear layers dominate)."""
-    return 2 * sum(m.weight.numel() for m in model.f.modules() if isinstance(m, torch.nn.Linear))
+    return 2 * sum(m.weight.numel() for m in model.predictor.modules() if isinstance(m, torch.nn.Linear))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="models/reacher")
+    parser.add_argument("--env", default="reacher", choices=envs.env_names(), help="whose action bounds")
+    parser.add_argument("--model", default=None, help="checkpoint directory (default: models/<env>)")
     parser.add_argument("--replans", type=int, default=20)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="results/benchmarks/plan_latency.json")
     args = parser.parse_args()
     device = resolve_device(args.device, 0)
-    model = load_world_model(args.model, device)
+    args.model = args.model or f"models/{args.env}"
+    model = WorldModel.from_pretrained(args.model, device)
+    env = envs.make_env(args.env, max_episode_steps=1)
+    space = env.action_space
+    env.close()
     cfg = MPCConfig()
-    agent = LatentMPCAgent(model, cfg, np.array([-1.0, -1.0]), np.array([1.0, 1.0]), model.cfg.action_block,
-                           torch.Generator().manual_seed(0))
+    agent = LatentMPCAgent(model, cfg, space.low, space.high, torch.Generator().manual_seed(0))
     rng = np.random.default_rng(0)
     size = model.image_shape[-1]
     image = lambda: rng.integers(0, 256, (size, size, 3), dtype=np.uint8)  # noqa: E731

@@ -15,10 +15,8 @@ from contextlib import nullcontext
 import torch
 
 from experiments.provenance import device_description, write_json
-from worldmodel.encoder import EncoderConfig
-from worldmodel.jepa import JEPA, JEPAConfig, ema_update
-from worldmodel.masks import sample_masks
-from worldmodel.pretrain import make_optimizer, resolve_device
+from worldmodel.jepa import JEPA, EncoderConfig, JEPAConfig, make_optimizer, sample_masks
+from worldmodel.training import ema_update, resolve_device
 
 
 def images_per_second(size: str, batch: int, steps: int, device: torch.device, amp: bool, compile: bool) -> float:

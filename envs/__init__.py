@@ -13,6 +13,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless by default; must precede t
 from envs.config import EnvConfig, check_patch_grid  # noqa: E402
 from envs.registry import (  # noqa: E402
     EnvSpec,
+    Quantity,
     UnknownEnvError,
     env_names,
     get_spec,
@@ -29,6 +30,7 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = [
     "EnvConfig",
     "EnvSpec",
+    "Quantity",
     "UnknownEnvError",
     "check_patch_grid",
     "env_names",

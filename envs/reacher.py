@@ -21,11 +21,17 @@ from gymnasium import utils
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 from gymnasium.spaces import Box
 
-from envs.registry import EnvSpec, register_env, wrap_angle
+from envs.registry import EnvSpec, Quantity, register_env, wrap_angle
 
 GYM_ID = "hjepa/PixelReacher-v0"
 SUCCESS_TOLERANCE_RAD = 0.05
-PHYSICS_KEYS = ("joint_angles", "joint_velocities", "fingertip_xy", "target_xy")
+QUANTITIES = (
+    Quantity("joint_angles", "angle", "rad", 2, "joint angles (shoulder, elbow)"),
+    Quantity("joint_velocities", "velocity", "rad/s", 2, "joint velocities"),
+    Quantity("fingertip_xy", "position", "m", 2, "fingertip position"),
+    Quantity("target_xy", "position", "m", 2, "target position"),
+)
+PHYSICS_KEYS = tuple(q.key for q in QUANTITIES)
 
 
 def joint_angle_error(state: np.ndarray, goal_state: np.ndarray) -> float:
@@ -148,9 +154,11 @@ SPEC = register_env(
         entry_point="envs.reacher:PixelReacherEnv",
         max_episode_steps=100,
         state_dim=8,
-        physics_keys=PHYSICS_KEYS,
+        quantities=QUANTITIES,
         goal_error=joint_angle_error,
         success_threshold=SUCCESS_TOLERANCE_RAD,
+        goal_error_label="joint error",
+        goal_error_unit="rad",
         description="Gymnasium Reacher-v5 (MuJoCo), RGB from a top-down camera",
         state_groups=(("arm", (0, 1, 4, 5)), ("target", (2, 3, 6, 7))),
     )

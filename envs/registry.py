@@ -20,10 +20,53 @@ import gymnasium
 import numpy as np
 
 GoalErrorFn = Callable[[np.ndarray, np.ndarray], float]
+QUANTITY_KINDS = ("angle", "position", "velocity")
 
 
 class UnknownEnvError(ValueError):
     """Raised for an environment name that nothing registered."""
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A physical quantity an environment records each step (``info[key]``, stored in a
+    dataset as ``physics.<key>``).
+
+    Attributes:
+        key: the ``info`` key.
+        kind: ``angle`` (radians, compared modulo 2*pi; probes regress sin/cos),
+            ``position`` or ``velocity``. One frame shows angles and positions, not velocities.
+        unit: its unit, for tables and captions (``rad``, ``m``, ``rad/s``).
+        dims: values per step.
+        label: a human name (``joint angles``).
+    """
+
+    key: str
+    kind: str
+    unit: str
+    dims: int
+    label: str = ""
+
+    def __post_init__(self):
+        if self.kind not in QUANTITY_KINDS:
+            raise ValueError(f"quantity {self.key!r}: kind must be one of {QUANTITY_KINDS}, got {self.kind!r}")
+        if self.dims < 1:
+            raise ValueError(f"quantity {self.key!r}: dims must be >= 1, got {self.dims}")
+
+    @property
+    def static(self) -> bool:
+        """Readable from one frame (an angle or a position, not a velocity)."""
+        return self.kind != "velocity"
+
+
+def unwrapped_get_state(env: gymnasium.Env) -> np.ndarray:
+    """The flat simulator state of ``env`` (its unwrapped ``get_state()``)."""
+    return env.unwrapped.get_state()
+
+
+def unwrapped_set_state(env: gymnasium.Env, state: np.ndarray) -> None:
+    """Set ``env``'s flat simulator state (its unwrapped ``set_state(state)``)."""
+    env.unwrapped.set_state(state)
 
 
 @dataclass(frozen=True)
@@ -35,16 +78,20 @@ class EnvSpec:
         gym_id: the Gymnasium id it is registered under (``namespace/Name-vN``).
         entry_point: ``"module:Class"`` of the environment class.
         max_episode_steps: default episode length (Gymnasium ``TimeLimit``).
-        state_dim: length of the flat simulator state from ``get_state()``.
-        physics_keys: keys of ``info`` that hold physical quantities per step; the
-            dataset stores them and the probes read them.
+        state_dim: length of the flat simulator state from ``get_state``.
+        quantities: the physical quantities ``info`` holds per step; the dataset stores
+            them, and probes, captions and tables read their kinds and units.
         goal_error: ``goal_error(state, goal_state) -> float`` on flat simulator
             states: the distance the success test thresholds (for Reacher, the largest
             joint-angle error in radians, modulo 2*pi).
         success_threshold: success when ``goal_error <= success_threshold``.
+        goal_error_label: what ``goal_error`` measures, for captions (``distance to goal``).
+        goal_error_unit: its unit (``rad``).
         description: one line for listings.
         state_groups: named index groups of the flat state (``(name, indices)`` pairs),
             e.g. the parts of a scene that can be teleported separately in surprise tests.
+        get_state: ``get_state(env) -> state``, the flat simulator state of a made env.
+        set_state: ``set_state(env, state)``; setting a recorded state reproduces its image.
     """
 
     name: str
@@ -52,15 +99,40 @@ class EnvSpec:
     entry_point: str
     max_episode_steps: int
     state_dim: int
-    physics_keys: tuple[str, ...]
+    quantities: tuple[Quantity, ...]
     goal_error: GoalErrorFn
     success_threshold: float
+    goal_error_label: str = "goal error"
+    goal_error_unit: str = ""
     description: str = ""
     state_groups: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    get_state: Callable[[gymnasium.Env], np.ndarray] = unwrapped_get_state
+    set_state: Callable[[gymnasium.Env, np.ndarray], None] = unwrapped_set_state
+
+    def __post_init__(self):
+        keys = [q.key for q in self.quantities]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"env {self.name!r} declares a quantity twice: {keys}")
+
+    @property
+    def physics_keys(self) -> tuple[str, ...]:
+        """The ``info`` keys of the quantities, in declaration order."""
+        return tuple(q.key for q in self.quantities)
+
+    def quantity(self, key: str) -> Quantity:
+        """The declared quantity ``key``; a clear error for an unknown one."""
+        for q in self.quantities:
+            if q.key == key:
+                return q
+        raise KeyError(f"env {self.name!r} records no quantity {key!r}; it records {list(self.physics_keys)}")
 
     def success(self, state: np.ndarray, goal_state: np.ndarray) -> bool:
         """The protocol's success test between two flat simulator states."""
         return bool(self.goal_error(state, goal_state) <= self.success_threshold)
+
+    def describe_error(self, error: float) -> str:
+        """A goal error with its label and unit, for captions and prints (``distance to goal 0.031 m``)."""
+        return f"{self.goal_error_label} {error:.3f} {self.goal_error_unit}".rstrip()
 
     @property
     def version(self) -> int:

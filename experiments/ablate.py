@@ -1,4 +1,4 @@
-"""I-JEPA ablations on Reacher: ``python experiments/ablate.py [pretrain overrides ...]``.
+"""I-JEPA ablations: ``python experiments/ablate.py [pretrain overrides ...]``.
 
 Trains the default JEPA and one variant per switch of the seed's ablation table
 (random-patch masking, pixel targets, no EMA, a predictor as wide as the encoder)
@@ -59,20 +59,22 @@ def main(argv: list[str]) -> None:
 
 def markdown(rows: list[dict], common: list[str]) -> str:
     r0 = rows[0]["random_init"]
+    keys = list(r0["r2_by_quantity"])
     lines = [
-        f"JEPA ablations on Reacher ({' '.join(common)}); linear probe R^2 on held-out frames "
-        f"({rows[0]['probe']['test_frames']}); random-init encoder: joints {r0['r2_joint_angles']:.3f}, "
-        f"fingertip {r0['r2_fingertip']:.3f}.",
+        f"JEPA ablations ({' '.join(common)}); linear probe R^2 on held-out frames "
+        f"({rows[0]['probe']['test_frames']}); random-init encoder: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in r0["r2_by_quantity"].items()) + ".",
         "",
-        "| variant | R^2 joint angles (sin/cos) | R^2 fingertip | R^2 mean | emb. std | eff. rank | collapsed | "
+        "| variant | " + " | ".join(f"R^2 {k}" for k in keys) + " | R^2 mean | emb. std | eff. rank | collapsed | "
         "I-JEPA paper (IN-1K lin.) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|" + "---|" * len(keys) + "---|---|---|---|---|",
     ]
     for r in rows:
         p = r["probe"]
         lines.append(
-            f"| {r['variant']} | {p['r2_joint_angles']:.3f} | {p['r2_fingertip']:.3f} | {p['r2_mean']:.3f} | "
-            f"{r['emb_std']:.4f} | {r['eff_rank']:.1f} | {'yes' if r['collapsed'] else 'no'} | {r['published']} |"
+            f"| {r['variant']} | " + " | ".join(f"{p['r2_by_quantity'][k]:.3f}" for k in keys) + f" | "
+            f"{p['r2_mean']:.3f} | {r['emb_std']:.4f} | {r['eff_rank']:.1f} | {'yes' if r['collapsed'] else 'no'} | "
+            f"{r['published']} |"
         )
     return "\n".join(lines) + "\n"
 

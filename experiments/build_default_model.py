@@ -17,11 +17,14 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from experiments import pretrain_encoder, train_dynamics
 from experiments.conf import load
 from experiments.provenance import git_commit
-from worldmodel.checkpoint import load_config, load_weights, save_checkpoint
+from worldmodel.checkpoint import load_config
 from worldmodel.data.collect import ensure_dataset
+from worldmodel.dynamics import WorldModel
 
 EXPORT_ROOT = Path(__file__).resolve().parents[1] / "models"
 
@@ -35,7 +38,8 @@ def main(overrides: list[str]) -> Path:
     if not (Path(dyn.out_dir) / "summary.json").exists():
         train_dynamics.run(dyn)
     source = Path(dyn.out_dir) / "checkpoint"
-    config = load_config(source)
+    model = WorldModel.from_pretrained(source)
+    config = {k: v for k, v in load_config(source).items() if k not in model.config()}  # training, dataset
     config["provenance"] = {
         "built_by": "python experiments/build_default_model.py " + " ".join(overrides),
         "commit": git_commit(),
@@ -48,9 +52,7 @@ def main(overrides: list[str]) -> Path:
         "pretrain_config": json.loads((Path(pre.out_dir) / "checkpoint" / "config.json").read_text()),
     }
     # Shipped in fp16 (half the bytes; loading casts back to fp32).
-    config["stored_dtype"] = "float16"
-    weights = {k: v.half() if v.is_floating_point() else v for k, v in load_weights(source).items()}
-    target = save_checkpoint(EXPORT_ROOT / pre.env.name, config, weights)
+    target = model.save_pretrained(EXPORT_ROOT / pre.env.name, extra=config, dtype=torch.float16)
     size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
     print(f"default world model exported to {target} ({size:.1f} MiB)")
     return target

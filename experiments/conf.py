@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.config import EnvConfig
 from worldmodel.data.config import CollectConfig, PolicyConfig
-from worldmodel.configs import DynamicsExperimentConfig, PlanConfig, PretrainConfig, ProbeConfig
+from experiments.schemas import DynamicsExperimentConfig, PlanConfig, PretrainConfig, ProbeConfig
 
 CONFIG_DIR = str(Path(__file__).parent / "configs")
 T = TypeVar("T")

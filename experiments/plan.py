@@ -1,7 +1,7 @@
 """Goal-image planning protocol: ``python experiments/plan.py env=reacher``.
 
-Draws start/goal tasks from the held-out split (collecting the dataset first when it
-is missing), runs the latent MPC planner with the world model ``model`` and the
+Draws start/goal tasks from the held-out split (collecting the held-out episodes first
+when they are missing; the training episodes are not needed), runs the latent MPC planner with the world model ``model`` and the
 reference policies (random, zero) on the same tasks, prints success rates with
 Wilson 95 % intervals and the planning time per replan, and writes a JSON result
 and a few GIFs (current view | goal) to ``output_dir``.
@@ -20,32 +20,35 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
+from experiments.schemas import PlanConfig
 from planners.cem import CEMConfig
 from planners.mpc import LatentMPCAgent
 from planners.oracle import OracleAgent
-from worldmodel.configs import PlanConfig
 from worldmodel.data import open_dataset
 from worldmodel.data.collect import ensure_dataset
-from worldmodel.dynamics_trainer import load_world_model
-from worldmodel.evaluation import evaluate, make_baseline, sample_goal_tasks
-from worldmodel.pretrain import resolve_device
-from worldmodel.video import episode_video
+from worldmodel.dynamics import WorldModel
+from worldmodel.evaluation import episode_video, evaluate_agent, make_baseline, sample_goal_tasks
+from worldmodel.training import resolve_device
 
 
-def planner_agent(cfg: PlanConfig, env) -> LatentMPCAgent:
+def load_model(cfg: PlanConfig) -> WorldModel:
+    """The world model ``cfg.model``, checked against the env before anything is collected."""
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(
             f"world model {cfg.model!r} not found (expected a checkpoint directory); build the default one with "
             f"`python experiments/build_default_model.py`, or pass model='' to run only the baselines"
         )
-    model = load_world_model(cfg.model, resolve_device(cfg.device, 0))
+    model = WorldModel.from_pretrained(cfg.model, resolve_device(cfg.device))
     if model.image_shape[-1] != cfg.env.image_size:
         raise ValueError(f"model {cfg.model} takes {model.image_shape[-1]}px images, env gives "
                          f"{cfg.env.image_size}px")
+    return model
+
+
+def planner_agent(cfg: PlanConfig, model: WorldModel, env) -> LatentMPCAgent:
     gen = torch.Generator().manual_seed(cfg.task_seed)
     space = env.action_space
-    return LatentMPCAgent(model, cfg.mpc, space.low, space.high, model.cfg.action_block, gen,
-                          name=f"{cfg.mpc.planner}-mpc")
+    return LatentMPCAgent(model, cfg.mpc, space.low, space.high, gen, name=f"{cfg.mpc.planner}-mpc")
 
 
 def reference_agent(name: str, cfg: PlanConfig, env, spec):
@@ -60,18 +63,19 @@ def reference_agent(name: str, cfg: PlanConfig, env, spec):
 
 def run(cfg: PlanConfig) -> dict:
     spec = envs.get_spec(cfg.env.name)
-    dataset = open_dataset(ensure_dataset(cfg))
+    model = load_model(cfg) if cfg.model else None
+    dataset = open_dataset(ensure_dataset(cfg, splits=("heldout",)))
     tasks = sample_goal_tasks(
         dataset.split("heldout"), spec, cfg.episodes, cfg.goal_offset, np.random.default_rng(cfg.task_seed)
     )
     env = cfg.env.make(max_episode_steps=cfg.budget)
-    agents = [planner_agent(cfg, env)] if cfg.model else []
+    agents = [planner_agent(cfg, model, env)] if model is not None else []
     agents += [reference_agent(n, cfg, env, spec) for n in cfg.baselines]
     out = Path(cfg.output_dir)
     results, videos = [], []
     for agent in agents:
         record = cfg.videos if isinstance(agent, LatentMPCAgent) else 0
-        summary, per_task = evaluate(env, spec, tasks, agent, cfg.budget, progress=cfg.progress, record=record)
+        summary, per_task = evaluate_agent(env, spec, tasks, agent, cfg.budget, progress=cfg.progress, record=record)
         summary["tasks"] = [{"episode": t.episode, "start": t.start, "success": r.success, "steps": r.steps,
                               "best_goal_error": r.best_goal_error, "final_goal_error": r.final_goal_error}
                              for t, r in zip(tasks, per_task)]
@@ -81,8 +85,7 @@ def run(cfg: PlanConfig) -> dict:
         if record:
             for i, r in enumerate(per_task[:record]):
                 name = f"{cfg.env.name}-{agent.name}-task{i}-{'success' if r.success else 'fail'}.gif"
-                videos.append(str(episode_video(r.frames, tasks[i].goal_obs, out / "videos" / name,
-                                                threshold=spec.success_threshold)))
+                videos.append(str(episode_video(r.frames, tasks[i].goal_obs, out / "videos" / name, spec)))
         results.append(summary)
     env.close()
     return {
@@ -91,6 +94,7 @@ def run(cfg: PlanConfig) -> dict:
             "dataset_checksum": dataset.manifest["checksum"], "split": "heldout",
             "eval_seed": dataset.manifest["eval_seed"], "task_seed": cfg.task_seed, "episodes": cfg.episodes,
             "goal_offset": cfg.goal_offset, "budget": cfg.budget, "success_threshold": spec.success_threshold,
+            "goal_error": spec.goal_error_label, "goal_error_unit": spec.goal_error_unit,
         },
         "model": cfg.model, "mpc": OmegaConf.to_container(OmegaConf.structured(cfg.mpc)),
         "device": device_description(), "commit": git_commit(), "results": results, "videos": videos,
@@ -98,7 +102,9 @@ def run(cfg: PlanConfig) -> dict:
 
 
 def report(summary: dict) -> str:
-    lines = [f"{'agent':<14} {'success':>8} {'wilson95':>16} {'median best err':>16} {'ms/replan':>10}"]
+    unit = summary["protocol"]["goal_error_unit"]
+    lines = [f"{'agent':<14} {'success':>8} {'wilson95':>16} {'median best err':>16} {'ms/replan':>10}"
+             + (f"   (errors in {unit})" if unit else "")]
     for r in summary["results"]:
         lo, hi = r["wilson95"]
         plan_ms = f"{r['mean_plan_ms']:.1f}" if "mean_plan_ms" in r else "-"
@@ -115,8 +121,8 @@ def main(cfg: DictConfig) -> None:
     path = write_json(Path(config.output_dir) / name, summary)
     p = summary["protocol"]
     print(f"\n{p['env']} goal-image protocol: {p['episodes']} tasks from {p['dataset']} (eval seed {p['eval_seed']}),")
-    print(f"goal {p['goal_offset']} steps ahead, budget {p['budget']} steps, success = joint error <= "
-          f"{p['success_threshold']} rad; model {summary['model'] or '(none)'} on {summary['device']}")
+    print(f"goal {p['goal_offset']} steps ahead, budget {p['budget']} steps, success = {p['goal_error']} <= "
+          f"{p['success_threshold']} {p['goal_error_unit']}; model {summary['model'] or '(none)'} on {summary['device']}")
     print(report(summary))
     for v in summary["videos"]:
         print(f"video: {v}")

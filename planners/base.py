@@ -1,4 +1,10 @@
-"""What every planner shares: the cost protocol, bounds, warm starts, results."""
+"""What every planner shares: the cost protocol, bounds, warm starts, results.
+
+Device and dtype follow the inputs: a planner works on the device and in the dtype of
+its :class:`Bounds` (move them with ``bounds.to(device, dtype)``), and every tensor it
+creates is created there. Random draws come from the caller's ``torch.Generator`` on its
+own device and are then moved, so a CPU generator gives the same plans on every device.
+"""
 
 from __future__ import annotations
 
@@ -20,17 +26,30 @@ class CostFn(Protocol):
 
 @dataclass
 class Bounds:
-    """Box bounds of one action, ``low`` and ``high`` of shape ``(A,)``."""
+    """Box bounds of one action, ``low`` and ``high`` of shape ``(A,)``.
+
+    Arrays and lists become float32 CPU tensors; floating tensors keep their device and dtype.
+    """
 
     low: torch.Tensor
     high: torch.Tensor
 
     def __post_init__(self):
-        self.low, self.high = torch.as_tensor(self.low, dtype=torch.float32), torch.as_tensor(
-            self.high, dtype=torch.float32
-        )
+        self.low, self.high = as_float_tensor(self.low), as_float_tensor(self.high).to(as_float_tensor(self.low))
         if self.low.shape != self.high.shape or self.low.ndim != 1 or not bool((self.low < self.high).all()):
             raise ValueError(f"need 1-d low < high of equal shape, got {self.low.tolist()} and {self.high.tolist()}")
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Bounds":
+        """The same bounds on ``device`` in ``dtype``."""
+        return Bounds(self.low.to(device=device, dtype=dtype), self.high.to(device=device, dtype=dtype))
+
+    @property
+    def device(self) -> torch.device:
+        return self.low.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.low.dtype
 
     @property
     def centre(self) -> torch.Tensor:
@@ -52,6 +71,19 @@ class PlanResult:
     cost: torch.Tensor
 
 
+def as_float_tensor(x) -> torch.Tensor:
+    """A floating tensor stays as it is; anything else becomes a float32 CPU tensor."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x
+    return torch.as_tensor(x, dtype=torch.float32)
+
+
+def gaussian(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise drawn from ``generator`` (on its device, float32), then moved to ``like``'s
+    device and dtype."""
+    return torch.randn(shape, generator=generator, device=generator.device).to(like)
+
+
 def shift_plan(plan: torch.Tensor, steps: int, bounds: Bounds) -> torch.Tensor:
     """Warm start: drop the first ``steps`` actions of ``plan (B, H, A)``, pad the end with the bounds' centre."""
     if not 0 <= steps <= plan.shape[1]:
@@ -61,13 +93,14 @@ def shift_plan(plan: torch.Tensor, steps: int, bounds: Bounds) -> torch.Tensor:
 
 
 def initial_mean(batch: int, horizon: int, bounds: Bounds, warm: torch.Tensor | None) -> torch.Tensor:
-    """``(B, H, A)``: the warm start when given (checked), else the bounds' centre."""
+    """``(B, H, A)`` on the bounds' device and in their dtype: the warm start when given (checked),
+    else the bounds' centre."""
     if warm is None:
         return bounds.centre.expand(batch, horizon, -1).clone()
     expected = (batch, horizon, bounds.low.shape[0])
     if tuple(warm.shape) != expected:
         raise ValueError(f"warm start must have shape {expected}, got {tuple(warm.shape)}")
-    return bounds.clamp(warm.float().clone())
+    return bounds.clamp(warm.to(device=bounds.device, dtype=bounds.dtype).clone())
 
 
 def evaluate_cost(cost: CostFn, actions: torch.Tensor) -> torch.Tensor:
@@ -87,6 +120,11 @@ class SamplingPlanner:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         self.cfg, self.horizon, self.bounds = cfg, horizon, bounds
+
+
+def no_plan_yet(mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The starting point of :func:`keep_best`: ``mean (B, H, A)`` at infinite cost."""
+    return mean.clone(), torch.full(mean.shape[:1], float("inf"), device=mean.device, dtype=mean.dtype)
 
 
 def keep_best(

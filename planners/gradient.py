@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from planners.base import CostFn, PlanResult, SamplingPlanner, initial_mean
+from planners.base import CostFn, PlanResult, SamplingPlanner, gaussian, initial_mean
 
 
 @dataclass
@@ -39,7 +39,7 @@ class GradientPlanner(SamplingPlanner):
         start = initial_mean(batch, self.horizon, b, warm_start)
         ratio = ((start - b.centre) / b.half).clamp(-0.999, 0.999)
         u0 = torch.atanh(ratio).unsqueeze(1).repeat(1, cfg.restarts, 1, 1)
-        u0[:, 1:] += torch.randn(u0[:, 1:].shape, generator=generator)
+        u0[:, 1:] += gaussian(tuple(u0[:, 1:].shape), generator, u0)
         u = u0.clone().requires_grad_(True)
         opt = torch.optim.Adam([u], lr=cfg.lr)
         squash = lambda v: b.centre + b.half * torch.tanh(v)  # noqa: E731
@@ -51,5 +51,5 @@ class GradientPlanner(SamplingPlanner):
             actions = squash(u)
             c = cost(actions)
             i = c.argmin(1)
-            rows = torch.arange(batch)
+            rows = torch.arange(batch, device=actions.device)
             return PlanResult(actions=actions[rows, i], cost=c[rows, i])

@@ -1,9 +1,10 @@
 """Receding-horizon control in a latent space: plan, execute a few steps, replan.
 
 The agent knows a model only through its verbs ``encode``, ``rollout``, ``newest`` and
-``frame_latents``, and plans over blocks of ``action_block`` env steps (their actions
-concatenated). The cost compares the newest frame latent of each predicted state (and,
-with ``settle``, the one a block before it) with the goal image's.
+``frame_latents`` and its state layout, and plans over blocks of ``action_block`` env
+steps (their actions concatenated). The cost compares the newest frame latent of each
+predicted state (and, with ``settle``, the one a block before it) with the goal image's.
+Planning runs on the model's device and in its dtype.
 """
 
 from __future__ import annotations
@@ -22,9 +23,18 @@ from planners.mppi import MPPI, MPPIConfig
 from planners.objectives import REDUCTIONS, ActionPenalty, GoalDistance, WeightedSum
 
 
+class StateLayout(Protocol):
+    history: int  # frame latents per state, one action block apart
+    action_block: int  # env steps per model step
+    action_dim: int
+    block_dim: int  # action_block * action_dim
+    span: int  # env steps from a state's oldest frame to its newest
+
+
 class LatentModel(Protocol):
-    block_dim: int
-    history: int  # frames per state, one action block apart
+    layout: StateLayout
+    device: torch.device
+    dtype: torch.dtype
 
     def encode(self, frames: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
         ...  # (B, h, C, H, W) uint8 and the (B, (h-1)*k, A) actions between them -> (B, d)
@@ -92,9 +102,9 @@ def goal_cost(model: LatentModel, start: torch.Tensor, goal: torch.Tensor, cfg: 
     plan that reaches the goal and stays there beats one that swings through it."""
     if not cfg.settle:
         return GoalDistance(lambda s, a: model.newest(model.rollout(s, a)), start, goal, cfg.goal_reduce)
-    if model.history < 2:
+    if model.layout.history < 2:
         raise ValueError(f"settle={cfg.settle} needs states of at least 2 frames, the model keeps "
-                         f"{model.history}; plan with settle=0")
+                         f"{model.layout.history}; plan with settle=0")
     w = cfg.settle**0.5
 
     def last_two(s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -108,17 +118,21 @@ class LatentMPCAgent:
     """Acts from images: encodes the current and goal images, plans, executes, replans."""
 
     def __init__(self, model: LatentModel, cfg: MPCConfig, action_low: np.ndarray, action_high: np.ndarray,
-                 action_block: int, generator: torch.Generator, name: str = "latent-mpc"):
-        if cfg.receding_horizon > cfg.horizon * action_block:
+                 generator: torch.Generator, name: str = "latent-mpc"):
+        layout = model.layout
+        k = layout.action_block
+        if len(action_low) != layout.action_dim:
+            raise ValueError(f"the env's actions have {len(action_low)} values, the model's {layout.action_dim}")
+        if cfg.receding_horizon > cfg.horizon * k:
             raise ValueError(f"receding_horizon {cfg.receding_horizon} must be at most the plan's "
-                             f"{cfg.horizon * action_block} env steps")
-        self.model, self.cfg, self.k, self.gen, self.name = model, cfg, action_block, generator, name
-        self.span = (model.history - 1) * action_block  # env steps a state looks back
-        self.action_dim = len(action_low)
-        self.env_bounds = Bounds(action_low, action_high)
-        self.bounds = Bounds(np.tile(action_low, action_block), np.tile(action_high, action_block))
+                             f"{cfg.horizon * k} env steps")
+        self.model, self.cfg, self.k, self.gen, self.name = model, cfg, k, generator, name
+        self.span = layout.span  # env steps a state looks back
+        self.action_dim = layout.action_dim
+        self.device, self.dtype = model.device, model.dtype
+        self.env_bounds = Bounds(action_low, action_high).to(self.device, self.dtype)
+        self.bounds = Bounds(np.tile(action_low, k), np.tile(action_high, k)).to(self.device, self.dtype)
         self.planner = make_planner(cfg, self.bounds)
-        self.device = next(iter(model.parameters())).device if hasattr(model, "parameters") else torch.device("cpu")
         self.plan_seconds: list[float] = []
 
     @torch.no_grad()
@@ -131,7 +145,7 @@ class LatentMPCAgent:
         actions = [np.zeros(self.action_dim, np.float32)] * pad + list(actions)
         x = torch.from_numpy(np.stack(frames[-span - 1 :: self.k])).permute(0, 3, 1, 2)[None].to(self.device)
         a = torch.from_numpy(np.asarray(actions[len(actions) - span :], np.float32).reshape(1, span, self.action_dim))
-        return self.model.encode(x, a.to(self.device))
+        return self.model.encode(x, a.to(device=self.device, dtype=self.dtype))
 
     def reset(self, goal_obs: np.ndarray) -> None:
         self.goal = self.model.newest(self._encode([goal_obs], []))  # the goal as a still scene
@@ -156,8 +170,8 @@ class LatentMPCAgent:
         grad = cfg.planner == "gradient"
         with torch.enable_grad() if grad else torch.no_grad():
             result = self.planner.plan(cost, 1, self.gen, warm_start=self.warm)
-        env_actions = result.actions.detach().cpu().reshape(1, -1, self.action_dim)  # (1, H*k, A)
-        self.queue = list(env_actions[0, : cfg.receding_horizon].numpy())
+        env_actions = result.actions.detach().reshape(1, -1, self.action_dim)  # (1, H*k, A)
+        self.queue = list(env_actions[0, : cfg.receding_horizon].float().cpu().numpy())
         # warm start: the rest of this plan, shifted by the env steps executed (states hold at any step)
         self.warm = shift_plan(env_actions, cfg.receding_horizon, self.env_bounds).reshape(1, cfg.horizon, -1)
         self.plan_seconds.append(time.perf_counter() - start)

@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 import torch
 
-from planners.base import CostFn, PlanResult, SamplingPlanner, evaluate_cost, initial_mean, keep_best
+from planners.base import (
+    CostFn,
+    PlanResult,
+    SamplingPlanner,
+    evaluate_cost,
+    gaussian,
+    initial_mean,
+    keep_best,
+    no_plan_yet,
+)
 
 
 @dataclass
@@ -44,9 +53,9 @@ class MPPI(SamplingPlanner):
         cfg, b = self.cfg, self.bounds
         mean = initial_mean(batch, self.horizon, b, warm_start)
         std = cfg.noise_std * b.half
-        best_a, best_c = mean.clone(), torch.full((batch,), float("inf"))
+        best_a, best_c = no_plan_yet(mean)
         for _ in range(cfg.iterations):
-            noise = torch.randn((batch, cfg.samples) + mean.shape[1:], generator=generator)
+            noise = gaussian((batch, cfg.samples) + mean.shape[1:], generator, mean)
             cand = b.clamp(mean.unsqueeze(1) + std * noise)
             cand[:, 0] = mean
             c = evaluate_cost(cost, cand)

@@ -27,3 +27,11 @@ def tiny_dataset(tmp_path_factory):
     """A real (tiny) Reacher dataset, collected once per test session with 2 subprocess envs."""
     root = tmp_path_factory.mktemp("data")
     return open_dataset(build_dataset(tiny_collect_config(root)))
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory):
+    """60 training and 10 validation episodes of 20 steps: enough for a predictor to generalise."""
+    root = tmp_path_factory.mktemp("small")
+    return open_dataset(build_dataset(tiny_collect_config(root, train_episodes=60, val_episodes=10, heldout_episodes=0,
+                                                          minari=False)))

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from worldmodel.data import (
     WindowSampler,
     build_dataset,
     collect_episodes,
+    ensure_dataset,
     episode_seeds,
     open_dataset,
     write_dataset,
@@ -154,13 +156,29 @@ def test_collection_killed_while_writing_leaves_no_complete_looking_dataset(tmp_
 
 def test_collection_killed_while_collecting_leaves_nothing(tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "collect.py"), f"root={tmp_path}", "name=killed",
-           "train_episodes=400", "num_envs=1", "progress=false", f"hydra.run.dir={tmp_path}/hydra"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(4)
-    assert proc.poll() is None, "collection ended before it could be killed"
+           "train_episodes=400", "num_envs=1", "progress=true", f"hydra.run.dir={tmp_path}/hydra"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    os.set_blocking(proc.stderr.fileno(), False)
+    progress, deadline = b"", time.monotonic() + 120
+    while not re.search(rb"train\+val:.*\| *[1-9]\d*/\d+", progress):  # wait until frames are being collected
+        assert proc.poll() is None and time.monotonic() < deadline, progress[-500:]
+        progress += proc.stderr.read() or b""
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not list(tmp_path.glob("killed*"))
+
+
+def test_planning_collects_only_the_held_out_split_and_it_is_the_same_episodes(tiny_dataset, tmp_path):
+    cfg = tiny_collect_config(tmp_path)  # the tiny dataset's settings, in an empty root
+    path = ensure_dataset(cfg, splits=("heldout",))
+    assert path.name == cfg.heldout_dataset_name and [p.name for p in tmp_path.iterdir()] == [path.name]
+    heldout = open_dataset(path)
+    assert list(heldout.manifest["splits"]) == ["heldout"]
+    a, b = heldout.split("heldout").arrays(), tiny_dataset.split("heldout").arrays()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # with the full dataset present, it is used for every split
+    assert ensure_dataset(tiny_collect_config(tiny_dataset.path.parent), splits=("heldout",)) == tiny_dataset.path
 
 
 def test_windows_follow_the_episodes(tiny_dataset):

@@ -74,4 +74,8 @@ def test_plan_entry_point_runs_end_to_end(tmp_path):
     summary = json.loads(result.read_text())
     assert [r["agent"] for r in summary["results"]] == ["random", "zero"]
     assert all(r["episodes"] == 4 for r in summary["results"])
+    # planning needs only the held-out episodes: nothing else was collected
+    (dataset,) = (tmp_path / "data").iterdir()
+    assert dataset.name == "reacher-uniform-64px-heldout3x30-e1000"
+    assert list(json.loads((dataset / "manifest.json").read_text())["splits"]) == ["heldout"]
     assert "random" in out.stdout and "zero" in out.stdout and str(result.name) in out.stdout

@@ -7,24 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodel.encoder import EncoderConfig, ViTEncoder
-from worldmodel.jepa import JEPA, JEPAConfig, ema_momentum, ema_update, embedding_stats
-from worldmodel.masks import MaskConfig, apply_masks, sample_masks
-from worldmodel.pretrain import RepresentationCollapse, Trainer, TrainConfig
+from tests.models import tiny_jepa, tiny_jepa_train
+from worldmodel.jepa import JEPA, EncoderConfig, JEPAConfig, MaskConfig, PretrainObjective, ViTEncoder, apply_masks
+from worldmodel.jepa import sample_masks
+from worldmodel.training import RepresentationCollapse, Trainer, ema_momentum, ema_update, embedding_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = (8, 8)
 
 
-def tiny_jepa(**kw) -> JEPAConfig:
-    return JEPAConfig(encoder=EncoderConfig(size="tiny"), predictor_width=32, predictor_depth=1, predictor_heads=2, **kw)
-
-
-def tiny_train(**kw) -> TrainConfig:
-    settings = dict(steps=40, batch_size=16, warmup_steps=4, lr=1e-3, log_every=4, checkpoint_every=20,
-                    progress=False)
-    settings.update(kw)
-    return TrainConfig(**settings)
+def pretrainer(train, out_dir, **settings) -> Trainer:
+    cfg = tiny_jepa_train(**settings)
+    return Trainer(PretrainObjective(tiny_jepa(), cfg, train), cfg, out_dir)
 
 
 def is_rectangle(idx: torch.Tensor, grid=GRID) -> bool:
@@ -117,25 +111,27 @@ def test_default_predictor_is_narrower_and_shallower_than_the_encoder():
 
 
 def test_loss_decreases_on_a_tiny_dataset(tiny_dataset, tmp_path):
-    trainer = Trainer(tiny_jepa(), tiny_train(), tiny_dataset.split("train"), tmp_path, {})
-    history = trainer.run()
-    first, last = np.mean([r["jepa"] for r in history[:2]]), np.mean([r["jepa"] for r in history[-2:]])
+    log = pretrainer(tiny_dataset.split("train"), tmp_path).run()
+    first, last = np.mean([r["jepa"] for r in log[:2]]), np.mean([r["jepa"] for r in log[-2:]])
     assert last < 0.6 * first
 
 
 def test_resume_continues_exactly(tiny_dataset, tmp_path):
     train = tiny_dataset.split("train")
-    full = Trainer(tiny_jepa(), tiny_train(), train, tmp_path / "a", {}).run()
-    Trainer(tiny_jepa(), tiny_train(), train, tmp_path / "b", {}).run(until=20)  # "killed" after step 20
-    resumed = Trainer(tiny_jepa(), tiny_train(), train, tmp_path / "b", {})
+    full = pretrainer(train, tmp_path / "a")
+    full_log = full.run()
+    pretrainer(train, tmp_path / "b").run(until=20)  # "killed" after step 20
+    resumed = pretrainer(train, tmp_path / "b")
     assert resumed.resume() and resumed.step == 20
-    history = resumed.run()
-    assert [r["step"] for r in history] == [r["step"] for r in full]
-    np.testing.assert_allclose([r["jepa"] for r in history], [r["jepa"] for r in full], rtol=1e-5)
+    log = resumed.run()
+    assert [r["step"] for r in log] == [r["step"] for r in full_log]
+    assert [r["jepa"] for r in log] == [r["jepa"] for r in full_log]  # bit for bit
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_collapse_monitor_fires_on_a_constant_encoder(tiny_dataset, tmp_path):
-    trainer = Trainer(tiny_jepa(), tiny_train(), tiny_dataset.split("train"), tmp_path, {})
+    trainer = pretrainer(tiny_dataset.split("train"), tmp_path)
     width = trainer.model.encoder.width
     trainer.model.target_encoder.forward = lambda images, keep=None: torch.ones(len(images), 64, width)
     with pytest.raises(RepresentationCollapse, match="collapsed at step 20"):
@@ -145,14 +141,14 @@ def test_collapse_monitor_fires_on_a_constant_encoder(tiny_dataset, tmp_path):
 
 DDP_SCRIPT = """
 import json, sys, torch
-from tests.test_jepa import tiny_jepa, tiny_train
+from tests.test_jepa import pretrainer
 from worldmodel.data import open_dataset
-from worldmodel.pretrain import Trainer, shutdown_distributed
+from worldmodel.training import shutdown_distributed
 torch.set_num_threads(1)
-trainer = Trainer(tiny_jepa(), tiny_train(steps=6, log_every=1), open_dataset(sys.argv[1]).split("train"), sys.argv[2], {})
-history = trainer.run()
+trainer = pretrainer(open_dataset(sys.argv[1]).split("train"), sys.argv[2], steps=6, log_every=1)
+log = trainer.run()
 if trainer.rank == 0:
-    json.dump([r["jepa"] for r in history], open(sys.argv[3], "w"))
+    json.dump([r["jepa"] for r in log], open(sys.argv[3], "w"))
 shutdown_distributed()
 """
 
@@ -190,6 +186,8 @@ def test_pretrain_entry_point_runs_end_to_end(tiny_dataset, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 12 and summary["collapsed"] is None
     assert set(summary["probe"]) == {"pretrained", "random_init"}
+    # the probe reads what one frame shows, as the env declares it: angles and positions, no velocities
+    assert set(summary["probe"]["pretrained"]["r2_by_quantity"]) == {"joint_angles", "fingertip_xy", "target_xy"}
     assert (run / "loss.png").stat().st_size > 0 and (run / "checkpoint" / "model.safetensors").exists()
     config = json.loads((run / "checkpoint" / "config.json").read_text())
     assert JEPAConfig.from_dict(config["model"]).encoder.size == "tiny"

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from planners import CEM, MPPI, Bounds, CEMConfig, GradientConfig, GradientPlanner, MPPIConfig, shift_plan
+from worldmodel.dynamics import StateLayout
 
 H, A = 5, 2
 BOUNDS = Bounds(low=[-1.0, -1.0], high=[1.0, 1.0])
@@ -91,8 +92,8 @@ class PointMass:
     """An exact latent model of a point on a line (each env step ``v += 0.1 a``, then ``p += v``),
     with the world model's state layout: ``[p_{t-k}, p_t, a_{t-k}, ..., a_{t-1}]``, k = 5."""
 
-    history, k, gain = 2, 5, 0.1
-    block_dim = k
+    k, gain = 5, 0.1
+    layout = StateLayout(latent_dim=1, history=2, action_block=5, action_dim=1)
 
     def predict(self, s, a):
         w = self.gain * torch.arange(self.k, 0, -1, dtype=s.dtype)  # how a block's actions move p
@@ -132,6 +133,45 @@ def test_settle_prefers_reaching_the_goal_and_staying_to_swinging_through_it():
     assert settled[0] < 1e-6 < settled[1]
     with pytest.raises(ValueError, match="settle must be >= 0"):
         MPCConfig(settle=-1.0)
-    model.history = 1
+    model.layout = StateLayout(latent_dim=1, history=1, action_block=5, action_dim=1)
     with pytest.raises(ValueError, match="settle=1.0 needs states of at least 2 frames"):
         goal_cost(model, start, goal, MPCConfig(settle=1.0))
+
+
+@pytest.mark.parametrize("name", list(PLANNERS))
+def test_planners_work_in_the_dtype_and_on_the_device_of_their_bounds(name):
+    """float64 stands in for another device: every tensor a planner makes follows its bounds."""
+    bounds = BOUNDS.to(dtype=torch.float64)
+    target = targets().double()
+    seen = []
+
+    def cost(actions):
+        seen.append((actions.dtype, actions.device))
+        return ((actions - target.unsqueeze(1)) ** 2).sum((-1, -2))
+
+    planner = {"cem": CEM(CEMConfig(samples=50, elites=5, iterations=3), H, bounds),
+               "mppi": MPPI(MPPIConfig(samples=50, iterations=3), H, bounds),
+               "gradient": GradientPlanner(GradientConfig(restarts=2, steps=5), H, bounds)}[name]
+    result = planner.plan(cost, 3, torch.Generator().manual_seed(0), warm_start=target.float())
+    assert set(seen) == {(torch.float64, bounds.device)}
+    assert result.actions.dtype == result.cost.dtype == torch.float64
+    assert shift_plan(result.actions, 2, bounds).dtype == torch.float64
+
+
+def test_the_latent_mpc_agent_plans_in_the_dtype_of_its_model():
+    import numpy as np
+
+    from planners.mpc import LatentMPCAgent, MPCConfig
+    from tests.models import tiny_world_model
+
+    model = tiny_world_model(block=5, moving=True).double().eval()
+    agent = LatentMPCAgent(model, MPCConfig(horizon=2, cem=CEMConfig(samples=20, elites=4, iterations=2)),
+                           np.array([-1.0, -1.0]), np.array([1.0, 1.0]), torch.Generator().manual_seed(0))
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    agent.reset(images[0])
+    assert agent.goal.dtype == torch.float64
+    actions = [agent.act(images[1 + i % 2]) for i in range(7)]  # a replan after 5 steps, with 5 actions of history
+    assert all(a.shape == (2,) and a.dtype == np.float32 and np.all(np.abs(a) <= 1) for a in actions)
+    assert agent.warm.dtype == torch.float64 and len(agent.plan_seconds) == 2
+    with pytest.raises(ValueError, match="the env's actions have 3 values, the model's 2"):
+        LatentMPCAgent(model, MPCConfig(), np.zeros(3) - 1, np.ones(3), torch.Generator())

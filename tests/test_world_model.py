@@ -11,51 +11,71 @@ import torch.nn.functional as F
 
 import envs
 from planners import CEMConfig
+from planners.mpc import LatentMPCAgent, MPCConfig
 from planners.oracle import OracleAgent
-from worldmodel.checkpoint import save_checkpoint
-from worldmodel.dynamics import DynamicsTrainConfig, WindowBatches, encode_frames, evaluate
-from worldmodel.dynamics_trainer import DynamicsTrainer, load_world_model, world_model_config
-from worldmodel.encoder import EncoderConfig, ViTEncoder
-from worldmodel.evaluation import evaluate as evaluate_agent
-from worldmodel.evaluation import sample_goal_tasks
-from worldmodel.world_model import DynamicsConfig, LatentWorldModel
+from tests.models import tiny_conv_world_model, tiny_world_model
+from worldmodel.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
+from worldmodel.dynamics import (
+    BlockPredictor,
+    DynamicsConfig,
+    DynamicsObjective,
+    DynamicsTrainConfig,
+    StateLayout,
+    WindowBatches,
+    WorldModel,
+    validate,
+)
+from worldmodel.evaluation import evaluate_agent, sample_goal_tasks
+from worldmodel.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_world_model(block=2) -> LatentWorldModel:
-    torch.manual_seed(0)
-    cfg = DynamicsConfig(pool=2, project_dim=0, latent_dim=0, action_block=block, hidden=64, depth=2)
-    return LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), cfg, 2)
+def prepared(model: WorldModel, dataset, splits=("train", "val")) -> dict:
+    """Fit the model's encoder on the train split; the feature tables of ``splits``."""
+    model.encoder.prepare(dataset.split("train"), seed=0, progress=False)
+    return {s: model.encoder.feature_table(dataset.split(s), progress=False) for s in splits}
 
 
-def tiny_conv_world_model(block=2) -> LatentWorldModel:
-    torch.manual_seed(0)
-    cfg = DynamicsConfig(encoder="conv", latent_dim=8, conv_width=8, head_hidden=32, action_block=block, hidden=64,
-                         depth=2, inverse=True)
-    return LatentWorldModel(None, cfg, 2, (3, 64, 64))
+def test_state_layout_owns_the_window_arithmetic():
+    L = StateLayout(latent_dim=3, history=2, action_block=5, action_dim=2)
+    assert (L.block_dim, L.state_dim, L.span) == (10, 2 * 3 + 10, 5)
+    assert L.window_frames(3) == 21 and L.steps_in(21) == 3  # (3 + 1) * 5 + 1 frames
+    assert L.boundaries(3).tolist() == [0, 5, 10, 15, 20] and L.newest_frames(3).tolist() == [5, 10, 15, 20]
+    assert L.event_action(1) == 12  # halfway through the block that ends model step 1
+    with pytest.raises(ValueError, match="no whole window"):
+        L.steps_in(20)
+    z, blocks = torch.randn(4, 5, 3), torch.randn(4, 4, 10)
+    states = L.window_states(z, blocks)  # (B, R + 1, state_dim)
+    assert states.shape == (4, 4, 16)
+    for r in range(4):
+        assert torch.equal(L.frame_latents(states[:, r]), z[:, r : r + 2])
+        assert torch.equal(L.newest(states[:, r]), z[:, r + 1])
+    # one model step shifts the window by one block boundary
+    assert torch.equal(L.shift(states[:, 0], z[:, 2], blocks[:, 1]), states[:, 1])
+    actions = torch.randn(4, 15, 2)
+    assert torch.equal(L.blocks(actions)[:, 1], actions[:, 5:10].flatten(1))
+    frames = L.state_frames(np.array([0, 21]), np.array([20, 20]))  # two episodes of 20 steps
+    assert frames.tolist() == list(range(5, 21)) + list(range(26, 42))
 
 
 def test_rollout_equals_repeated_predict():
-    model = tiny_world_model()
-    torch.nn.init.normal_(model.f[-1].weight, std=0.1)  # a non-trivial predictor
+    model = tiny_world_model(moving=True)
     s0, actions = torch.randn(3, model.state_dim), torch.rand(3, 4, model.block_dim) * 2 - 1
     states, s = model.rollout(s0, actions), s0
-    for h in range(4):
-        s = model.predict(s, actions[:, h])
-        assert torch.allclose(states[:, h], s)
+    d = model.latent_dim
+    for t in range(4):
+        s = model.predict(s, actions[:, t])
+        assert torch.allclose(states[:, t], s)
         # the state shifts: the old newest latent moves back, the block just applied is stored last
-        assert torch.equal(s[:, : model.frame_dim], (s0 if h == 0 else states[:, h - 1])[:, model.frame_dim : 2 * model.frame_dim])
-        assert torch.equal(s[:, -model.block_dim :], actions[:, h])
+        assert torch.equal(s[:, :d], (s0 if t == 0 else states[:, t - 1])[:, d : 2 * d])
+        assert torch.equal(s[:, -model.block_dim :], actions[:, t])
     with pytest.raises(ValueError, match="action block must have 4 values"):
         model.predict(s0, torch.zeros(3, 3))
 
 
 def test_predictor_dropout_acts_in_training_only():
-    torch.manual_seed(0)
-    cfg = DynamicsConfig(pool=2, project_dim=0, latent_dim=0, action_block=2, hidden=64, depth=2, dropout=0.5)
-    model = LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")), cfg, 2)
-    torch.nn.init.normal_(model.f[-1].weight, std=0.1)
+    model = tiny_world_model(moving=True, dropout=0.5)
     s, a = torch.randn(4, model.state_dim), torch.rand(4, model.block_dim)
     model.train()
     assert not torch.equal(model.predict(s, a), model.predict(s, a))
@@ -68,8 +88,7 @@ def test_predictor_dropout_acts_in_training_only():
 def test_states_are_standardised_and_deterministic(tiny_dataset):
     model = tiny_world_model()
     train = tiny_dataset.split("train")
-    raw = encode_frames(model, train, progress=False)
-    model.set_latent_stats(raw)
+    raw = prepared(model, tiny_dataset, ("train",))["train"]
     obs = torch.from_numpy(np.array(train.obs[:64])).permute(0, 3, 1, 2)
     z = (raw[:64] - raw.mean(0)) / raw.std(0).clamp_min(1e-6)
     s = model.encode(obs)  # one image: a still scene, the latent repeated, zero torques between
@@ -83,47 +102,51 @@ def test_states_are_standardised_and_deterministic(tiny_dataset):
         model.encode(obs[:, None].expand(-1, 3, -1, -1, -1))
     with pytest.raises(ValueError, match=r"actions must be \(B, 2, 2\)"):
         model.encode(torch.stack([obs[:-2], obs[2:]], 1), a[:, :1])
+    with pytest.raises(ValueError, match="images must be uint8"):
+        model.encode(obs.float() / 255)
 
 
-def test_predictor_learns_beyond_the_copy_baseline(tiny_dataset, tmp_path):
-    model = tiny_world_model()
-    raw = {s: encode_frames(model, tiny_dataset.split(s), progress=False) for s in ("train", "val")}
-    model.set_latent_stats(raw["train"])
-    batches = {s: WindowBatches(model, tiny_dataset.split(s), raw[s], rollout_steps=3) for s in raw}
-    before = evaluate(model, batches["val"])  # zero-initialised residual: predicts "nothing moves"
-    cfg = DynamicsTrainConfig(steps=300, batch_size=64, lr=3e-3, warmup_steps=10, log_every=100, rollout_steps=3,
-                              progress=False)
-    DynamicsTrainer(model, cfg, batches["train"], batches["val"], tmp_path, {}).run()
-    after = evaluate(model, batches["train"])
-    assert after["one_step"] < 0.7 * before["one_step"]
+def train_tiny(model, dataset, tmp_path, steps=300, **settings):
+    tables = prepared(model, dataset)
+    cfg = DynamicsTrainConfig(**{**dict(steps=steps, batch_size=64, lr=3e-3, warmup_steps=10, log_every=100,
+                                        rollout_steps=3, progress=False), **settings})
+    batches = {s: WindowBatches(model, dataset.split(s), tables[s], cfg.rollout_steps) for s in tables}
+    before = validate(model, batches["val"])
+    Trainer(DynamicsObjective(model, cfg, batches["train"], batches["val"]), cfg, tmp_path).run()
+    return batches, before
+
+
+def test_predictor_learns_beyond_the_copy_baseline_on_held_out_windows(small_dataset, tmp_path):
+    """Measured: validation one-step MSE 0.86 -> 0.56, rollout 1.17 -> 0.73 (8 principal components)."""
+    model = tiny_world_model(project_dim=8)
+    batches, before = train_tiny(model, small_dataset, tmp_path)  # before: zero residual, "nothing moves"
+    after = validate(model, batches["val"])  # validation episodes, never trained on
+    assert after["one_step"] < 0.8 * before["one_step"], (before, after)
+    assert after["rollout"] < 0.8 * before["rollout"], (before, after)
 
 
 def test_conv_encoder_trains_end_to_end_against_its_ema_target(tiny_dataset, tmp_path):
     model = tiny_conv_world_model()
-    raw = {s: encode_frames(model, tiny_dataset.split(s), progress=False) for s in ("train", "val")}
-    assert raw["train"].dtype == torch.uint8 and raw["train"].shape[1:] == (3, 64, 64)  # the frames themselves
-    batches = {s: WindowBatches(model, tiny_dataset.split(s), raw[s], rollout_steps=3) for s in raw}
-    start = copy.deepcopy(model.head.state_dict())
-    cfg = DynamicsTrainConfig(steps=150, batch_size=32, lr=3e-3, warmup_steps=10, log_every=50, rollout_steps=3,
-                              ema=0.9, progress=False)
-    DynamicsTrainer(model, cfg, batches["train"], batches["val"], tmp_path, {}).run()
-    moved = [k for k, v in model.head.state_dict().items() if not torch.equal(v, start[k])]
+    start = copy.deepcopy(model.encoder.head.state_dict())
+    batches, _ = train_tiny(model, tiny_dataset, tmp_path, steps=150, batch_size=32, log_every=50, ema=0.9)
+    assert batches["train"].table[torch.tensor([[0, 1]])].shape == (1, 2, 3, 64, 64)  # the frames themselves
+    moved = [k for k, v in model.encoder.head.state_dict().items() if not torch.equal(v, start[k])]
     assert any(k.startswith("conv.0.") for k in moved)  # gradients reach the first conv layer
     # planning reads the EMA target encoder, which trails the online one
     obs = torch.from_numpy(np.array(tiny_dataset.split("val").obs[:16])).permute(0, 3, 1, 2)
-    assert torch.allclose(model.latents(obs), model.target_head(obs))
-    assert not torch.allclose(model.target_head(obs), model.head(obs))
+    assert torch.allclose(model.latents(obs), model.encoder.target_head(obs))
+    assert not torch.allclose(model.encoder.target_head(obs), model.encoder.head(obs))
     # in the learned space the predictor beats "nothing moves", and the latents did not collapse
     x, a = batches["train"].sample(256, torch.Generator().manual_seed(1))
-    z = model.embed(x, target=True)
-    states = model.window_states(z, a)[:, :-1]
+    z = model.encoder.latents(x, target=True)
+    states = model.layout.window_states(z, a)[:, :-1]
     with torch.no_grad():
         pred = model.newest(model.predict(states, a[:, 1:]))
     copy_error = F.mse_loss(z[:, 1:-1], z[:, 2:]).item()
     assert F.mse_loss(pred, z[:, 2:]).item() < 0.7 * copy_error
-    assert evaluate(model, batches["val"])["latent_std"] > 0.1
+    assert validate(model, batches["val"])["latent_std"] > 0.1
     # the inverse-dynamics head reads the torques from pairs of latents better than their mean (0) does
-    terms = evaluate(model, batches["train"])
+    terms = validate(model, batches["train"])
     assert terms["inverse"] < 0.8 * (a**2).mean().item(), terms
     with pytest.raises(ValueError, match=r"images must have shape \(B, 3, 64, 64\)"):
         model.latents(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
@@ -150,8 +173,8 @@ def test_train_dynamics_resumes_and_its_conv_model_plans(tiny_dataset, tmp_path)
     assert "resuming" in out.stdout
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert [row.split(",")[log[0].split(",").index("step")] for row in log[1:]] == ["5", "10", "15", "20"]
-    model = load_world_model(tmp_path / "run" / "checkpoint")
-    assert model.encoder is None and model.image_shape == (3, 64, 64)
+    model = WorldModel.from_pretrained(tmp_path / "run" / "checkpoint")
+    assert type(model.encoder).__name__ == "ConvFrames" and model.image_shape == (3, 64, 64)
     plan = [sys.executable, str(ROOT / "experiments" / "plan.py"), *data, f"model={tmp_path}/run/checkpoint",
             "episodes=1", "goal_offset=10", "budget=5", "mpc.cem.samples=10", "mpc.cem.elites=2",
             "mpc.cem.iterations=1", "videos=0", "baselines=[]", f"output_dir={tmp_path}/out",
@@ -162,15 +185,42 @@ def test_train_dynamics_resumes_and_its_conv_model_plans(tiny_dataset, tmp_path)
 
 
 def test_world_model_checkpoint_round_trip(tmp_path):
-    model = tiny_world_model()
-    torch.nn.init.normal_(model.f[-1].weight, std=0.1)
-    save_checkpoint(tmp_path / "wm", world_model_config(model), model.state_dict())
-    back = load_world_model(tmp_path / "wm")
+    model = tiny_world_model(moving=True)
+    model.save_pretrained(tmp_path / "wm")
+    back = WorldModel.from_pretrained(tmp_path / "wm")
     s0, a = torch.randn(2, model.state_dim), torch.rand(2, 3, model.block_dim)
     assert torch.equal(back.rollout(s0, a), model.rollout(s0, a))
+    model.save_pretrained(tmp_path / "half", dtype=torch.float16)  # stored in fp16, loaded as fp32
+    half = WorldModel.from_pretrained(tmp_path / "half")
+    assert half.dtype == torch.float32 and load_weights(tmp_path / "half")["predictor.net.0.weight"].dtype == torch.float16
+    torch.testing.assert_close(half.rollout(s0, a), model.rollout(s0, a), atol=1e-2, rtol=1e-2)
     (tmp_path / "wm" / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(Exception, match="corrupt"):
-        load_world_model(tmp_path / "wm")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        WorldModel.from_pretrained(tmp_path / "wm")
+
+
+def test_format_1_checkpoints_of_the_flat_model_still_load(tmp_path):
+    """Checkpoints written before the world model was composed of parts (one flat module: ``encoder.*``,
+    ``pca_*``, ``latent_mean``, ``head.*``, ``f.*``) load into the composed model unchanged."""
+    model = tiny_world_model(moving=True, project_dim=8, latent_dim=4, head_hidden=16)
+    torch.nn.init.normal_(model.encoder.pca_components)
+    renames = [("encoder.vit.", "encoder."), ("encoder.pca_", "pca_"), ("encoder.feature_mean", "latent_mean"),
+               ("encoder.feature_std", "latent_std"), ("encoder.head.", "head."),
+               ("encoder.target_head.", "target_head."), ("predictor.net.", "f.")]
+    old = {}
+    for key, value in model.state_dict().items():
+        new, old_prefix = next((n, o) for n, o in renames if key.startswith(n))
+        old[old_prefix + key[len(new):]] = value
+    config = {k: v for k, v in model.config().items() if k != "format"}
+    save_checkpoint(tmp_path / "v1", config, old)
+    back = WorldModel.from_pretrained(tmp_path / "v1")
+    obs = torch.randint(0, 256, (3, 2, 3, 64, 64), dtype=torch.uint8)
+    a = torch.rand(3, 2, 2)
+    assert torch.equal(back.encode(obs, a), model.encode(obs, a))
+    save_checkpoint(tmp_path / "bad", config, {**old, "mystery.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="unknown weight 'mystery.weight'"):
+        WorldModel.from_pretrained(tmp_path / "bad")
+    assert load_config(tmp_path / "v1").get("format") is None
 
 
 def test_oracle_planner_reaches_reacher_goals(tiny_dataset):
@@ -186,9 +236,8 @@ def test_oracle_planner_reaches_reacher_goals(tiny_dataset):
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    model = tiny_world_model(block=5)
     path = tmp_path_factory.mktemp("wm") / "model"
-    save_checkpoint(path, world_model_config(model), model.state_dict())
+    tiny_world_model(block=5).save_pretrained(path)
     return path
 
 
@@ -205,38 +254,37 @@ def test_plan_runs_end_to_end_with_a_world_model(tiny_dataset, tiny_model_dir, t
     summary = json.loads(result.read_text())
     assert [r["agent"] for r in summary["results"]] == ["cem-mpc", "random", "zero"]
     assert summary["results"][0]["replans"] == 4 and summary["results"][0]["mean_plan_ms"] > 0
+    threshold = summary["protocol"]["success_threshold"]
     for r in summary["results"]:  # every task's outcome is kept, and agrees with the summary
         assert len(r["tasks"]) == 2 and sum(t["success"] for t in r["tasks"]) == r["successes"]
-        assert all(t["best_goal_error"] <= t["final_goal_error"] for t in r["tasks"])
+        for t in r["tasks"]:  # a task succeeds exactly when its closest approach is within the tolerance
+            assert t["success"] == (t["best_goal_error"] <= threshold)
+            assert t["success"] or (t["steps"] == 10 and t["final_goal_error"] > threshold)
     (video,) = summary["videos"]
     assert Path(video).stat().st_size > 0
+    assert "joint error" in out.stdout and "rad" in out.stdout  # the env's own error label and unit
 
 
 def test_projection_keeps_the_top_principal_components(tiny_dataset):
-    torch.manual_seed(0)
-    model = LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")),
-                             DynamicsConfig(pool=2, project_dim=8, latent_dim=0), 2)
-    from worldmodel.dynamics import fit_projection
-
-    fit_projection(model, tiny_dataset.split("train"), frames=126)
+    model = tiny_world_model(project_dim=8)
+    model.encoder.fit_projection(tiny_dataset.split("train"), frames=126)
     obs = torch.from_numpy(np.array(tiny_dataset.split("train").obs[:126])).permute(0, 3, 1, 2)
-    pooled, states = model.pooled(obs), model.raw_latent(obs)
-    assert states.shape == (126, 8)
+    pooled, features = model.encoder.pooled(obs), model.encoder.features(obs)
+    assert features.shape == (126, 8)
     centred = pooled - pooled.mean(0)
     top = torch.linalg.svdvals(centred)[:8] ** 2
     # the projection captures (almost) the variance of the top 8 components, in decreasing order
-    var = (states**2).sum(0)
+    var = (features**2).sum(0)
     assert torch.allclose(var, top, rtol=0.05)
-    assert model.frame_dim == 8 and model.state_dim == 2 * 8 + 5 * 2  # two latents and one block of 5 actions
+    assert model.latent_dim == 8 and model.state_dim == 2 * 8 + 2 * 2  # two latents and one block of 2 actions
 
 
 def test_global_standardisation_keeps_relative_variances():
-    torch.manual_seed(0)
-    model = LatentWorldModel(ViTEncoder(EncoderConfig(size="tiny")),
-                             DynamicsConfig(pool=2, project_dim=0, standardize="global"), 2)
-    raw = torch.randn(500, model.feature_dim) * torch.linspace(0.1, 3.0, model.feature_dim)
-    model.set_latent_stats(raw)
-    z = (raw - model.latent_mean) / model.latent_std
+    model = tiny_world_model(standardize="global")
+    dim = model.encoder.feature_dim
+    raw = torch.randn(500, dim) * torch.linspace(0.1, 3.0, dim)
+    model.encoder.set_statistics(raw)
+    z = model.encoder.latents(raw)  # no head: the standardised features
     var = z.var(0)
     assert var.mean().item() == pytest.approx(1.0, rel=0.01)
     assert var[-1] / var[0] > 100  # the large components stay large
@@ -250,33 +298,31 @@ def test_a_freshly_trained_predictor_and_the_shipped_model_plan_better_than_rand
     it), then the shipped model itself, each against random torques on the same 40 fresh held-out tasks (goal 10
     steps ahead, 20 steps of budget). A planner's closest approach to the goal must be the
     better one on at least 27 tasks (one-sided sign test: p = 0.019 if neither policy were
-    better). Measured: fresh predictor 30/40 (validation one-step MSE 0.30), shipped model 39/40."""
+    better)."""
     from math import comb
 
     from envs import EnvConfig
-    from planners.mpc import LatentMPCAgent, MPCConfig
     from worldmodel.data import build_dataset, open_dataset
     from worldmodel.evaluation import RandomAgent
 
     from .conftest import tiny_collect_config
 
     assert sum(comb(40, k) for k in range(27, 41)) / 2**40 < 0.02
-    shipped = load_world_model(ROOT / "models" / "reacher").float()
+    shipped = WorldModel.from_pretrained(ROOT / "models" / "reacher")
     size = shipped.image_shape[-1]
     cfg = tiny_collect_config(tmp_path, env=EnvConfig(episode_steps=50, image_size=size), train_episodes=300,
                               val_episodes=10, heldout_episodes=40, eval_seed=4242, patch_size=size // 8)
     data = open_dataset(build_dataset(cfg))
 
-    torch.manual_seed(0)
-    fresh = LatentWorldModel(shipped.encoder, DynamicsConfig(**{**shipped.cfg.to_dict(), "hidden": 256}), 2)
-    missing = fresh.load_state_dict({k: v for k, v in shipped.state_dict().items() if not k.startswith("f.")},
-                                    strict=False).missing_keys
-    assert missing and all(k.startswith("f.") for k in missing)  # only the predictor starts from scratch
-    raw = {s: encode_frames(fresh, data.split(s), progress=False) for s in ("train", "val")}
-    batches = {s: WindowBatches(fresh, data.split(s), raw[s], rollout_steps=2) for s in raw}
+    torch.manual_seed(0)  # the shipped encoder (its frozen ViT, projection, statistics and head), a fresh predictor
+    fresh_cfg = DynamicsConfig(**{**shipped.cfg.to_dict(), "hidden": 256})
+    predictor = BlockPredictor(shipped.layout, fresh_cfg.hidden, fresh_cfg.depth)
+    fresh = WorldModel(copy.deepcopy(shipped.encoder), predictor, shipped.layout, fresh_cfg).train()
+    tables = {s: fresh.encoder.feature_table(data.split(s), progress=False) for s in ("train", "val")}
+    batches = {s: WindowBatches(fresh, data.split(s), tables[s], rollout_steps=2) for s in tables}
     tc = DynamicsTrainConfig(steps=1500, batch_size=128, rollout_steps=2, warmup_steps=50, log_every=1500,
                              progress=False)
-    DynamicsTrainer(fresh, tc, batches["train"], batches["val"], tmp_path / "run", {}).run()
+    Trainer(DynamicsObjective(fresh, tc, batches["train"], batches["val"]), tc, tmp_path / "run").run()
     fresh.eval()
 
     spec = envs.get_spec("reacher")
@@ -287,10 +333,31 @@ def test_a_freshly_trained_predictor_and_the_shipped_model_plan_better_than_rand
     mpc = MPCConfig(horizon=3, receding_horizon=5, cem=CEMConfig(samples=100, elites=10, iterations=5))
     better = {}
     for name, model in (("fresh", fresh), ("shipped", shipped)):
-        planner = LatentMPCAgent(model, mpc, env.action_space.low, env.action_space.high, 5,
+        planner = LatentMPCAgent(model, mpc, env.action_space.low, env.action_space.high,
                                  torch.Generator().manual_seed(0))
         _, planned = evaluate_agent(env, spec, tasks, planner, budget=20, progress=False)
         better[name] = sum(p.best_goal_error < r.best_goal_error for p, r in zip(planned, flailed))
     env.close()
     print("better than random on 40 tasks:", better)
     assert min(better.values()) >= 27, better
+
+
+def test_training_validation_and_probes_run_in_the_dtype_of_the_model(tiny_dataset, tmp_path):
+    """float64 stands in for another device: batches, losses, EMA and rollouts follow the model."""
+    from worldmodel.evaluation import rollout_probes
+    from worldmodel.probes import LinearProbe, Targets
+
+    model = tiny_world_model(moving=True, latent_dim=4, head_hidden=16).double()
+    tables = prepared(model, tiny_dataset)
+    cfg = DynamicsTrainConfig(steps=3, batch_size=8, warmup_steps=1, log_every=3, rollout_steps=2, progress=False,
+                              val_windows=16)
+    batches = {s: WindowBatches(model, tiny_dataset.split(s), tables[s], cfg.rollout_steps) for s in tables}
+    log = Trainer(DynamicsObjective(model, cfg, batches["train"], batches["val"]), cfg, tmp_path).run()
+    assert np.isfinite(log[-1]["loss"]) and all(p.dtype == torch.float64 for p in model.parameters())
+    test = tiny_dataset.split("heldout")
+    targets = Targets.of(envs.get_spec("reacher"), test, ["joint_angles"])
+    states = np.random.default_rng(0).normal(size=(50, model.state_dim))
+    probe = LinearProbe().fit(states, np.random.default_rng(1).normal(size=(50, len(targets.columns))))
+    out = rollout_probes(model, {"linear": probe}, targets, test, model.encoder.feature_table(test, progress=False),
+                         horizon=2)
+    assert len(out["latent_mse"]) == 3 and np.isfinite(out["latent_mse"]).all()

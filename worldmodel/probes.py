@@ -1,59 +1,49 @@
 """Probes: which physical quantities can be read out of frozen representations.
 
 A probe maps representations ``(n, d)`` to the physical quantities an environment
-records in ``info`` (stored in a dataset as ``physics.<key>``). Angles (keys that
-contain ``angle``) are regressed as sin/cos and scored back in radians, modulo 2*pi;
-other quantities in their own units; a quantity with two columns (``*_xy``) is also
-scored as a Euclidean distance. Two probe families, both fitted on standardised
-inputs and outputs: ridge regression (closed form) and a small MLP.
+declares on its ``EnvSpec`` (recorded per step in ``info``, stored in a dataset as
+``physics.<key>``). Angles are regressed as sin/cos and scored back in radians, modulo
+2*pi; other quantities in their own units; a quantity with two columns is also scored
+as a Euclidean distance. Two probe families, both fitted on standardised inputs and
+outputs: ridge regression (closed form) and a small MLP.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from envs.registry import EnvSpec, Quantity
 from worldmodel.data.episodes import Episodes
-from worldmodel.encoder import ViTEncoder, pool_tokens
 
 
-@dataclass(frozen=True)
-class Quantity:
-    """One recorded physical quantity, ``dims`` values per frame."""
+def columns(q: Quantity) -> list[str]:
+    """Probe output columns of a quantity (``sin(key[i])``, ``cos(key[i])`` for angles, else ``key[i]``)."""
+    if q.kind == "angle":
+        return [f"{f}({q.key}[{i}])" for f in ("sin", "cos") for i in range(q.dims)]
+    return [f"{q.key}[{i}]" for i in range(q.dims)]
 
-    key: str
-    dims: int
 
-    @property
-    def angle(self) -> bool:
-        return "angle" in self.key
+def encode_values(q: Quantity, values: np.ndarray) -> np.ndarray:
+    """Probe targets ``(n, len(columns))`` of values ``(n, dims)``."""
+    return np.concatenate([np.sin(values), np.cos(values)], 1) if q.kind == "angle" else values
 
-    @property
-    def columns(self) -> list[str]:
-        if self.angle:
-            return [f"{f}({self.key}[{i}])" for f in ("sin", "cos") for i in range(self.dims)]
-        return [f"{self.key}[{i}]" for i in range(self.dims)]
 
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        """Probe targets ``(n, len(columns))`` of values ``(n, dims)``."""
-        return np.concatenate([np.sin(values), np.cos(values)], 1) if self.angle else values
+def decode_columns(q: Quantity, cols: np.ndarray) -> np.ndarray:
+    """Values ``(n, dims)`` back from probe outputs ``(n, len(columns))``."""
+    return np.arctan2(cols[:, : q.dims], cols[:, q.dims :]) if q.kind == "angle" else cols
 
-    def decode(self, columns: np.ndarray) -> np.ndarray:
-        """Values ``(n, dims)`` back from probe outputs ``(n, len(columns))``."""
-        return np.arctan2(columns[:, : self.dims], columns[:, self.dims :]) if self.angle else columns
 
-    def errors(self, columns: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-frame absolute errors in physical units, by name."""
-        diff = self.decode(columns) - values
-        if self.angle:
-            diff = (diff + np.pi) % (2 * np.pi) - np.pi
-        out = {f"{self.key}[{i}]": np.abs(diff[:, i]) for i in range(self.dims)}
-        if self.dims == 2 and not self.angle:
-            out[f"{self.key}(distance)"] = np.linalg.norm(diff, axis=1)
-        return out
+def physical_errors(q: Quantity, cols: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame absolute errors in ``q.unit``, by name (``key[i]``; ``key(distance)`` for 2-d non-angles)."""
+    diff = decode_columns(q, cols) - values
+    if q.kind == "angle":
+        diff = (diff + np.pi) % (2 * np.pi) - np.pi
+    out = {f"{q.key}[{i}]": np.abs(diff[:, i]) for i in range(q.dims)}
+    if q.dims == 2 and q.kind != "angle":
+        out[f"{q.key}(distance)"] = np.linalg.norm(diff, axis=1)
+    return out
 
 
 class Targets:
@@ -61,18 +51,23 @@ class Targets:
 
     def __init__(self, quantities: list[Quantity]):
         if not quantities:
-            raise ValueError("no physical quantities to probe (the dataset records no physics.<key> arrays)")
-        self.quantities = quantities
-        self.columns = [c for q in quantities for c in q.columns]
+            raise ValueError("no physical quantities to probe")
+        self.quantities = list(quantities)
+        self.columns = [c for q in quantities for c in columns(q)]
 
     @classmethod
-    def of(cls, episodes: Episodes, keys: list[str] | None = None) -> "Targets":
-        """The quantities ``keys`` (all recorded ones when ``None``) of ``episodes``."""
-        keys = sorted(episodes.physics) if keys is None else list(keys)
+    def of(cls, spec: EnvSpec, episodes: Episodes, keys: list[str] | None = None) -> "Targets":
+        """The env's quantities ``keys`` (every declared one when ``None``), checked against what
+        ``episodes`` recorded."""
+        keys = list(spec.physics_keys) if keys is None else list(keys)
+        quantities = [spec.quantity(k) for k in keys]
         missing = [k for k in keys if k not in episodes.physics]
         if missing:
             raise KeyError(f"quantities {missing} are not recorded; the dataset has {sorted(episodes.physics)}")
-        return cls([Quantity(k, np.asarray(episodes.physics[k][:1]).reshape(1, -1).shape[1]) for k in keys])
+        return cls(quantities)
+
+    def columns_of(self, q: Quantity) -> list[str]:
+        return columns(q)
 
     def values(self, episodes: Episodes, frames: np.ndarray) -> dict[str, np.ndarray]:
         return {q.key: np.asarray(episodes.physics[q.key][frames], dtype=np.float64).reshape(len(frames), -1)
@@ -80,14 +75,14 @@ class Targets:
 
     def table(self, values: dict[str, np.ndarray]) -> np.ndarray:
         """Probe targets ``(n, len(columns))``."""
-        return np.concatenate([q.encode(values[q.key]) for q in self.quantities], 1)
+        return np.concatenate([encode_values(q, values[q.key]) for q in self.quantities], 1)
 
     def errors(self, pred: np.ndarray, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-frame physical errors of predictions ``(n, len(columns))``, by name."""
         out, i = {}, 0
         for q in self.quantities:
-            n = len(q.columns)
-            out.update(q.errors(pred[:, i : i + n], values[q.key]))
+            n = len(columns(q))
+            out.update(physical_errors(q, pred[:, i : i + n], values[q.key]))
             i += n
         return out
 
@@ -181,41 +176,3 @@ def score(targets: Targets, pred: np.ndarray, values: dict[str, np.ndarray]) -> 
     errors = {k: float(np.median(v)) for k, v in targets.errors(pred, values).items()}
     return {"r2": dict(zip(targets.columns, r2.tolist())), "pearson": dict(zip(targets.columns, r.tolist())),
             "median_error": errors}
-
-
-# --- the JEPA pretraining's quick check: pooled features, joint angles and fingertip -----------------
-
-
-@torch.no_grad()
-def encode_frames(encoder: ViTEncoder, episodes: Episodes, frames: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Mean-pooled features ``(n, D)`` of the given frames, in the given order."""
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    out = []
-    for i in range(0, len(frames), batch):
-        chunk = frames[i : i + batch]
-        obs = torch.from_numpy(np.asarray(episodes.obs[np.sort(chunk)]))
-        order = np.argsort(np.argsort(chunk))  # back to the caller's order
-        out.append(pool_tokens(encoder(obs.permute(0, 3, 1, 2).to(device))).float().cpu().numpy()[order])
-    return np.concatenate(out)
-
-
-def linear_probe(encoder: ViTEncoder, train: Episodes, test: Episodes, n_train: int = 4000, n_test: int = 2000,
-                 seed: int = 0) -> dict:
-    """Ridge probe from pooled features to joint angles (sin/cos) and fingertip xy; R^2 on ``test``."""
-    rng = np.random.default_rng(seed)
-    ftr = rng.choice(len(train.obs), size=min(n_train, len(train.obs)), replace=False)
-    fte = rng.choice(len(test.obs), size=min(n_test, len(test.obs)), replace=False)
-    targets = Targets.of(train, ["joint_angles", "fingertip_xy"])
-    ytr, yte = targets.table(targets.values(train, ftr)), targets.table(targets.values(test, fte))
-    probe = LinearProbe().fit(encode_frames(encoder, train, ftr), ytr)
-    r2 = r2_score(yte, probe.predict(encode_frames(encoder, test, fte)))
-    names = ["sin_shoulder", "sin_elbow", "cos_shoulder", "cos_elbow", "fingertip_x", "fingertip_y"]
-    return {
-        "r2": dict(zip(names, r2.tolist())),
-        "r2_mean": float(r2.mean()),
-        "r2_joint_angles": float(r2[:4].mean()),
-        "r2_fingertip": float(r2[4:].mean()),
-        "train_frames": len(ftr),
-        "test_frames": len(fte),
-    }

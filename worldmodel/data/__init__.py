@@ -1,6 +1,6 @@
 """Offline data: behaviour policies, collection, on-disk datasets and training windows."""
 
-from worldmodel.data.collect import build_dataset, collect_episodes, episode_seeds
+from worldmodel.data.collect import build_dataset, collect_episodes, ensure_dataset, episode_seeds
 from worldmodel.data.config import CollectConfig, PolicyConfig
 from worldmodel.data.episodes import Episodes
 from worldmodel.data.policies import CorrelatedPolicy, UniformPolicy, make_policy
@@ -19,6 +19,7 @@ __all__ = [
     "WindowSampler",
     "build_dataset",
     "collect_episodes",
+    "ensure_dataset",
     "episode_seeds",
     "make_policy",
     "open_dataset",

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 import envs
 from worldmodel.data.episodes import Episodes
 from worldmodel.data.policies import BehaviourPolicy
-from worldmodel.data.storage import write_dataset
+from worldmodel.data.storage import SPLITS, write_dataset
 
 if TYPE_CHECKING:
     from worldmodel.data.config import CollectConfig
@@ -158,15 +158,20 @@ def single_env_rate(env_name: str, steps: int = 500, env_kwargs: dict[str, Any] 
     return rate
 
 
-def build_dataset(cfg: "CollectConfig") -> Path:
-    """Collect the train, validation and held-out splits of ``cfg`` and write them atomically.
+def build_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS, path: str | Path | None = None) -> Path:
+    """Collect the ``splits`` of ``cfg`` and write them atomically (to ``path``, by default
+    ``cfg.root / cfg.dataset_name``).
 
-    Train and validation episodes come from ``cfg.seed`` and are split by episode;
-    held-out episodes come from their own seed, ``cfg.eval_seed``.
-    Returns the dataset directory.
+    Train and validation episodes come from ``cfg.seed`` and are split by episode (asking
+    for either collects both); held-out episodes come from their own seed, ``cfg.eval_seed``.
+    Every episode is a pure function of its seed, so a split is the same whichever
+    dataset holds it. Returns the dataset directory.
     """
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"splits must be a non-empty subset of {list(SPLITS)}, got {list(splits)}")
     spec = envs.get_spec(cfg.env.name)
-    path = Path(cfg.root) / cfg.dataset_name
+    path = Path(cfg.root) / cfg.dataset_name if path is None else Path(path)
     policy = cfg.policy.build()
     common = dict(
         env_name=cfg.env.name,
@@ -176,16 +181,20 @@ def build_dataset(cfg: "CollectConfig") -> Path:
         num_envs=cfg.num_envs,
         progress=cfg.progress,
     )
-    n_fit = cfg.train_episodes + cfg.val_episodes
-    fit = collect_episodes(seeds=episode_seeds(cfg.seed, n_fit), desc="train+val", **common)
-    order = np.random.default_rng(cfg.seed).permutation(n_fit)
-    splits = {"train": fit.select(np.sort(order[: cfg.train_episodes]))}
-    if cfg.val_episodes:
-        splits["val"] = fit.select(np.sort(order[cfg.train_episodes :]))
-    if cfg.heldout_episodes:
-        splits["heldout"] = collect_episodes(
+    collected = {}
+    if "train" in splits or "val" in splits:
+        n_fit = cfg.train_episodes + cfg.val_episodes
+        fit = collect_episodes(seeds=episode_seeds(cfg.seed, n_fit), desc="train+val", **common)
+        order = np.random.default_rng(cfg.seed).permutation(n_fit)
+        collected["train"] = fit.select(np.sort(order[: cfg.train_episodes]))
+        if cfg.val_episodes:
+            collected["val"] = fit.select(np.sort(order[cfg.train_episodes :]))
+    if "heldout" in splits and cfg.heldout_episodes:
+        collected["heldout"] = collect_episodes(
             seeds=episode_seeds(cfg.eval_seed, cfg.heldout_episodes), desc="heldout", **common
         )
+    if not collected:
+        raise ValueError(f"nothing to collect for splits {list(splits)} (heldout_episodes={cfg.heldout_episodes})")
     meta = {
         "env": {
             "name": spec.name,
@@ -201,7 +210,7 @@ def build_dataset(cfg: "CollectConfig") -> Path:
         "eval_seed": cfg.eval_seed,
         "software": software_versions(),
     }
-    return write_dataset(path, splits, meta, minari_env_id=spec.gym_id if cfg.minari else None)
+    return write_dataset(path, collected, meta, minari_env_id=spec.gym_id if cfg.minari else None)
 
 
 def software_versions() -> dict[str, str]:
@@ -211,10 +220,22 @@ def software_versions() -> dict[str, str]:
     return {"gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__, "numpy": np.__version__}
 
 
-def ensure_dataset(cfg: "CollectConfig") -> Path:
-    """The dataset directory of ``cfg``, collecting it first when it does not exist."""
-    path = Path(cfg.root) / cfg.dataset_name
+def ensure_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS) -> Path:
+    """A dataset directory of ``cfg`` holding ``splits``, collecting what is missing (once).
+
+    The full dataset (``cfg.dataset_name``) is used whenever it exists. An entry point that
+    needs only the held-out split (planning) does not collect the training episodes: it
+    collects ``cfg.heldout_dataset_name``, which holds just the held-out episodes.
+    """
+    root = Path(cfg.root)
+    full = root / cfg.dataset_name
+    if full.exists() or cfg.name or set(splits) - {"heldout"}:
+        if not full.exists():
+            print(f"dataset {full} not found: collecting it (once)")
+            build_dataset(cfg)
+        return full
+    path = root / cfg.heldout_dataset_name
     if not path.exists():
-        print(f"dataset {path} not found: collecting it (once)")
-        build_dataset(cfg)
+        print(f"dataset {path} not found: collecting the {cfg.heldout_episodes} held-out episodes (once)")
+        build_dataset(cfg, splits=("heldout",), path=path)
     return path

@@ -81,7 +81,14 @@ class CollectConfig:
 
     @property
     def dataset_name(self) -> str:
+        """Directory name of the dataset with every split."""
         return self.name or (
             f"{self.env.name}-{self.policy.name}-{self.env.image_size}px"
             f"-{self.train_episodes}x{self.env.episode_steps}-s{self.seed}"
         )
+
+    @property
+    def heldout_dataset_name(self) -> str:
+        """Directory name of a dataset with only the held-out split (what planning needs)."""
+        return (f"{self.env.name}-{self.policy.name}-{self.env.image_size}px"
+                f"-heldout{self.heldout_episodes}x{self.env.episode_steps}-e{self.eval_seed}")

@@ -69,7 +69,7 @@ def replay(env, spec: EnvSpec, start_state: np.ndarray, actions: np.ndarray, per
     if perturbation is not None and perturbation not in perturbation_names(spec):
         raise ValueError(f"unknown perturbation {perturbation!r}; {spec.name} supports {perturbation_names(spec)}")
     env.reset(seed=0)
-    base.set_state(start_state)
+    spec.set_state(env, start_state)
     frames, undo = [base.render()], None
     try:
         for i, action in enumerate(actions):
@@ -77,10 +77,10 @@ def replay(env, spec: EnvSpec, start_state: np.ndarray, actions: np.ndarray, per
                 if perturbation == "colour":
                     undo = _recolour(base.model)
                 else:
-                    state = base.get_state()
+                    state = spec.get_state(env)
                     idx = list(groups[perturbation[len("teleport_") :]]) if perturbation != "teleport" else slice(None)
                     state[idx] = np.asarray(other_state)[idx]
-                    base.set_state(state)
+                    spec.set_state(env, state)
             obs, *_ = env.step(action)
             frames.append(obs)
     finally:
@@ -89,30 +89,19 @@ def replay(env, spec: EnvSpec, start_state: np.ndarray, actions: np.ndarray, per
     return np.stack(frames)
 
 
-def segment_frames(model, steps: int) -> int:
-    """Images in a segment of ``steps`` model steps: ``(steps + h - 1) * k + 1``."""
-    return (steps + model.history - 1) * model.cfg.action_block + 1
-
-
-def event_action(model, step: int) -> int:
-    """The action before which an event is injected so that it happens inside model step ``step``."""
-    k = model.cfg.action_block
-    return (step + model.history - 1) * k + k // 2
-
-
 @torch.no_grad()
 def surprise(model, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Per model-step surprise ``(B, R)`` of image sequences ``(B, (R+h-1)*k + 1, C, H, W)`` uint8
-    and their actions ``(B, (R+h-1)*k, A)``: the distance between the predicted and the encoded
-    newest latent after each action block."""
-    k, h = model.cfg.action_block, model.history
-    B, n = frames.shape[:2]
-    R = (n - 1) // k - h + 1
-    if R < 1 or segment_frames(model, R) != n or actions.shape[1] != n - 1:
-        raise ValueError(f"need (R+h-1)*k + 1 images and one action fewer (k={k}, h={h}), got {n} images, "
+    """Per model-step surprise ``(B, R)`` of image sequences ``(B, n, C, H, W)`` uint8 forming whole
+    windows of ``R`` model steps (``n = model.layout.window_frames(R)``) and their ``n - 1`` actions
+    ``(B, n - 1, A)``: the distance between the predicted and the encoded newest latent after each
+    action block."""
+    L = model.layout
+    R = L.steps_in(frames.shape[1])
+    if actions.shape[1] != frames.shape[1] - 1:
+        raise ValueError(f"need one action fewer than images, got {frames.shape[1]} images and "
                          f"{actions.shape[1]} actions")
-    z = model.latents(frames[:, :: k])  # (B, R+h, d) at the block boundaries
-    blocks = actions.reshape(B, R + h - 1, -1)
-    states = model.window_states(z, blocks)[:, :-1]
-    pred = model.newest(model.predict(states, blocks[:, h - 1 :]))
-    return ((pred - z[:, h:]) ** 2).mean(-1)
+    z = model.latents(frames[:, L.boundaries(R)])  # (B, R+h, d) at the block boundaries
+    blocks = L.blocks(actions.to(z.dtype))
+    states = L.window_states(z, blocks)[:, :-1]
+    pred = L.newest(model.predict(states, L.step_blocks(blocks)))
+    return ((pred - L.step_latents(z)) ** 2).mean(-1)

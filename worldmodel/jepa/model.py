@@ -10,16 +10,17 @@ averaged over target blocks.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodel.encoder import EncoderConfig, ViTEncoder, images_to_patches, pool_tokens
-from worldmodel.masks import MaskConfig, apply_masks
-from worldmodel.predictor import MaskedPredictor
+from worldmodel.checkpoint import load_config, load_weights
+from worldmodel.jepa.masks import MaskConfig, apply_masks
+from worldmodel.jepa.predictor import MaskedPredictor
+from worldmodel.jepa.vit import EncoderConfig, ViTEncoder, images_to_patches, pool_tokens
+from worldmodel.training.collapse import variance_covariance
 
 
 @dataclass
@@ -138,51 +139,8 @@ def jepa_loss(model: JEPA, images: torch.Tensor, context_idx: torch.Tensor, targ
     return {"loss": jepa + model.cfg.vc_weight * vc, "jepa": jepa, "vc": vc, "pooled": pool_tokens(tokens).detach()}
 
 
-def variance_covariance(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """VICReg's variance (hinge on per-dimension std at 1) plus covariance (off-diagonal) terms."""
-    z = z - z.mean(0)
-    std = torch.sqrt(z.var(0) + eps)
-    var = F.relu(1 - std).mean()
-    cov = (z.T @ z) / max(1, len(z) - 1)
-    off = cov - torch.diag(torch.diag(cov))
-    return var + off.pow(2).sum() / z.shape[1]
-
-
-def ema_momentum(step: int, total_steps: int, start: float, end: float) -> float:
-    """Cosine schedule from ``start`` at step 0 to ``end`` at ``total_steps``."""
-    progress = min(1.0, step / max(1, total_steps))
-    return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
-    """``target <- tau * target + (1 - tau) * online``, parameter by parameter."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(tau).add_(o.detach(), alpha=1 - tau)
-
-
-def embedding_stats(pooled: torch.Tensor) -> dict[str, float]:
-    """Collapse statistics of a batch of embeddings ``(B, D)``.
-
-    ``std``: mean over dimensions of the per-dimension std across the batch.
-    ``effective_rank``: exp of the entropy of the normalised singular values of the
-    centred batch (1 when every embedding lies on one line, D when spread evenly).
-    """
-    z = pooled.float()
-    z = z - z.mean(0)
-    std = z.std(0).mean().item()
-    s = torch.linalg.svdvals(z)
-    if s.sum() <= 1e-12:
-        return {"std": std, "effective_rank": 0.0}
-    p = s / s.sum()
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum().item()
-    return {"std": std, "effective_rank": math.exp(entropy)}
-
-
-def load_encoder(path) -> "ViTEncoder":
+def load_encoder(path) -> ViTEncoder:
     """The frozen encoder of a pretraining checkpoint: the EMA target encoder when there is one."""
-    from worldmodel.checkpoint import load_config, load_weights
-
     config = load_config(path)
     if "model" not in config or "encoder" not in config["model"]:
         raise ValueError(f"{path}/config.json is not a JEPA pretraining checkpoint (no model.encoder)")

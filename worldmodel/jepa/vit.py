@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from envs.config import check_patch_grid
-from worldmodel.masks import apply_masks
+from worldmodel.jepa.masks import apply_masks
 
 # name -> (width, depth, heads)
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -104,7 +104,7 @@ class ViTEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         self.check_images(images)
-        x = normalize_images(images)
+        x = normalize_images(images).to(self.vit.patch_embed.proj.weight.dtype)
         x = self.vit.patch_embed(x)  # (B, N, D)
         x = x + self.vit.pos_embed
         if keep is not None:
@@ -114,7 +114,8 @@ class ViTEncoder(nn.Module):
 
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (0-255) to floats of roughly zero mean and unit scale; floats pass through."""
+    """uint8 images (0-255) to float32 of roughly zero mean and unit scale; float images pass through
+    (they are taken as normalised already)."""
     if images.dtype == torch.uint8:
         return (images.float() / 255.0 - 0.5) / 0.25
     return images
@@ -129,35 +130,3 @@ def images_to_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Normalised pixels per patch: ``(B, C, H, W)`` -> ``(B, N, C * p * p)`` (the pixel-target ablation)."""
     x = normalize_images(images)
     return rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=patch_size, q=patch_size)
-
-
-class ConvEncoder(nn.Module):
-    """A small conv net from images ``(..., C, H, W)`` (uint8 or normalised floats) to vectors
-    ``(..., out_dim)``, for encoders trained end to end with the world model.
-
-    Four stride-2 4x4 convolutions (``width``, 2, 4, 4 x ``width`` channels, GroupNorm, GELU)
-    take a ``H x W`` image to an ``H/16 x W/16`` map, which an MLP (``hidden``, LayerNorm)
-    flattens onto ``out_dim``. Keeping the map (no global pooling) keeps where things are.
-    """
-
-    def __init__(self, image_shape: tuple[int, int, int], out_dim: int, width: int = 32, hidden: int = 512):
-        super().__init__()
-        c, h, w = image_shape
-        if h % 16 or w % 16:
-            raise ValueError(f"image height and width must be multiples of 16, got {h}x{w}")
-        self.image_shape = (c, h, w)
-        layers: list[nn.Module] = []
-        for out in (width, 2 * width, 4 * width, 4 * width):
-            layers += [nn.Conv2d(c, out, 4, stride=2, padding=1), nn.GroupNorm(8, out), nn.GELU()]
-            c = out
-        self.conv = nn.Sequential(*layers)
-        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(c * (h // 16) * (w // 16), hidden), nn.LayerNorm(hidden),
-                                 nn.GELU(), nn.Linear(hidden, out_dim))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if tuple(images.shape[-3:]) != self.image_shape:
-            raise ValueError(f"images must have shape (..., {', '.join(map(str, self.image_shape))}), "
-                             f"got {tuple(images.shape)}")
-        lead = images.shape[:-3]
-        x = normalize_images(images.reshape(-1, *self.image_shape))
-        return self.mlp(self.conv(x)).reshape(*lead, -1)

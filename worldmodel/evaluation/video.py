@@ -8,18 +8,21 @@ import imageio.v2 as imageio
 import numpy as np
 from PIL import Image, ImageDraw
 
+from envs.registry import EnvSpec
 
-def episode_video(frames: list[tuple[np.ndarray, float]], goal: np.ndarray, path: str | Path, scale: int = 4,
-                  fps: int = 10, threshold: float | None = None) -> Path:
-    """Write a GIF: each frame is ``current | goal`` upscaled, captioned with step and error."""
+
+def episode_video(frames: list[tuple[np.ndarray, float]], goal: np.ndarray, path: str | Path, spec: EnvSpec,
+                  scale: int = 4, fps: int = 10) -> Path:
+    """Write a GIF: each frame is ``current | goal`` upscaled, captioned with the step and the
+    env's goal error (its label and unit from ``spec``), marked once the success test holds."""
     out = []
     for t, (obs, err) in enumerate(frames):
         pair = np.concatenate([obs, np.full((obs.shape[0], 2, 3), 255, np.uint8), goal], axis=1)
         img = Image.fromarray(pair).resize((pair.shape[1] * scale, pair.shape[0] * scale), Image.NEAREST)
         canvas = Image.new("RGB", (img.width, img.height + 16), "white")
         canvas.paste(img, (0, 16))
-        ok = threshold is not None and err <= threshold
-        ImageDraw.Draw(canvas).text((2, 2), f"step {t:2d}  joint err {err:.3f} rad" + ("  SUCCESS" if ok else ""),
+        ok = err <= spec.success_threshold
+        ImageDraw.Draw(canvas).text((2, 2), f"step {t:2d}  {spec.describe_error(err)}" + ("  SUCCESS" if ok else ""),
                                     fill=(0, 120, 0) if ok else (0, 0, 0))
         out.append(np.asarray(canvas))
     path = Path(path)

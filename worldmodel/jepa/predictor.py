@@ -6,8 +6,8 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from worldmodel.encoder import sincos_pos_embed
-from worldmodel.masks import apply_masks
+from worldmodel.jepa.masks import apply_masks
+from worldmodel.jepa.vit import sincos_pos_embed
 
 
 class MaskedPredictor(nn.Module):

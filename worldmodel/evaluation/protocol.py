@@ -103,7 +103,7 @@ def sample_goal_tasks(
 class EpisodeResult:
     success: bool
     steps: int  # steps taken until success (or the budget)
-    final_goal_error: float  # the env's goal error (Reacher: max joint-angle error, rad) at the end
+    final_goal_error: float  # the env's goal error (``EnvSpec.goal_error``) at the end
     best_goal_error: float  # the smallest goal error reached within the budget
     act_seconds: list[float] = field(default_factory=list)
     frames: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (image, goal error) when recorded
@@ -116,21 +116,20 @@ def run_task(
 
     With ``record``, the result keeps every image with its goal error (for videos).
     """
-    base = env.unwrapped
     env.reset(seed=0)
-    base.set_state(task.start_state)
-    obs = base.render()
+    spec.set_state(env, task.start_state)
+    obs = env.unwrapped.render()
     agent.reset(task.goal_obs)
     if getattr(agent, "privileged", False):  # the simulator-based oracle also gets the goal state
         agent.set_goal_state(task.goal_state)
     times, best = [], math.inf
-    frames = [(obs, spec.goal_error(base.get_state(), task.goal_state))] if record else []
+    frames = [(obs, spec.goal_error(spec.get_state(env), task.goal_state))] if record else []
     for step in range(1, budget + 1):
         t0 = time.perf_counter()
         action = agent.act(obs)
         times.append(time.perf_counter() - t0)
         obs, *_ = env.step(action)
-        state = base.get_state()
+        state = spec.get_state(env)
         err = spec.goal_error(state, task.goal_state)
         best = min(best, err)
         if record:
@@ -151,7 +150,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def evaluate(
+def evaluate_agent(
     env: gymnasium.Env,
     spec: EnvSpec,
     tasks: list[GoalTask],

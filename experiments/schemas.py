@@ -1,7 +1,8 @@
-"""Settings of the entry points: a dataset (``CollectConfig``) plus what runs on it.
+"""Typed schemas of the entry points: a dataset (``CollectConfig``) plus what runs on it.
 
 Each entry point names the dataset it reads with the same keys as ``collect.py``, and
-collects it first when it is missing.
+collects the splits it needs first when they are missing. These schemas are the only
+place where the library's configs meet the planners' and the command line's.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ from dataclasses import dataclass, field
 
 from planners.mpc import MPCConfig
 from worldmodel.data.config import CollectConfig
-from worldmodel.dynamics import DynamicsTrainConfig
+from worldmodel.dynamics import DynamicsConfig, DynamicsTrainConfig
 from worldmodel.evaluation import BASELINES, REFERENCE_AGENTS
-from worldmodel.jepa import JEPAConfig
-from worldmodel.pretrain import TrainConfig
-from worldmodel.world_model import DynamicsConfig
+from worldmodel.jepa import JEPAConfig, JEPATrainConfig
+from worldmodel.training.distributed import check_device_name
 
 
 @dataclass
@@ -56,6 +56,9 @@ class PlanConfig(CollectConfig):
             )
         if self.heldout_episodes < 1:
             raise ValueError(f"heldout_episodes must be >= 1 to evaluate, got {self.heldout_episodes}")
+        if self.videos < 0 or self.task_seed < 0:
+            raise ValueError(f"videos and task_seed must be >= 0, got {self.videos}, {self.task_seed}")
+        check_device_name(self.device)
         for name in self.baselines:
             if name not in REFERENCE_AGENTS:
                 raise ValueError(f"unknown baseline {name!r}; expected a subset of {list(REFERENCE_AGENTS)}")
@@ -75,7 +78,7 @@ class PretrainConfig(CollectConfig):
     """
 
     model: JEPAConfig = field(default_factory=JEPAConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: JEPATrainConfig = field(default_factory=JEPATrainConfig)
     out_dir: str = "runs/pretrain"
     resume: bool = False
     probe_train_frames: int = 4000
@@ -168,5 +171,6 @@ class ProbeConfig(CollectConfig):
             raise ValueError(f"counts and sizes must be >= 1, got {self}")
         if not 0 <= self.event_step < self.surprise_steps:
             raise ValueError(f"event_step must be in [0, surprise_steps={self.surprise_steps}), got {self.event_step}")
+        check_device_name(self.device)
         if self.heldout_episodes < 1:
             raise ValueError(f"heldout_episodes must be >= 1 to probe held-out episodes, got {self.heldout_episodes}")

@@ -1,0 +1,38 @@
+"""Latent dynamics: frame encoders, the state layout, the predictor, the world model and its training."""
+
+from worldmodel.dynamics.frames import (
+    FRAME_ENCODERS,
+    ConvFrames,
+    FeatureCache,
+    FrameEncoder,
+    FrozenJEPAFrames,
+    ImageTable,
+)
+from worldmodel.dynamics.layout import StateLayout
+from worldmodel.dynamics.model import DynamicsConfig, WorldModel
+from worldmodel.dynamics.objective import (
+    DynamicsObjective,
+    DynamicsTrainConfig,
+    WindowBatches,
+    dynamics_losses,
+    validate,
+)
+from worldmodel.dynamics.predictor import BlockPredictor
+
+__all__ = [
+    "FRAME_ENCODERS",
+    "BlockPredictor",
+    "ConvFrames",
+    "DynamicsConfig",
+    "DynamicsObjective",
+    "DynamicsTrainConfig",
+    "FeatureCache",
+    "FrameEncoder",
+    "FrozenJEPAFrames",
+    "ImageTable",
+    "StateLayout",
+    "WindowBatches",
+    "WorldModel",
+    "dynamics_losses",
+    "validate",
+]

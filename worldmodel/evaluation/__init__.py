@@ -1,0 +1,43 @@
+"""Evaluation: the goal-image protocol, probes of what latents know, surprise, videos."""
+
+from worldmodel.evaluation.protocol import (
+    BASELINES,
+    REFERENCE_AGENTS,
+    Agent,
+    EpisodeResult,
+    GoalTask,
+    RandomAgent,
+    ZeroAgent,
+    evaluate_agent,
+    make_baseline,
+    run_task,
+    sample_goal_tasks,
+    wilson_interval,
+)
+from worldmodel.evaluation.representation import frame_probes, representations, rollout_probes, surprise_test
+from worldmodel.evaluation.surprise import auroc, perturbation_names, replay, surprise
+from worldmodel.evaluation.video import episode_video
+
+__all__ = [
+    "BASELINES",
+    "REFERENCE_AGENTS",
+    "Agent",
+    "EpisodeResult",
+    "GoalTask",
+    "RandomAgent",
+    "ZeroAgent",
+    "auroc",
+    "episode_video",
+    "evaluate_agent",
+    "frame_probes",
+    "make_baseline",
+    "perturbation_names",
+    "replay",
+    "representations",
+    "rollout_probes",
+    "run_task",
+    "sample_goal_tasks",
+    "surprise",
+    "surprise_test",
+    "wilson_interval",
+]

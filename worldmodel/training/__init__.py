@@ -1,0 +1,26 @@
+"""Training: one loop (:class:`Trainer`) for every objective, its schedules, data parallelism and collapse guards."""
+
+from worldmodel.training.collapse import RepresentationCollapse, embedding_stats, variance_covariance
+from worldmodel.training.distributed import distributed, rank_zero_first, resolve_device, shutdown_distributed
+from worldmodel.training.logs import plot_log, write_csv
+from worldmodel.training.loop import Objective, OptimConfig, Trainer
+from worldmodel.training.schedules import ema_momentum, ema_update, lr_at, weight_decay_at
+
+__all__ = [
+    "Objective",
+    "OptimConfig",
+    "RepresentationCollapse",
+    "Trainer",
+    "distributed",
+    "ema_momentum",
+    "ema_update",
+    "embedding_stats",
+    "lr_at",
+    "plot_log",
+    "rank_zero_first",
+    "resolve_device",
+    "shutdown_distributed",
+    "variance_covariance",
+    "weight_decay_at",
+    "write_csv",
+]
