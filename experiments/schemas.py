@@ -103,14 +103,21 @@ class DynamicsExperimentConfig(CollectConfig):
     Attributes:
         encoder_checkpoint: pretraining checkpoint whose (EMA) encoder is frozen.
         dynamics: latent state and predictor settings.
-        train: optimisation settings.
-        out_dir: run directory (log.csv, loss.png, summary.json, checkpoint/, cache/).
+        train: optimisation settings (``train.seed``: initial weights and window draws).
+        projection_seed: seed of the frame encoder's fit before training (the principal
+            components); kept apart from ``train.seed`` so that runs of several training
+            seeds share one feature cache.
+        feature_cache: directory of cached projections and feature tables (file names hold
+            a digest of everything that determines their content).
+        out_dir: run directory (log.csv, loss.png, summary.json, checkpoint/).
         resume: continue from ``out_dir/checkpoint`` when it exists.
     """
 
     encoder_checkpoint: str = "runs/pretrain/reacher-small/checkpoint"
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     train: DynamicsTrainConfig = field(default_factory=DynamicsTrainConfig)
+    projection_seed: int = 0
+    feature_cache: str = "runs/cache"
     out_dir: str = "runs/dynamics/reacher"
     resume: bool = False
 

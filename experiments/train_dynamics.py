@@ -2,7 +2,7 @@
 
 Builds the world model (with the default frame encoder, on the frozen encoder of the
 JEPA pretraining checkpoint ``encoder_checkpoint``), computes every frame's features once
-(cached in ``out_dir/cache``), trains the head and the predictor on windows of the train
+(cached in ``feature_cache``), trains the head and the predictor on windows of the train
 split with a one-step and a rollout loss, validates on the val split, and writes
 ``out_dir/checkpoint`` (the whole world model), ``log.csv``, ``loss.png``, ``summary.json``.
 """
@@ -37,9 +37,9 @@ def build(cfg: DynamicsExperimentConfig, dataset) -> tuple[WorldModel, dict]:
     model = WorldModel.build(cfg.dynamics, train.actions.shape[1], (channels, height, width), vit)
     model.to(resolve_device(cfg.train.device, distributed()[0]))
     checksum = dataset.manifest["checksum"]
-    cache = {s: FeatureCache(Path(cfg.out_dir) / "cache", f"{checksum}/{s}") for s in ("train", "val")}
+    cache = {s: FeatureCache(Path(cfg.feature_cache), f"{checksum}/{s}") for s in ("train", "val")}
     with rank_zero_first():  # rank 0 computes and caches the features, the other ranks read them
-        model.encoder.prepare(train, cfg.train.seed, cache["train"], cfg.train.progress)
+        model.encoder.prepare(train, cfg.projection_seed, cache["train"], cfg.train.progress)
         tables = {s: model.encoder.feature_table(dataset.split(s), cache[s], cfg.train.progress) for s in cache}
     return model, tables
 

@@ -163,7 +163,8 @@ def test_train_dynamics_resumes_and_its_conv_model_plans(tiny_dataset, tmp_path)
     train = [sys.executable, str(ROOT / "experiments" / "train_dynamics.py"), *data, "dynamics.encoder=conv",
              "dynamics.latent_dim=8", "dynamics.conv_width=8", "dynamics.head_hidden=32", "dynamics.hidden=32",
              "dynamics.depth=1", "train.batch_size=16", "train.rollout_steps=1", "train.log_every=5",
-             "train.progress=false", f"out_dir={tmp_path}/run", f"hydra.run.dir={tmp_path}/h"]
+             "train.progress=false", f"out_dir={tmp_path}/run", f"feature_cache={tmp_path}/cache",
+             f"hydra.run.dir={tmp_path}/h"]
     out = subprocess.run([*train, "train.steps=10"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     again = subprocess.run([*train, "train.steps=10"], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -182,6 +183,34 @@ def test_train_dynamics_resumes_and_its_conv_model_plans(tiny_dataset, tmp_path)
     out = subprocess.run(plan, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "cem-mpc" in out.stdout
+
+
+def test_train_dynamics_on_a_pretrained_encoder_shares_the_feature_cache_across_seeds(tiny_dataset, tmp_path):
+    from tests.models import tiny_jepa, tiny_jepa_train
+    from worldmodel.jepa import PretrainObjective
+
+    pre = tiny_jepa_train(steps=2, log_every=1)
+    Trainer(PretrainObjective(tiny_jepa(), pre, tiny_dataset.split("train")), pre, tmp_path / "pre").run()
+    m = tiny_dataset.manifest
+    cmd = [sys.executable, str(ROOT / "experiments" / "train_dynamics.py"), f"root={tiny_dataset.path.parent}",
+           f"name={tiny_dataset.path.name}", "env.episode_steps=20", f"train_episodes={m['splits']['train']['episodes']}",
+           "progress=false", f"encoder_checkpoint={tmp_path}/pre/checkpoint", "dynamics.pool=2",
+           "dynamics.project_dim=8", "dynamics.latent_dim=4", "dynamics.head_hidden=16", "dynamics.hidden=32",
+           "train.batch_size=16", "train.rollout_steps=1", "train.steps=4", "train.log_every=2", "train.progress=false",
+           f"feature_cache={tmp_path}/cache"]
+    runs = {}
+    for seed in (0, 1):
+        out = subprocess.run([*cmd, f"train.seed={seed}", f"out_dir={tmp_path}/s{seed}", f"hydra.run.dir={tmp_path}/h{seed}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[seed] = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
+    # one projection and two feature tables (train, val), written by the first run and only read by the second
+    assert sorted(n.split("-")[0] for n in runs[0]) == ["features", "features", "projection"] and runs[1] == runs[0]
+    a, b = (WorldModel.from_pretrained(tmp_path / f"s{seed}" / "checkpoint") for seed in (0, 1))
+    assert torch.equal(a.encoder.pca_components, b.encoder.pca_components)
+    assert not torch.equal(a.predictor.net[0].weight, b.predictor.net[0].weight)  # other initial weights
+    config = load_config(tmp_path / "s0" / "checkpoint")
+    assert config["encoder_checkpoint"] == f"{tmp_path}/pre/checkpoint" and config["train"]["seed"] == 0
 
 
 def test_world_model_checkpoint_round_trip(tmp_path):
