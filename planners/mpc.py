@@ -43,7 +43,7 @@ class LatentModel(Protocol):
 
     def newest(self, s: torch.Tensor) -> torch.Tensor: ...  # (..., d) -> the newest frame's latent
 
-    def frame_latents(self, s: torch.Tensor) -> torch.Tensor: ...  # (..., d) -> (..., history, frame_dim)
+    def frame_latents(self, s: torch.Tensor) -> torch.Tensor: ...  # (..., d) -> (..., history, latent_dim)
 
 
 @dataclass
@@ -96,7 +96,7 @@ def make_planner(cfg: MPCConfig, bounds: Bounds):
 
 
 def goal_cost(model: LatentModel, start: torch.Tensor, goal: torch.Tensor, cfg: MPCConfig) -> GoalDistance:
-    """Distance of the predicted frame latents from the goal latent ``(B, frame_dim)``, reduced
+    """Distance of the predicted frame latents from the goal latent ``(B, latent_dim)``, reduced
     over the plan as ``cfg.goal_reduce`` says. With ``cfg.settle > 0`` each predicted state is
     scored by its newest latent plus ``settle`` times the latent one block before it, so a
     plan that reaches the goal and stays there beats one that swings through it."""
@@ -108,7 +108,7 @@ def goal_cost(model: LatentModel, start: torch.Tensor, goal: torch.Tensor, cfg: 
     w = cfg.settle**0.5
 
     def last_two(s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        z = model.frame_latents(model.rollout(s0, actions))[..., -2:, :]  # (N, H, 2, frame_dim)
+        z = model.frame_latents(model.rollout(s0, actions))[..., -2:, :]  # (N, H, 2, latent_dim)
         return torch.cat([w * z[..., 0, :], z[..., 1, :]], -1)
 
     return GoalDistance(last_two, start, torch.cat([w * goal, goal], -1), cfg.goal_reduce)

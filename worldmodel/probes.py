@@ -57,9 +57,9 @@ class Targets:
 
     @classmethod
     def of(cls, spec: EnvSpec, episodes: Episodes, keys: list[str] | None = None) -> "Targets":
-        """The env's quantities ``keys`` (every declared one when ``None``), checked against what
-        ``episodes`` recorded."""
-        keys = list(spec.physics_keys) if keys is None else list(keys)
+        """The env's quantities ``keys`` (every declared one, in alphabetical order, when ``None``),
+        checked against what ``episodes`` recorded."""
+        keys = sorted(spec.physics_keys) if keys is None else list(keys)
         quantities = [spec.quantity(k) for k in keys]
         missing = [k for k in keys if k not in episodes.physics]
         if missing:
