@@ -98,8 +98,7 @@ def dynamics(args, dataset, vit, out: Path, device: torch.device) -> tuple[dict,
     model = WorldModel.build(DynamicsConfig(), action_dim=2, vit=vit.float().eval()).to(device)
     sync(device)
     start = time.perf_counter()
-    model.encoder.prepare(train, seed=0, progress=False)
-    tables = {"train": model.encoder.feature_table(train, progress=False)}
+    tables = {"train": model.encoder.prepare(train, seed=0, progress=False)}
     sync(device)
     encode_s = time.perf_counter() - start
     tables["val"] = model.encoder.feature_table(dataset.split("val"), progress=False)
@@ -204,6 +203,12 @@ def main() -> None:
         stage("plan", lambda: plan(args, dataset, models))
     stage("latency", lambda: latency(shipped, args.replans))
     write_json(out / "gpu_check.json", result)
+    report(result)
+    print(f"written to {out / 'gpu_check.json'}")
+
+
+def report(result: dict) -> None:
+    """The short table printed last."""
     s = result["stages"]
     print(f"\n{result['device']}, torch {result['torch']}, commit {result['commit'][:12]}")
     if "matmul_tflops" in result:
@@ -229,7 +234,7 @@ def main() -> None:
                       f"ms per replan (random torques: {p['random']['successes']}/{p['tasks']})")
     if "latency" in s:
         print("latency: " + ", ".join(f"{k} {v:.1f}" for k, v in s["latency"].items()))
-    print(f"errors: {list(result['errors']) or 'none'}; written to {out / 'gpu_check.json'}")
+    print(f"errors: {list(result['errors']) or 'none'}")
 
 
 if __name__ == "__main__":

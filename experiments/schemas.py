@@ -71,7 +71,7 @@ class PretrainConfig(CollectConfig):
     Attributes:
         model: the JEPA (its encoder's image and patch size must equal the dataset's).
         train: optimisation settings.
-        out_dir: run directory (log.csv, loss.png, probe.json, checkpoint/).
+        out_dir: run directory (log.csv, loss.png, summary.json, checkpoint/).
         resume: continue from ``out_dir/checkpoint`` when it exists.
         probe_train_frames: frames of the train split the end-of-run linear probe fits on.
         probe_test_frames: held-out frames it is scored on.

@@ -39,8 +39,8 @@ def build(cfg: DynamicsExperimentConfig, dataset) -> tuple[WorldModel, dict]:
     checksum = dataset.manifest["checksum"]
     cache = {s: FeatureCache(Path(cfg.feature_cache), f"{checksum}/{s}") for s in ("train", "val")}
     with rank_zero_first():  # rank 0 computes and caches the features, the other ranks read them
-        model.encoder.prepare(train, cfg.projection_seed, cache["train"], cfg.train.progress)
-        tables = {s: model.encoder.feature_table(dataset.split(s), cache[s], cfg.train.progress) for s in cache}
+        tables = {"train": model.encoder.prepare(train, cfg.projection_seed, cache["train"], cfg.train.progress),
+                  "val": model.encoder.feature_table(dataset.split("val"), cache["val"], cfg.train.progress)}
     return model, tables
 
 

@@ -23,16 +23,18 @@ from planners.mppi import MPPI, MPPIConfig
 from planners.objectives import REDUCTIONS, ActionPenalty, GoalDistance, WeightedSum
 
 
-class StateLayout(Protocol):
+class LayoutLike(Protocol):
     history: int  # frame latents per state, one action block apart
     action_block: int  # env steps per model step
     action_dim: int
     block_dim: int  # action_block * action_dim
     span: int  # env steps from a state's oldest frame to its newest
 
+    def state_offsets(self) -> np.ndarray: ...  # offsets of a state's frames from its newest, oldest first
+
 
 class LatentModel(Protocol):
-    layout: StateLayout
+    layout: LayoutLike
     device: torch.device
     dtype: torch.dtype
 
@@ -126,8 +128,9 @@ class LatentMPCAgent:
         if cfg.receding_horizon > cfg.horizon * k:
             raise ValueError(f"receding_horizon {cfg.receding_horizon} must be at most the plan's "
                              f"{cfg.horizon * k} env steps")
-        self.model, self.cfg, self.k, self.gen, self.name = model, cfg, k, generator, name
+        self.model, self.cfg, self.gen, self.name = model, cfg, generator, name
         self.span = layout.span  # env steps a state looks back
+        self.offsets = layout.state_offsets()  # its frames, from the newest
         self.action_dim = layout.action_dim
         self.device, self.dtype = model.device, model.dtype
         self.env_bounds = Bounds(action_low, action_high).to(self.device, self.dtype)
@@ -143,7 +146,9 @@ class LatentMPCAgent:
         pad = max(0, span + 1 - len(frames))
         frames = [frames[0]] * pad + list(frames)
         actions = [np.zeros(self.action_dim, np.float32)] * pad + list(actions)
-        x = torch.from_numpy(np.stack(frames[-span - 1 :: self.k])).permute(0, 3, 1, 2)[None].to(self.device)
+        newest = len(frames) - 1
+        x = torch.from_numpy(np.stack([frames[newest + i] for i in self.offsets])).permute(0, 3, 1, 2)[None]
+        x = x.to(self.device)
         a = torch.from_numpy(np.asarray(actions[len(actions) - span :], np.float32).reshape(1, span, self.action_dim))
         return self.model.encode(x, a.to(device=self.device, dtype=self.dtype))
 

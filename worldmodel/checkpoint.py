@@ -106,19 +106,27 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
 
 
 def save_run(path: str | Path, config: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             generators: dict[str, torch.Generator], state: dict[str, Any]) -> Path:
-    """Checkpoint a training run: weights, optimizer, generator states and a JSON-able ``state``."""
+             generators: dict[str, torch.Generator], state: dict[str, Any],
+             global_rng: dict[str, torch.Tensor] | None = None) -> Path:
+    """Checkpoint a training run: weights, optimizer, generator states (the run's own and, as
+    ``global_rng``, the global ones) and a JSON-able ``state``."""
     rng = {name: g.get_state() for name, g in generators.items()}
+    rng.update({f"global.{k}": v for k, v in (global_rng or {}).items()})
     return save_checkpoint(path, config, model.state_dict(),
                            {"state": state, "optimizer": optimizer.state_dict(), "rng": rng})
 
 
 def restore_run(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                generators: dict[str, torch.Generator]) -> dict[str, Any]:
-    """Load what :func:`save_run` wrote into ``model``, ``optimizer`` and ``generators``; returns ``state``."""
-    model.load_state_dict(load_weights(path))
+                generators: dict[str, torch.Generator]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Load what :func:`save_run` wrote into ``model``, ``optimizer`` and ``generators``; returns
+    ``state`` and the global generators' states."""
     ts = load_training_state(path)
+    missing = [name for name in generators if name not in ts["rng"]]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} holds no state of the generators {missing}; it is from another run")
+    model.load_state_dict(load_weights(path))
     optimizer.load_state_dict(ts["optimizer"])
     for name, g in generators.items():
         g.set_state(ts["rng"][name])
-    return ts["state"]
+    global_rng = {k[len("global."):]: v for k, v in ts["rng"].items() if k.startswith("global.")}
+    return ts["state"], global_rng

@@ -66,9 +66,6 @@ class Targets:
             raise KeyError(f"quantities {missing} are not recorded; the dataset has {sorted(episodes.physics)}")
         return cls(quantities)
 
-    def columns_of(self, q: Quantity) -> list[str]:
-        return columns(q)
-
     def values(self, episodes: Episodes, frames: np.ndarray) -> dict[str, np.ndarray]:
         return {q.key: np.asarray(episodes.physics[q.key][frames], dtype=np.float64).reshape(len(frames), -1)
                 for q in self.quantities}

@@ -117,8 +117,14 @@ class FrameEncoder(nn.Module):
         """The features of every frame of ``episodes``, indexable by frame: ``table[index]``."""
         raise NotImplementedError
 
-    def prepare(self, train: Episodes, seed: int, cache: FeatureCache | None = None, progress: bool = True) -> None:
-        """Fit what is fitted on training frames before training (nothing by default)."""
+    def prepare(self, train: Episodes, seed: int, cache: FeatureCache | None = None, progress: bool = True):
+        """Fit what is fitted on training frames before training (``seed``: its random draws; the global
+        generators are left as they were); returns the train split's feature table."""
+        return self.feature_table(train, cache, progress)
+
+    def config(self) -> dict | None:
+        """The architecture of the encoder's pretrained parts (``None`` when it has none)."""
+        return None
 
     def set_statistics(self, table) -> None:
         """Fit input statistics on a training feature table (nothing by default)."""
@@ -196,7 +202,7 @@ class FrozenJEPAFrames(FrameEncoder):
         return x
 
     def latents(self, x: torch.Tensor, target: bool = False) -> torch.Tensor:
-        x = (x - self.feature_mean) / self.feature_std
+        x = (x.to(self.feature_mean.dtype) - self.feature_mean) / self.feature_std
         return (self.target_head if target else self.head)(x)
 
     # --- fitted before training ------------------------------------------------------------------
@@ -223,21 +229,30 @@ class FrozenJEPAFrames(FrameEncoder):
         self.pca_mean.copy_(mean)
         self.pca_components.copy_(v[:, :q])
 
-    def prepare(self, train: Episodes, seed: int, cache: FeatureCache | None = None, progress: bool = True) -> None:
-        """Fit the projection (seeded; cached) and the standardisation on the training frames."""
+    def config(self) -> dict:
+        return self.vit.cfg.to_dict()
+
+    def prepare(self, train: Episodes, seed: int, cache: FeatureCache | None = None, progress: bool = True):
+        """Fit the projection (seeded; cached) and the standardisation on the training frames; returns
+        the train split's feature table."""
         if self.cfg.project_dim:
-            path = cache and cache.dir / f"projection-{digest([], self.vit_key(), cache.data_key, self.cfg.project_dim, seed)}.pt"
+            key = digest([], self.vit_key(), cache and cache.data_key, self.cfg.project_dim, seed, self.device.type)
+            path = cache and cache.dir / f"projection-{key}.pt"
             if path and path.exists():
                 saved = torch.load(path, weights_only=True)
                 self.pca_mean.copy_(saved["mean"])
                 self.pca_components.copy_(saved["components"])
             else:
-                torch.manual_seed(seed)  # pca_lowrank draws from the global generator
-                self.fit_projection(train, seed=seed)
+                devices = [self.device] if self.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):  # pca_lowrank draws from the global generator
+                    torch.manual_seed(seed)
+                    self.fit_projection(train, seed=seed)
                 if path:
                     state = {"mean": self.pca_mean.cpu().clone(), "components": self.pca_components.cpu().clone()}
                     save_atomic(path, lambda tmp: torch.save(state, tmp))
-        self.set_statistics(self.feature_table(train, cache, progress))
+        table = self.feature_table(train, cache, progress)
+        self.set_statistics(table)
+        return table
 
     def set_statistics(self, table: torch.Tensor) -> None:
         """Standardise features with the mean and std of a table ``(n, feature_dim)``."""
@@ -255,7 +270,7 @@ class FrozenJEPAFrames(FrameEncoder):
         path = None
         if cache is not None:
             projection = [self.pca_mean, self.pca_components] if self.cfg.project_dim else []
-            key = digest(projection, self.vit_key(), self.cfg.project_dim, cache.data_key)
+            key = digest(projection, self.vit_key(), self.cfg.project_dim, cache.data_key, self.device.type)
             path = cache.dir / f"features-{key}.npy"
             if path.exists():
                 return torch.from_numpy(np.load(path))
@@ -274,12 +289,13 @@ class FrozenJEPAFrames(FrameEncoder):
     def random_baseline(self, train: Episodes, seed: int) -> "FrozenJEPAFrames":
         """A random-init ViT of the same architecture with the same pooling and projection (fitted on
         4000 frames of ``train``) and no head: its standardised features are its latents."""
-        torch.manual_seed(seed)
-        vit = ViTEncoder(self.vit.cfg).to(self.device)
-        cfg = type(self.cfg)(**{**self.cfg.to_dict(), "latent_dim": 0})
-        rand = FrozenJEPAFrames(vit, cfg).to(self.device).eval()
-        torch.manual_seed(seed)
-        rand.fit_projection(train, frames=4000, seed=seed)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            vit = ViTEncoder(self.vit.cfg).to(self.device)
+            cfg = type(self.cfg)(**{**self.cfg.to_dict(), "latent_dim": 0})
+            rand = FrozenJEPAFrames(vit, cfg).to(self.device).eval()
+            torch.manual_seed(seed)
+            rand.fit_projection(train, frames=4000, seed=seed)
         return rand
 
 
@@ -343,8 +359,9 @@ class ConvFrames(FrameEncoder):
         return ImageTable(episodes.obs)
 
     def random_baseline(self, train: Episodes, seed: int) -> "ConvFrames":
-        torch.manual_seed(seed)
-        return ConvFrames(self.cfg, self.image_shape).to(self.device).eval()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return ConvFrames(self.cfg, self.image_shape).to(self.device).eval()
 
 
 def load_pretrained_vit(cfg, checkpoint: str | Path) -> ViTEncoder | None:

@@ -84,6 +84,10 @@ class StateLayout:
         inside model step ``step``: halfway through that step's action block."""
         return (step + self.history - 1) * self.action_block + self.action_block // 2
 
+    def state_offsets(self) -> np.ndarray:
+        """Offsets of a state's ``h`` frames from its newest frame, oldest first: ``-span, ..., -k, 0``."""
+        return np.arange(self.history) * self.action_block - self.span
+
     def newest_frames(self, steps: int) -> np.ndarray:
         """Offsets of the newest frame of each of a window's ``steps + 1`` states."""
         return self.boundaries(steps)[self.history - 1 :]

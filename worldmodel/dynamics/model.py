@@ -209,8 +209,7 @@ class WorldModel(nn.Module):
     # --- checkpoints -----------------------------------------------------------------------------
     def config(self) -> dict:
         """What :meth:`from_pretrained` needs to rebuild this model."""
-        vit = getattr(self.encoder, "vit", None)
-        return {"format": FORMAT, "encoder": vit.cfg.to_dict() if vit is not None else None,
+        return {"format": FORMAT, "encoder": self.encoder.config(),
                 "dynamics": self.cfg.to_dict(), "action_dim": self.action_dim, "image_shape": list(self.image_shape)}
 
     def save_pretrained(self, path: str | Path, extra: dict | None = None, dtype: torch.dtype | None = None) -> Path:

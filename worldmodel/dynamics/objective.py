@@ -46,7 +46,6 @@ class DynamicsTrainConfig(OptimConfig):
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    weight_decay_end: float = 1e-4
     log_every: int = 50
     rollout_steps: int = 5
     rollout_weight: float = 1.0
@@ -159,13 +158,16 @@ class DynamicsObjective:
         return {}
 
     def log(self, step: int, out: dict) -> dict[str, float]:
-        """Validation terms; stops a run whose trained latents collapsed."""
+        """Validation terms."""
         val = validate(self.model, self.val_batches, self.cfg.val_windows)
-        if self.model.cfg.latent_dim and val["latent_std"] < MIN_LATENT_STD:
+        return {"val_one_step": val["one_step"], "val_rollout": val["rollout"], "val_latent_std": val["latent_std"]}
+
+    def check(self, step: int, row: dict) -> None:
+        """Stop a run whose trained latents collapsed."""
+        if self.model.cfg.latent_dim and row["val_latent_std"] < MIN_LATENT_STD:
             raise RepresentationCollapse(
                 f"the head's latents collapsed at step {step}: mean per-dimension std "
-                f"{val['latent_std']:.2e} < {MIN_LATENT_STD} (raise train.vc_weight)")
-        return {"val_one_step": val["one_step"], "val_rollout": val["rollout"], "val_latent_std": val["latent_std"]}
+                f"{row['val_latent_std']:.2e} < {MIN_LATENT_STD} (raise train.vc_weight)")
 
     def config(self) -> dict:
         return self.model.config()

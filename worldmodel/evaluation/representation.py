@@ -36,9 +36,9 @@ def state_frames(episodes: Episodes, layout: StateLayout) -> np.ndarray:
 def stack_states(features: np.ndarray, episodes: Episodes, rows: np.ndarray, layout: StateLayout) -> np.ndarray:
     """Per-frame ``features`` stacked like the world model's states: the features of frames
     ``row - (h-1)k, ..., row - k, row`` and the ``(h-1)k`` actions between them."""
-    span, k = layout.span, layout.action_block
+    span = layout.span
     steps = rows - np.searchsorted(episodes.frame_starts, rows, side="right") + 1  # step index of frame ``row``
-    parts = [features[rows - span + i * k] for i in range(layout.history)]
+    parts = [features[rows + offset] for offset in layout.state_offsets()]
     parts += [np.asarray(episodes.actions[steps - span + j]) for j in range(span)]
     return np.concatenate(parts, 1)
 

@@ -90,16 +90,19 @@ class PretrainObjective:
         return {"tau": tau}
 
     def log(self, step: int, out: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Collapse statistics of the batch's pooled target embeddings; stops a collapsed run."""
+        """Collapse statistics of the batch's pooled target embeddings."""
         stats = embedding_stats(out["pooled"])
-        self.low_std_checks = self.low_std_checks + 1 if stats["std"] < self.cfg.collapse_std else 0
+        return {"emb_std": stats["std"], "eff_rank": stats["effective_rank"]}
+
+    def check(self, step: int, row: dict) -> None:
+        """Stop a run whose target embeddings stayed collapsed for ``collapse_patience`` log steps."""
+        self.low_std_checks = self.low_std_checks + 1 if row["emb_std"] < self.cfg.collapse_std else 0
         if self.low_std_checks >= self.cfg.collapse_patience:
             raise RepresentationCollapse(
                 f"representations collapsed at step {step}: the target embeddings' mean per-dimension std "
-                f"is {stats['std']:.2e} (< {self.cfg.collapse_std}) for {self.low_std_checks} checks in a row; "
-                f"effective rank {stats['effective_rank']:.2f}"
+                f"is {row['emb_std']:.2e} (< {self.cfg.collapse_std}) for {self.low_std_checks} checks in a row; "
+                f"effective rank {row['eff_rank']:.2f}"
             )
-        return {"emb_std": stats["std"], "eff_rank": stats["effective_rank"]}
 
     def config(self) -> dict:
         return {"model": self.model_cfg.to_dict()}

@@ -8,7 +8,7 @@ import torch
 
 from envs.registry import Quantity
 from worldmodel.data.episodes import Episodes
-from worldmodel.probes import LinearProbe, Targets, r2_score
+from worldmodel.probes import LinearProbe, Targets, columns, r2_score
 from worldmodel.jepa.vit import ViTEncoder, pool_tokens
 
 
@@ -40,7 +40,7 @@ def linear_probe(encoder: ViTEncoder, train: Episodes, test: Episodes, quantitie
     by_column = dict(zip(targets.columns, r2.tolist()))
     return {
         "r2": by_column,
-        "r2_by_quantity": {q.key: float(np.mean([by_column[c] for c in targets.columns_of(q)])) for q in quantities},
+        "r2_by_quantity": {q.key: float(np.mean([by_column[c] for c in columns(q)])) for q in quantities},
         "r2_mean": float(r2.mean()),
         "train_frames": len(ftr),
         "test_frames": len(fte),

@@ -59,7 +59,10 @@ def average_gradients(params: list[torch.Tensor], world: int) -> None:
     """Average the gradients of ``params`` over ``world`` ranks (one flat all-reduce)."""
     if world == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    for p in params:  # every rank reduces the same list, also for a parameter this rank's slice left untouched
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
     flat = _flatten_dense_tensors(grads)
     dist.all_reduce(flat)
     flat /= world
@@ -73,6 +76,8 @@ def rank_zero_first() -> Iterator[None]:
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank != 0:
         dist.barrier()
-    yield
-    if rank == 0 and dist.is_initialized():
-        dist.barrier()
+    try:
+        yield
+    finally:  # release the other ranks even when rank 0 fails (they then fail on their own)
+        if rank == 0 and dist.is_initialized():
+            dist.barrier()

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from worldmodel.checkpoint import restore_run, save_run
+from worldmodel.checkpoint import CheckpointError, restore_run, save_run
 from worldmodel.training.distributed import average_gradients, check_device_name, distributed, resolve_device
 from worldmodel.training.logs import write_csv
 from worldmodel.training.schedules import lr_at, weight_decay_at
@@ -37,7 +37,7 @@ class OptimConfig:
         min_lr: learning rate at the end of the cosine decay.
         warmup_steps: linear warm-up steps.
         weight_decay: AdamW weight decay at step 0.
-        weight_decay_end: weight decay at the last step (cosine schedule; equal = constant).
+        weight_decay_end: weight decay at the last step (cosine schedule); ``None``: constant.
         grad_clip: maximum global gradient norm (0 = no clipping).
         seed: seed of the initial weights and of every random draw of the run.
         log_every: steps between log rows.
@@ -54,7 +54,7 @@ class OptimConfig:
     min_lr: float = 1e-5
     warmup_steps: int = 200
     weight_decay: float = 0.0
-    weight_decay_end: float = 0.0
+    weight_decay_end: float | None = None
     grad_clip: float = 0.0
     seed: int = 0
     log_every: int = 10
@@ -65,6 +65,8 @@ class OptimConfig:
     progress: bool = True
 
     def __post_init__(self):
+        if self.weight_decay_end is None:
+            self.weight_decay_end = self.weight_decay
         if min(self.steps, self.batch_size, self.log_every, self.checkpoint_every) < 1:
             raise ValueError(f"steps, batch_size, log_every and checkpoint_every must be >= 1, got {self.steps}, "
                              f"{self.batch_size}, {self.log_every}, {self.checkpoint_every}")
@@ -95,7 +97,10 @@ class Objective(Protocol):
         """After the optimiser step ``step`` (EMA updates); returns values to log."""
 
     def log(self, step: int, out: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Extra values for a log row (validation, collapse statistics); may raise ``RepresentationCollapse``."""
+        """Extra values for a log row (validation, collapse statistics)."""
+
+    def check(self, step: int, row: dict) -> None:
+        """After the log row is written: raise ``RepresentationCollapse`` if training must stop."""
 
     def config(self) -> dict:
         """What rebuilds the model (written to the checkpoint's ``config.json``)."""
@@ -173,10 +178,12 @@ class Trainer:
         return self.log_rows
 
     def log(self, row: dict, elapsed: float) -> None:
+        """Append a log row (written to ``log.csv``), then let the objective stop a collapsed run."""
         out = row.pop("_out")
         self.log_rows.append({"step": self.step, **row, **self.objective.log(self.step, out), "seconds": elapsed})
         if self.rank == 0:
             write_csv(self.out_dir / "log.csv", self.log_rows)
+        self.objective.check(self.step, self.log_rows[-1])
 
     def save(self) -> None:
         """Checkpoint the model, optimiser, generators and log (rank 0 writes)."""
@@ -184,14 +191,34 @@ class Trainer:
             return
         config = {**self.objective.config(), "train": asdict(self.cfg), "step": self.step, **self.meta}
         state = {"step": self.step, "log": self.log_rows, "objective": self.objective.state()}
-        save_run(self.out_dir / "checkpoint", config, self.model, self.optimizer, self.objective.generators, state)
+        save_run(self.out_dir / "checkpoint", config, self.model, self.optimizer, self.objective.generators, state,
+                 global_rng=global_rng_state(self.device))
 
     def resume(self) -> bool:
         """Continue from ``out_dir/checkpoint`` when it exists; True if resumed."""
         path = self.out_dir / "checkpoint"
         if not path.exists():
             return False
-        state = restore_run(path, self.model, self.optimizer, self.objective.generators)
+        state, global_rng = restore_run(path, self.model, self.optimizer, self.objective.generators)
+        if "log" not in state:
+            raise CheckpointError(f"{path} was written by an older training loop (its state has {sorted(state)}); "
+                                  "it cannot be resumed: start a new run in another out_dir")
         self.step, self.log_rows = state["step"], state["log"]
         self.objective.restore(state["objective"])
+        set_global_rng_state(global_rng, self.device)
         return True
+
+
+def global_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global torch generators (dropout draws from them): the CPU's and, on CUDA, the device's."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_global_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    if "cpu" in state:
+        torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
