@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -21,18 +22,36 @@ import envs
 from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.schemas import PretrainConfig
-from worldmodel.data import open_dataset
-from worldmodel.data.collect import ensure_dataset
+from worldmodel.data import load_dataset
 from worldmodel.jepa import JEPA, PretrainObjective, linear_probe
-from worldmodel.training import RepresentationCollapse, Trainer, plot_log, shutdown_distributed
+from worldmodel.training import (
+    RepresentationCollapse,
+    RunDirectory,
+    Trainer,
+    distributed,
+    plot_log,
+    rank_zero_first,
+    resolve_device,
+    shutdown_distributed,
+)
+from worldmodel.training.rundir import RUN_KEY
 
 
 def run(cfg: PretrainConfig) -> dict:
-    dataset = open_dataset(ensure_dataset(cfg))
+    """Pretrain in ``cfg.out_dir``, locked for the run (see ``RunDirectory``)."""
+    with RunDirectory(cfg.out_dir, asdict(cfg), cfg.resume, cfg.resume_allow) as rundir:
+        rank, _ = distributed()  # under torchrun: rank 0 collects what is missing, the other ranks then read it
+        resolve_device(cfg.train.device, rank)  # a missing GPU fails here, before any collection
+        with rank_zero_first():
+            dataset = load_dataset(cfg)
+        rundir.check_dataset(dataset.manifest["checksum"])
+        return train(cfg, dataset)
+
+
+def train(cfg: PretrainConfig, dataset) -> dict:
     out = Path(cfg.out_dir)
-    if (out / "checkpoint").exists() and not cfg.resume:
-        raise FileExistsError(f"{out}/checkpoint exists: pass --resume to continue it, or choose another out_dir")
-    meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"], "commit": git_commit()}
+    meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"], "commit": git_commit(),
+            RUN_KEY: asdict(cfg)}
     trainer = Trainer(PretrainObjective(cfg.model, cfg.train, dataset.split("train")), cfg.train, out, meta)
     if cfg.resume and trainer.resume():
         print(f"resuming {out}/checkpoint at step {trainer.step}")

@@ -28,10 +28,10 @@ import envs
 from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.schemas import ProbeConfig
-from worldmodel.data import open_dataset
-from worldmodel.data.collect import ensure_dataset
+from worldmodel.data import load_dataset
 from worldmodel.dynamics import WorldModel
 from worldmodel.evaluation import frame_probes, representations, rollout_probes, surprise_test
+from worldmodel.files import writable_dir
 from worldmodel.probes import Targets
 from worldmodel.training import resolve_device
 
@@ -45,7 +45,7 @@ def run(cfg: ProbeConfig) -> dict:
     if model.image_shape[-1] != cfg.env.image_size:
         raise ValueError(f"model {cfg.model} takes {model.image_shape[-1]}px images, the dataset has "
                          f"{cfg.env.image_size}px")
-    dataset = open_dataset(ensure_dataset(cfg))
+    dataset = load_dataset(cfg)
     full_train, test = dataset.split("train"), dataset.split("heldout")
     rng = np.random.default_rng(cfg.probe_seed)
     picked = np.sort(rng.choice(full_train.num_episodes, min(cfg.train_probe_episodes, full_train.num_episodes),
@@ -157,10 +157,9 @@ def plot(summary: dict, out: Path, stem: str) -> list[str]:
 @hydra.main(config_path=CONFIG_DIR, config_name="probe", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     config: ProbeConfig = to_object(cfg)
+    out = writable_dir(config.output_dir, "output_dir")  # checked before the (long) probing
     summary = run(config)
-    out = Path(config.output_dir)
     stem = f"probe-{config.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
     summary["plots"] = plot(summary, out, stem)
     table = markdown(summary)
     (out / f"{stem}.md").write_text(table)

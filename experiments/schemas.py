@@ -7,14 +7,23 @@ place where the library's configs meet the planners' and the command line's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from planners.mpc import MPCConfig
 from worldmodel.data.config import CollectConfig
 from worldmodel.dynamics import DynamicsConfig, DynamicsTrainConfig
 from worldmodel.evaluation import BASELINES, REFERENCE_AGENTS
+from worldmodel.files import flatten
 from worldmodel.jepa import JEPAConfig, JEPATrainConfig
 from worldmodel.training.distributed import check_device_name
+
+
+def check_resume_allow(cfg) -> None:
+    """Every key of ``cfg.resume_allow`` names a setting of ``cfg`` (or ``dataset_checksum``)."""
+    known = set(flatten(asdict(cfg))) | {"dataset_checksum"}
+    unknown = [k for k in cfg.resume_allow if k not in known]
+    if unknown:
+        raise ValueError(f"resume_allow names unknown settings {unknown}; use dotted keys such as train.steps")
 
 
 @dataclass
@@ -31,8 +40,10 @@ class PlanConfig(CollectConfig):
         baselines: reference agents run in the same invocation: ``random``, ``zero``, and
             ``oracle`` (the same CEM planning with the true simulator; an upper bound).
         videos: planner episodes written as GIFs (current | goal).
-        output_dir: where the JSON result and the videos are written.
-        device: ``auto``, ``cpu`` or ``cuda`` for the model.
+        output_dir: where the JSON result, the task journal and the videos are written.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the model.
+        resume: continue an interrupted evaluation with the same settings from its task
+            journal in ``output_dir`` (finished tasks are not run again).
     """
 
     model: str = "models/reacher"
@@ -45,6 +56,7 @@ class PlanConfig(CollectConfig):
     videos: int = 3
     output_dir: str = "results"
     device: str = "auto"
+    resume: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -72,7 +84,9 @@ class PretrainConfig(CollectConfig):
         model: the JEPA (its encoder's image and patch size must equal the dataset's).
         train: optimisation settings.
         out_dir: run directory (log.csv, loss.png, summary.json, checkpoint/).
-        resume: continue from ``out_dir/checkpoint`` when it exists.
+        resume: continue from ``out_dir/checkpoint`` when it exists (with the same settings).
+        resume_allow: dotted settings allowed to differ from the checkpoint's on resume
+            (e.g. ``[train.steps]`` to extend a run; ``dataset_checksum`` for other data).
         probe_train_frames: frames of the train split the end-of-run linear probe fits on.
         probe_test_frames: held-out frames it is scored on.
     """
@@ -81,6 +95,7 @@ class PretrainConfig(CollectConfig):
     train: JEPATrainConfig = field(default_factory=JEPATrainConfig)
     out_dir: str = "runs/pretrain"
     resume: bool = False
+    resume_allow: list[str] = field(default_factory=list)
     probe_train_frames: int = 4000
     probe_test_frames: int = 2000
 
@@ -94,6 +109,10 @@ class PretrainConfig(CollectConfig):
             )
         if self.heldout_episodes < 1:
             raise ValueError(f"heldout_episodes must be >= 1 for the probe, got {self.heldout_episodes}")
+        if min(self.probe_train_frames, self.probe_test_frames) < 1:
+            raise ValueError(f"probe_train_frames and probe_test_frames must be >= 1, got {self.probe_train_frames}, "
+                             f"{self.probe_test_frames}")
+        check_resume_allow(self)
 
 
 @dataclass
@@ -110,7 +129,8 @@ class DynamicsExperimentConfig(CollectConfig):
         feature_cache: directory of cached projections and feature tables (file names hold
             a digest of everything that determines their content).
         out_dir: run directory (log.csv, loss.png, summary.json, checkpoint/).
-        resume: continue from ``out_dir/checkpoint`` when it exists.
+        resume: continue from ``out_dir/checkpoint`` when it exists (with the same settings).
+        resume_allow: dotted settings allowed to differ from the checkpoint's on resume.
     """
 
     encoder_checkpoint: str = "runs/pretrain/reacher-small/checkpoint"
@@ -120,11 +140,15 @@ class DynamicsExperimentConfig(CollectConfig):
     feature_cache: str = "runs/cache"
     out_dir: str = "runs/dynamics/reacher"
     resume: bool = False
+    resume_allow: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         super().__post_init__()
         if self.val_episodes < 1:
             raise ValueError(f"val_episodes must be >= 1 to validate the predictor, got {self.val_episodes}")
+        if self.projection_seed < 0:
+            raise ValueError(f"projection_seed must be >= 0, got {self.projection_seed}")
+        check_resume_allow(self)
 
 
 @dataclass
@@ -181,3 +205,5 @@ class ProbeConfig(CollectConfig):
         check_device_name(self.device)
         if self.heldout_episodes < 1:
             raise ValueError(f"heldout_episodes must be >= 1 to probe held-out episodes, got {self.heldout_episodes}")
+        if self.probe_seed < 0:
+            raise ValueError(f"probe_seed must be >= 0, got {self.probe_seed}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -20,11 +21,19 @@ from omegaconf import DictConfig
 from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.schemas import DynamicsExperimentConfig
-from worldmodel.data import open_dataset
-from worldmodel.data.collect import ensure_dataset
+from worldmodel.data import load_dataset
 from worldmodel.dynamics import DynamicsObjective, FeatureCache, WindowBatches, WorldModel, validate
 from worldmodel.dynamics.frames import load_pretrained_vit
-from worldmodel.training import Trainer, distributed, plot_log, rank_zero_first, resolve_device, shutdown_distributed
+from worldmodel.training import (
+    RunDirectory,
+    Trainer,
+    distributed,
+    plot_log,
+    rank_zero_first,
+    resolve_device,
+    shutdown_distributed,
+)
+from worldmodel.training.rundir import RUN_KEY
 
 
 def build(cfg: DynamicsExperimentConfig, dataset) -> tuple[WorldModel, dict]:
@@ -45,15 +54,23 @@ def build(cfg: DynamicsExperimentConfig, dataset) -> tuple[WorldModel, dict]:
 
 
 def run(cfg: DynamicsExperimentConfig) -> dict:
-    dataset = open_dataset(ensure_dataset(cfg))
+    """Train in ``cfg.out_dir``, locked for the run (see ``RunDirectory``)."""
+    with RunDirectory(cfg.out_dir, asdict(cfg), cfg.resume, cfg.resume_allow) as rundir:
+        rank, _ = distributed()  # under torchrun: rank 0 collects what is missing, the other ranks then read it
+        resolve_device(cfg.train.device, rank)  # a missing GPU fails here, before any collection
+        with rank_zero_first():
+            dataset = load_dataset(cfg)
+        rundir.check_dataset(dataset.manifest["checksum"])
+        return train(cfg, dataset)
+
+
+def train(cfg: DynamicsExperimentConfig, dataset) -> dict:
     out = Path(cfg.out_dir)
-    if (out / "checkpoint").exists() and not cfg.resume:
-        raise FileExistsError(f"{out}/checkpoint exists: pass --resume to continue it, or choose another out_dir")
     model, tables = build(cfg, dataset)
     batches = {s: WindowBatches(model, dataset.split(s), tables[s], cfg.train.rollout_steps) for s in tables}
     meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"],
             "encoder_checkpoint": cfg.encoder_checkpoint if model.encoder.pretrained else None,
-            "commit": git_commit(), "env": cfg.env.name, "image_size": cfg.env.image_size}
+            "commit": git_commit(), "env": cfg.env.name, "image_size": cfg.env.image_size, RUN_KEY: asdict(cfg)}
     objective = DynamicsObjective(model, cfg.train, batches["train"], batches["val"])
     trainer = Trainer(objective, cfg.train, out, meta)
     if cfg.resume and trainer.resume():

@@ -1,6 +1,6 @@
 """Planners over action sequences. They optimise a cost callable and know nothing about models."""
 
-from planners.base import Bounds, CostFn, PlanResult, shift_plan
+from planners.base import Bounds, CostFn, NonFiniteCost, PlanResult, shift_plan
 from planners.cem import CEM, CEMConfig
 from planners.gradient import GradientConfig, GradientPlanner
 from planners.mppi import MPPI, MPPIConfig
@@ -14,6 +14,7 @@ __all__ = [
     "GradientPlanner",
     "MPPI",
     "MPPIConfig",
+    "NonFiniteCost",
     "PlanResult",
     "shift_plan",
 ]

@@ -71,6 +71,21 @@ class PlanResult:
     cost: torch.Tensor
 
 
+class NonFiniteCost(FloatingPointError):
+    """Every candidate plan of a problem had a NaN or infinite cost: there is nothing to choose from."""
+
+
+def finish(actions: torch.Tensor, cost: torch.Tensor) -> PlanResult:
+    """The planners' result, checked once per plan: a problem whose best cost is not finite saw no
+    candidate with a finite cost (NaN costs count as infinite), so its "plan" would be arbitrary."""
+    bad = ~torch.isfinite(cost)
+    if bool(bad.any()):
+        problems = torch.nonzero(bad).flatten().tolist()
+        raise NonFiniteCost(f"every candidate's cost was NaN or inf for problems {problems[:10]} of {cost.shape[0]}; "
+                            f"the cost function (or the model's states) produce non-finite values")
+    return PlanResult(actions=actions, cost=cost)
+
+
 def as_float_tensor(x) -> torch.Tensor:
     """A floating tensor stays as it is; anything else becomes a float32 CPU tensor."""
     if isinstance(x, torch.Tensor) and x.is_floating_point():
@@ -109,7 +124,7 @@ def evaluate_cost(cost: CostFn, actions: torch.Tensor) -> torch.Tensor:
     if tuple(values.shape) != tuple(actions.shape[:2]):
         raise ValueError(f"cost returned shape {tuple(values.shape)}, expected {tuple(actions.shape[:2])} (B, S)")
     if not torch.isfinite(values).all():
-        values = torch.nan_to_num(values, nan=float("inf"), posinf=float("inf"))
+        values = torch.nan_to_num(values, nan=float("inf"), posinf=float("inf"), neginf=float("inf"))
     return values
 
 

@@ -11,6 +11,7 @@ from planners.base import (
     PlanResult,
     SamplingPlanner,
     evaluate_cost,
+    finish,
     gaussian,
     initial_mean,
     keep_best,
@@ -68,4 +69,4 @@ class CEM(SamplingPlanner):
             m = cfg.momentum
             mean = m * mean + (1 - m) * elites.mean(1)
             std = (m * std + (1 - m) * elites.std(1)).clamp_min(cfg.min_std * float(b.half.min()))
-        return PlanResult(actions=best_a, cost=best_c)
+        return finish(best_a, best_c)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from planners.base import CostFn, PlanResult, SamplingPlanner, gaussian, initial_mean
+from planners.base import CostFn, PlanResult, SamplingPlanner, evaluate_cost, finish, gaussian, initial_mean
 
 
 @dataclass
@@ -49,7 +49,7 @@ class GradientPlanner(SamplingPlanner):
             opt.step()
         with torch.no_grad():
             actions = squash(u)
-            c = cost(actions)
+            c = evaluate_cost(cost, actions)
             i = c.argmin(1)
             rows = torch.arange(batch, device=actions.device)
-            return PlanResult(actions=actions[rows, i], cost=c[rows, i])
+            return finish(actions[rows, i], c[rows, i])

@@ -37,11 +37,13 @@ class LatentModel(Protocol):
     layout: LayoutLike
     device: torch.device
     dtype: torch.dtype
+    image_shape: tuple[int, int, int]  # (C, H, W) of the images it encodes
 
     def encode(self, frames: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
         ...  # (B, h, C, H, W) uint8 and the (B, (h-1)*k, A) actions between them -> (B, d)
 
-    def rollout(self, s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor: ...  # -> (B, H, d)
+    def rollout(self, s0: torch.Tensor, actions: torch.Tensor, check_inputs: bool = True) -> torch.Tensor:
+        ...  # -> (B, H, d); check_inputs=False skips the finiteness check (the planner's own candidates)
 
     def newest(self, s: torch.Tensor) -> torch.Tensor: ...  # (..., d) -> the newest frame's latent
 
@@ -103,14 +105,15 @@ def goal_cost(model: LatentModel, start: torch.Tensor, goal: torch.Tensor, cfg: 
     scored by its newest latent plus ``settle`` times the latent one block before it, so a
     plan that reaches the goal and stays there beats one that swings through it."""
     if not cfg.settle:
-        return GoalDistance(lambda s, a: model.newest(model.rollout(s, a)), start, goal, cfg.goal_reduce)
+        return GoalDistance(lambda s, a: model.newest(model.rollout(s, a, check_inputs=False)), start, goal,
+                            cfg.goal_reduce)
     if model.layout.history < 2:
         raise ValueError(f"settle={cfg.settle} needs states of at least 2 frames, the model keeps "
                          f"{model.layout.history}; plan with settle=0")
     w = cfg.settle**0.5
 
     def last_two(s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        z = model.frame_latents(model.rollout(s0, actions))[..., -2:, :]  # (N, H, 2, latent_dim)
+        z = model.frame_latents(model.rollout(s0, actions, check_inputs=False))[..., -2:, :]  # (N, H, 2, latent_dim)
         return torch.cat([w * z[..., 0, :], z[..., 1, :]], -1)
 
     return GoalDistance(last_two, start, torch.cat([w * goal, goal], -1), cfg.goal_reduce)
@@ -152,11 +155,27 @@ class LatentMPCAgent:
         a = torch.from_numpy(np.asarray(actions[len(actions) - span :], np.float32).reshape(1, span, self.action_dim))
         return self.model.encode(x, a.to(device=self.device, dtype=self.dtype))
 
+    def seed(self, seed: int) -> None:
+        """Reseed the planner's draws (the protocol does it before each task)."""
+        self.gen.manual_seed(seed)
+
+    def check_image(self, obs: np.ndarray, what: str) -> None:
+        """``obs`` must be an ``(H, W, C)`` uint8 image of the model's size."""
+        if not isinstance(obs, np.ndarray) or obs.dtype != np.uint8 or obs.ndim != 3:
+            raise ValueError(f"the {what} must be an (H, W, C) uint8 numpy image, got "
+                             f"{getattr(obs, 'dtype', type(obs).__name__)} {getattr(obs, 'shape', '')}")
+        shape = getattr(self.model, "image_shape", None)  # (C, H, W)
+        if shape is not None and obs.shape != (shape[1], shape[2], shape[0]):
+            raise ValueError(f"the {what} must have shape {(shape[1], shape[2], shape[0])} for this model, "
+                             f"got {obs.shape}")
+
     def reset(self, goal_obs: np.ndarray) -> None:
+        self.check_image(goal_obs, "goal image")
         self.goal = self.model.newest(self._encode([goal_obs], []))  # the goal as a still scene
         self.warm, self.queue, self.frames, self.actions = None, [], [], []
 
     def act(self, obs: np.ndarray) -> np.ndarray:
+        self.check_image(obs, "observation")
         self.frames = (self.frames + [np.array(obs, copy=True)])[-self.span - 1 :]
         if not self.queue:
             self._replan()

@@ -11,6 +11,7 @@ from planners.base import (
     PlanResult,
     SamplingPlanner,
     evaluate_cost,
+    finish,
     gaussian,
     initial_mean,
     keep_best,
@@ -68,4 +69,4 @@ class MPPI(SamplingPlanner):
         final = evaluate_cost(cost, mean.unsqueeze(1)).squeeze(1)
         use_mean = final <= best_c
         best_a[use_mean], best_c = mean[use_mean], torch.where(use_mean, final, best_c)
-        return PlanResult(actions=best_a, cost=best_c)
+        return finish(best_a, best_c)

@@ -38,6 +38,9 @@ class OracleAgent:
         self.data = mujoco.MjData(self.env.model)
         self.plan_seconds: list[float] = []
 
+    def seed(self, seed: int) -> None:
+        self.gen.manual_seed(seed)
+
     def set_goal_state(self, goal_state: np.ndarray) -> None:
         self.goal = np.asarray(goal_state)
 

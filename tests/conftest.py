@@ -8,6 +8,14 @@ from envs import EnvConfig  # noqa: E402
 from worldmodel.data import CollectConfig, build_dataset, open_dataset  # noqa: E402
 
 
+def dataset_args(dataset) -> list[str]:
+    """Command-line settings that name ``dataset`` (a tiny_dataset-like fixture) by its content."""
+    s = dataset.manifest["splits"]
+    count = lambda split: s.get(split, {}).get("episodes", 0)  # noqa: E731
+    return [f"root={dataset.path.parent}", f"env.episode_steps={dataset.manifest['env']['episode_steps']}",
+            f"train_episodes={count('train')}", f"val_episodes={count('val')}", f"heldout_episodes={count('heldout')}"]
+
+
 def tiny_collect_config(root, **overrides) -> CollectConfig:
     settings = dict(
         env=EnvConfig(episode_steps=20),

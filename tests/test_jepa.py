@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import dataset_args
 from tests.models import tiny_jepa, tiny_jepa_train
 from worldmodel.jepa import JEPA, EncoderConfig, JEPAConfig, MaskConfig, PretrainObjective, ViTEncoder, apply_masks
 from worldmodel.jepa import sample_masks
@@ -173,10 +174,8 @@ def test_two_process_ddp_matches_one_process(tiny_dataset, tmp_path):
 
 
 def test_pretrain_entry_point_runs_end_to_end(tiny_dataset, tmp_path):
-    m = tiny_dataset.manifest
     cmd = [sys.executable, str(ROOT / "experiments" / "pretrain_encoder.py"), "env=reacher",
-           f"root={tiny_dataset.path.parent}", f"name={tiny_dataset.path.name}", "env.episode_steps=20",
-           f"train_episodes={m['splits']['train']['episodes']}", "model.encoder.size=tiny", "model.predictor_width=32",
+           *dataset_args(tiny_dataset), "model.encoder.size=tiny", "model.predictor_width=32",
            "model.predictor_depth=1", "model.predictor_heads=2", "train.steps=12", "train.batch_size=8",
            "train.warmup_steps=2", "train.log_every=2", "train.checkpoint_every=6", "train.progress=false",
            "probe_train_frames=64", "probe_test_frames=32", f"out_dir={tmp_path}/run", f"hydra.run.dir={tmp_path}/h"]
@@ -199,9 +198,7 @@ def test_pretrain_entry_point_runs_end_to_end(tiny_dataset, tmp_path):
 
 
 def test_ablate_entry_point_writes_the_table(tiny_dataset, tmp_path):
-    m = tiny_dataset.manifest
-    cmd = [sys.executable, str(ROOT / "experiments" / "ablate.py"), f"root={tiny_dataset.path.parent}",
-           f"name={tiny_dataset.path.name}", "env.episode_steps=20", f"train_episodes={m['splits']['train']['episodes']}",
+    cmd = [sys.executable, str(ROOT / "experiments" / "ablate.py"), *dataset_args(tiny_dataset),
            "model.encoder.size=tiny", "model.predictor_width=32", "model.predictor_depth=1", "model.predictor_heads=2",
            "train.steps=4", "train.batch_size=8", "train.warmup_steps=1", "train.log_every=2", "train.progress=false",
            "probe_train_frames=64", "probe_test_frames=32", f"ablate_out={tmp_path}/ab"]

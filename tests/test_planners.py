@@ -101,7 +101,7 @@ class PointMass:
         p = s[..., 1] + self.k * v + (a * w).sum(-1)
         return torch.cat([s[..., 1:2], p[..., None], a], -1)
 
-    def rollout(self, s0, actions):
+    def rollout(self, s0, actions, check_inputs=True):
         states = [s0]
         for h in range(actions.shape[1]):
             states.append(self.predict(states[-1], actions[:, h]))

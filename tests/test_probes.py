@@ -9,6 +9,7 @@ import torch
 
 import envs
 from envs import Quantity
+from tests.conftest import dataset_args
 from tests.models import tiny_world_model
 from worldmodel.evaluation import replay, rollout_probes, surprise
 from worldmodel.evaluation.representation import stack_states, state_frames, table_latents
@@ -161,10 +162,7 @@ def test_probe_entry_point_runs_end_to_end_on_a_tiny_model(tiny_dataset, tmp_pat
     model = tiny_model()
     model.encoder.set_statistics(model.encoder.feature_table(tiny_dataset.split("train"), progress=False))
     model.save_pretrained(tmp_path / "wm")
-    m = tiny_dataset.manifest
-    cmd = [sys.executable, str(ROOT / "experiments" / "probe.py"), f"root={tiny_dataset.path.parent}",
-           f"name={tiny_dataset.path.name}", "env.episode_steps=20", f"train_episodes={m['splits']['train']['episodes']}",
-           f"val_episodes={m['splits']['val']['episodes']}", f"heldout_episodes={m['splits']['heldout']['episodes']}",
+    cmd = [sys.executable, str(ROOT / "experiments" / "probe.py"), *dataset_args(tiny_dataset),
            f"model={tmp_path / 'wm'}", "train_probe_episodes=4", "mlp_steps=30", "horizon=2", "surprise_episodes=3",
            "surprise_steps=3", "event_step=1", "progress=false", f"output_dir={tmp_path}/out",
            f"hydra.run.dir={tmp_path}/h"]

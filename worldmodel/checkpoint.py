@@ -8,7 +8,10 @@
       training_state/       only for resuming: optimizer.pt, rng.pt, state.json
 
 A checkpoint is written to ``<dir>.tmp-<pid>`` and renamed over ``<dir>`` once
-complete, so a kill never leaves a half-written checkpoint under the final name.
+complete, so a kill never leaves a half-written checkpoint under the final name
+(:func:`recover_checkpoint` puts back the previous one when a kill fell between the two
+renames). ``config.json`` records the sha256 of ``model.safetensors``; loading checks it and
+that every weight is finite, so a file overwritten in place is refused, not used.
 Loading never unpickles arbitrary objects (``weights_only=True``, safetensors).
 """
 
@@ -23,9 +26,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from worldmodel.files import file_sha256, stale_leftovers
+
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE = "training_state"
+CHECKSUM = "weights_sha256"  # config.json key: the sha256 of model.safetensors
 
 
 class CheckpointError(RuntimeError):
@@ -52,8 +58,8 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / WEIGHTS)
+        (tmp / CONFIG).write_text(json.dumps({**config, CHECKSUM: file_sha256(tmp / WEIGHTS)}, indent=2))
         if training_state is not None:
             (tmp / STATE).mkdir()
             (tmp / STATE / "state.json").write_text(json.dumps(training_state["state"], indent=2))
@@ -72,22 +78,62 @@ def save_checkpoint(
 
 def load_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist (expected a directory written by training "
+                              f"or save_pretrained)")
     if not (path / CONFIG).is_file():
         raise CheckpointError(f"{path} is not a checkpoint: no {CONFIG} (expected a directory written by training)")
     try:
-        return json.loads((path / CONFIG).read_text())
-    except json.JSONDecodeError as err:
+        config = json.loads((path / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path / CONFIG} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path / CONFIG} holds a {type(config).__name__}, expected a JSON object")
+    return config
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint, checked against the sha256 its ``config.json`` records (when it
+    records one: checkpoints written before it did are checked for finiteness only)."""
     path = Path(path)
+    if not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"checkpoint {path} has no {WEIGHTS}")
+    expected = load_config(path).get(CHECKSUM)
+    if expected is not None and file_sha256(path / WEIGHTS) != expected:
+        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} does not match the sha256 in {CONFIG} "
+                              f"({expected[:12]}...): the file was changed or corrupted after it was written")
     try:
-        return load_file(path / WEIGHTS)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} has no {WEIGHTS}") from None
+        weights = load_file(path / WEIGHTS)
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"checkpoint {path}: {WEIGHTS} is corrupt ({err})") from None
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: {len(bad)} weight tensors hold NaN or inf values "
+                              f"(first: {bad[:3]}); the checkpoint is corrupt or its run diverged")
+    return weights
+
+
+def recover_checkpoint(path: str | Path) -> list[str]:
+    """Tidy the leftovers of interrupted :func:`save_checkpoint` calls next to ``path``; returns what
+    was done.
+
+    A kill between the two renames leaves ``<path>.old-<pid>`` (the previous checkpoint, complete)
+    and no ``<path>``: it is put back. Unfinished ``<path>.tmp-<pid>`` of dead processes are removed.
+    """
+    path = Path(path)
+    done = []
+    for tmp in stale_leftovers(path.parent, path.name, ("tmp",)):
+        shutil.rmtree(tmp, ignore_errors=True)
+        done.append(f"removed the unfinished {tmp.name}")
+    olds = stale_leftovers(path.parent, path.name, ("old",))
+    if olds and not path.exists():
+        os.rename(olds[-1], path)
+        done.append(f"restored {path.name} from {olds[-1].name} (a kill fell between its renames)")
+        olds = olds[:-1]
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+        done.append(f"removed the superseded {old.name}")
+    return done
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

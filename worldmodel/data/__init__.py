@@ -1,6 +1,6 @@
 """Offline data: behaviour policies, collection, on-disk datasets and training windows."""
 
-from worldmodel.data.collect import build_dataset, collect_episodes, ensure_dataset, episode_seeds
+from worldmodel.data.collect import build_dataset, collect_episodes, ensure_dataset, episode_seeds, load_dataset
 from worldmodel.data.config import CollectConfig, PolicyConfig
 from worldmodel.data.episodes import Episodes
 from worldmodel.data.policies import CorrelatedPolicy, UniformPolicy, make_policy
@@ -21,6 +21,7 @@ __all__ = [
     "collect_episodes",
     "ensure_dataset",
     "episode_seeds",
+    "load_dataset",
     "make_policy",
     "open_dataset",
     "write_dataset",

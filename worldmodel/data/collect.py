@@ -8,6 +8,7 @@ do not depend on ``num_envs``.
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 import envs
 from worldmodel.data.episodes import Episodes
 from worldmodel.data.policies import BehaviourPolicy
-from worldmodel.data.storage import SPLITS, write_dataset
+from worldmodel.data.storage import SPLITS, Dataset, DatasetError, open_dataset, remove_stale_writes, write_dataset
 
 if TYPE_CHECKING:
     from worldmodel.data.config import CollectConfig
@@ -223,19 +224,56 @@ def software_versions() -> dict[str, str]:
 def ensure_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS) -> Path:
     """A dataset directory of ``cfg`` holding ``splits``, collecting what is missing (once).
 
+    Names carry a hash of everything that determines the content (``cfg.identity()``), so a
+    request never gets other data that happens to exist; an existing directory is checked
+    against the request when it is opened (``open_dataset(path, expect=cfg.identity(splits))``).
     The full dataset (``cfg.dataset_name``) is used whenever it exists. An entry point that
     needs only the held-out split (planning) does not collect the training episodes: it
     collects ``cfg.heldout_dataset_name``, which holds just the held-out episodes.
+    Unfinished writes of dead processes (``<name>.partial-<pid>``) are removed, and reported.
     """
     root = Path(cfg.root)
-    full = root / cfg.dataset_name
-    if full.exists() or cfg.name or set(splits) - {"heldout"}:
-        if not full.exists():
-            print(f"dataset {full} not found: collecting it (once)")
-            build_dataset(cfg)
-        return full
-    path = root / cfg.heldout_dataset_name
+    full = _existing(root / cfg.dataset_name, root / legacy_name(cfg, SPLITS), cfg.identity())
+    if full is not None or cfg.name or set(splits) - {"heldout"}:
+        path, collect_splits = full or root / cfg.dataset_name, SPLITS
+    else:
+        path = _existing(root / cfg.heldout_dataset_name, root / legacy_name(cfg, ("heldout",)),
+                         cfg.identity(("heldout",))) or root / cfg.heldout_dataset_name
+        collect_splits = ("heldout",)
+    remove_stale_writes(path)
     if not path.exists():
-        print(f"dataset {path} not found: collecting the {cfg.heldout_episodes} held-out episodes (once)")
-        build_dataset(cfg, splits=("heldout",), path=path)
+        what = "it" if collect_splits == SPLITS else f"the {cfg.heldout_episodes} held-out episodes"
+        print(f"dataset {path} not found: collecting {what} (once)")
+        build_dataset(cfg, splits=collect_splits, path=path)
     return path
+
+
+def _existing(path: Path, legacy: Path, identity: dict) -> Path | None:
+    """``path`` if it exists; else ``legacy`` (the name before names carried their hash) if it exists
+    and holds ``identity``; else ``None``."""
+    if path.exists():
+        return path
+    if not legacy.is_dir():
+        return None
+    try:
+        open_dataset(legacy, verify=False, expect=identity)
+    except DatasetError as err:
+        print(f"not using {legacy}: {err}", file=sys.stderr)
+        return None
+    print(f"using {legacy} (named before dataset names carried a hash of their settings; it holds the data "
+          f"{path.name} would)", file=sys.stderr)
+    return legacy
+
+
+def legacy_name(cfg: "CollectConfig", splits: tuple[str, ...]) -> str:
+    """The name a dataset of ``cfg`` had before names carried a hash of every setting."""
+    prefix = f"{cfg.env.name}-{cfg.policy.name}-{cfg.env.image_size}px"
+    if splits == ("heldout",):
+        return f"{prefix}-heldout{cfg.heldout_episodes}x{cfg.env.episode_steps}-e{cfg.eval_seed}"
+    return f"{prefix}-{cfg.train_episodes}x{cfg.env.episode_steps}-s{cfg.seed}"
+
+
+def load_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS, verify: bool = True) -> Dataset:
+    """The dataset of ``cfg`` holding ``splits`` (collected first when missing), opened and checked
+    against the request: what the entry points call."""
+    return open_dataset(ensure_dataset(cfg, splits), verify=verify, expect=cfg.identity(splits))

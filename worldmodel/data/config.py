@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from envs.config import EnvConfig, check_patch_grid
+from envs.registry import get_spec
 from worldmodel.data.policies import POLICIES, make_policy
+from worldmodel.data.storage import SPLITS, split_groups
+from worldmodel.files import config_hash
 
 
 @dataclass
@@ -25,6 +28,9 @@ class PolicyConfig:
     def __post_init__(self):
         if self.name not in POLICIES:
             raise ValueError(f"unknown behaviour policy {self.name!r}; expected one of {sorted(POLICIES)}")
+        if not 0 <= self.beta < 1 or not self.sigma > 0:
+            raise ValueError(f"policy.beta must be in [0, 1) and policy.sigma > 0, got beta={self.beta}, "
+                             f"sigma={self.sigma}")
 
     def build(self):
         """The behaviour policy these settings describe."""
@@ -74,21 +80,39 @@ class CollectConfig:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.train_episodes < 1:
             raise ValueError(f"train_episodes must be >= 1, got {self.train_episodes}")
+        if self.seed < 0 or self.eval_seed < 0:
+            raise ValueError(f"seed and eval_seed must be >= 0 (numpy seeds), got seed={self.seed}, "
+                             f"eval_seed={self.eval_seed}")
         if self.seed == self.eval_seed:
             raise ValueError(f"eval_seed ({self.eval_seed}) must differ from seed ({self.seed})")
         if self.num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
 
+    def identity(self, splits: tuple[str, ...] = SPLITS) -> dict:
+        """Everything that determines the content of ``splits`` (what ``dataset_identity`` reads back
+        from a manifest): the env and its rendering, the policy, and each split group's seed and counts."""
+        spec = get_spec(self.env.name)
+        out = {"env": {"name": spec.name, "version": spec.version, "episode_steps": self.env.episode_steps,
+                       "kwargs": self.env.env_kwargs()},
+               "policy": self.policy.build().params()}
+        groups = split_groups(splits)
+        if "fit" in groups:
+            out["fit"] = {"seed": self.seed, "train_episodes": self.train_episodes, "val_episodes": self.val_episodes}
+        if "heldout" in groups:
+            out["heldout"] = {"seed": self.eval_seed, "episodes": self.heldout_episodes}
+        return out
+
     @property
     def dataset_name(self) -> str:
-        """Directory name of the dataset with every split."""
+        """Directory name of the dataset with every split: readable settings and a hash of all of them."""
         return self.name or (
             f"{self.env.name}-{self.policy.name}-{self.env.image_size}px"
-            f"-{self.train_episodes}x{self.env.episode_steps}-s{self.seed}"
+            f"-{self.train_episodes}x{self.env.episode_steps}-s{self.seed}-{config_hash(self.identity())}"
         )
 
     @property
     def heldout_dataset_name(self) -> str:
         """Directory name of a dataset with only the held-out split (what planning needs)."""
         return (f"{self.env.name}-{self.policy.name}-{self.env.image_size}px"
-                f"-heldout{self.heldout_episodes}x{self.env.episode_steps}-e{self.eval_seed}")
+                f"-heldout{self.heldout_episodes}x{self.env.episode_steps}-e{self.eval_seed}"
+                f"-{config_hash(self.identity(('heldout',)))}")

@@ -14,8 +14,11 @@ slower (``benchmarks/collect.py`` measures both).
 
 Writes are atomic: everything goes to ``<name>.partial-<pid>/`` and the directory is
 renamed to ``<name>`` only after ``manifest.json`` (written last) is complete. A
-reader refuses a directory without a manifest, and a file whose checksum or size
-disagrees with it.
+reader refuses a directory without a manifest, a manifest edited after it was written
+(it carries a checksum of itself), a file whose checksum or size disagrees with it, and
+arrays whose shapes disagree with the counts and image size it states. What a dataset
+holds is :func:`dataset_identity` of its manifest; opening one with ``expect=`` (a
+``CollectConfig.identity``) refuses other data, naming the settings that differ.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,22 +36,21 @@ from typing import Any
 import numpy as np
 
 from worldmodel.data.episodes import Episodes
+from worldmodel.files import changed_keys, file_sha256, stale_leftovers
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the manifest's own checksum; 1 is still read
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "heldout")
 
 
+def split_groups(splits) -> list[str]:
+    """The groups of splits collected together: ``fit`` (train and val, one seed, split by episode)
+    and ``heldout`` (its own seed)."""
+    return [g for g, members in (("fit", {"train", "val"}), ("heldout", {"heldout"})) if members & set(splits)]
+
+
 class DatasetError(RuntimeError):
     """A dataset is missing, incomplete or corrupt."""
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dataset_checksum(files: dict[str, dict]) -> str:
@@ -56,6 +59,19 @@ def dataset_checksum(files: dict[str, dict]) -> str:
     for rel in sorted(files):
         h.update(f"{rel}:{files[rel]['sha256']}\n".encode())
     return h.hexdigest()
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's content (without this checksum)."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def remove_stale_writes(path: Path) -> None:
+    """Remove (and report) ``<path>.partial-<pid>`` directories whose writer no longer runs."""
+    for stale in stale_leftovers(path.parent, path.name, ("partial",)):
+        print(f"removing {stale}: an unfinished write of a process that no longer runs", file=sys.stderr)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_dataset(
@@ -77,6 +93,7 @@ def write_dataset(
     if path.exists():
         raise FileExistsError(f"dataset directory {path} already exists; remove it or choose another name")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_writes(path)
     tmp = path.parent / f"{path.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -109,6 +126,7 @@ def write_dataset(
             "files": files,
             "checksum": dataset_checksum(files),
         }
+        manifest["manifest_checksum"] = manifest_checksum(manifest)
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=2)
             f.flush()
@@ -188,13 +206,15 @@ class Dataset:
         return p
 
 
-def open_dataset(path: str | Path, verify: bool = True) -> Dataset:
-    """Open a dataset directory, refusing incomplete or corrupt ones.
+def open_dataset(path: str | Path, verify: bool = True, expect: dict[str, Any] | None = None) -> Dataset:
+    """Open a dataset directory, refusing incomplete, corrupt or edited ones.
 
     Args:
         path: the dataset directory (holding ``manifest.json``).
-        verify: recompute every file's sha256 against the manifest (sizes are always
-            checked).
+        verify: recompute every file's sha256 against the manifest (sizes, the manifest's own
+            checksum and the arrays' shapes are always checked).
+        expect: what the dataset must hold (``CollectConfig.identity(splits)``); a dataset holding
+            anything else is refused, naming the settings that differ.
     """
     path = Path(path)
     if not path.is_dir():
@@ -207,8 +227,11 @@ def open_dataset(path: str | Path, verify: bool = True) -> Dataset:
         manifest = json.loads((path / MANIFEST).read_text())
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path / MANIFEST} is not valid JSON: {err}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if manifest.get("format_version") not in (1, FORMAT_VERSION):
+        raise DatasetError(f"{path}: format_version {manifest.get('format_version')!r}, expected 1 or {FORMAT_VERSION}")
+    if manifest["format_version"] >= 2 and manifest.get("manifest_checksum") != manifest_checksum(manifest):
+        raise DatasetError(f"{path}/{MANIFEST} was edited after the dataset was written (its content does not match "
+                           f"its manifest_checksum); collect the dataset again instead of editing it")
     files = manifest["files"]
     if dataset_checksum(files) != manifest["checksum"]:
         raise DatasetError(f"{path}: the manifest's file list does not match its checksum {manifest['checksum']}")
@@ -220,4 +243,51 @@ def open_dataset(path: str | Path, verify: bool = True) -> Dataset:
             raise DatasetError(f"{path}: {rel} has {f.stat().st_size} bytes, manifest says {info['bytes']}")
         if verify and file_sha256(f) != info["sha256"]:
             raise DatasetError(f"{path}: checksum mismatch for {rel} (expected sha256 {info['sha256'][:12]}...)")
-    return Dataset(path=path, manifest=manifest)
+    dataset = Dataset(path=path, manifest=manifest)
+    for split in dataset.split_names:
+        check_split_arrays(dataset, split)
+    if expect is not None:
+        held = dataset_identity(manifest, [g for g in ("fit", "heldout") if g in expect])
+        changed = changed_keys(held, expect)
+        if changed:
+            raise DatasetError(f"dataset {path} holds other data than was asked for: {'; '.join(changed)} "
+                               f"(dataset -> request); remove it, or choose another root or name")
+    return dataset
+
+
+def dataset_identity(manifest: dict[str, Any], groups: list[str] | None = None) -> dict[str, Any]:
+    """What a manifest says its dataset holds, in the form of ``CollectConfig.identity`` (``groups``:
+    which split groups, ``fit`` and/or ``heldout``; default both)."""
+    env, splits = manifest["env"], manifest["splits"]
+    count = lambda split: splits.get(split, {}).get("episodes", 0)  # noqa: E731
+    out = {"env": {"name": env["name"], "version": env["version"], "episode_steps": env["episode_steps"],
+                   "kwargs": env["kwargs"]},
+           "policy": manifest["policy"]}
+    groups = ["fit", "heldout"] if groups is None else groups
+    if "fit" in groups:
+        out["fit"] = {"seed": manifest["seed"], "train_episodes": count("train"), "val_episodes": count("val")}
+    if "heldout" in groups:
+        out["heldout"] = {"seed": manifest["eval_seed"], "episodes": count("heldout")}
+    return out
+
+
+def check_split_arrays(dataset: Dataset, split: str) -> None:
+    """The arrays of ``split`` have the counts and image size the manifest states (array headers only)."""
+    info, size = dataset.manifest["splits"][split], dataset.manifest.get("image_size")
+    load = lambda stem: np.load(dataset.path / split / f"{stem}.npy", mmap_mode="r", allow_pickle=False)  # noqa: E731
+    try:
+        obs, actions, states, lengths = load("obs"), load("actions"), load("states"), load("lengths")
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{dataset.path}/{split}: an array is unreadable ({err})") from None
+    problems = []
+    if obs.ndim != 4 or obs.dtype != np.uint8 or (size is not None and obs.shape[1:3] != (size, size)):
+        problems.append(f"obs is {obs.dtype} {obs.shape}, manifest says {size}x{size} uint8 images")
+    if len(obs) != info["frames"] or len(states) != info["frames"]:
+        problems.append(f"obs/states have {len(obs)}/{len(states)} frames, manifest says {info['frames']}")
+    if len(actions) != info["steps"] or int(np.sum(lengths)) != info["steps"]:
+        problems.append(f"actions/lengths hold {len(actions)}/{int(np.sum(lengths))} steps, "
+                        f"manifest says {info['steps']}")
+    if len(lengths) != info["episodes"]:
+        problems.append(f"{len(lengths)} episodes, manifest says {info['episodes']}")
+    if problems:
+        raise DatasetError(f"{dataset.path}/{split} disagrees with its manifest: {'; '.join(problems)}")

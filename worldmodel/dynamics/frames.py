@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from worldmodel.data.episodes import Episodes
+from worldmodel.files import verified, write_verified
 from worldmodel.jepa.vit import ViTEncoder, normalize_images
 
 
@@ -56,12 +57,16 @@ def digest(tensors, *settings) -> str:
     return h.hexdigest()[:16]
 
 
-def save_atomic(path: Path, save) -> None:
-    """``save(tmp_path)``, then rename the file into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    save(tmp)
-    os.replace(tmp, path)
+def cached(path: Path | None, what: str) -> bool:
+    """Whether a cache file can be used: it exists and matches its recorded checksum. A file that
+    does not match (changed on disk, or written by an older version) is reported and recomputed."""
+    if path is None or not path.exists():
+        return False
+    if verified(path):
+        return True
+    print(f"warning: the cached {what} {path} does not match its recorded checksum (changed on disk, or "
+          f"written by an older version); recomputing it", file=sys.stderr)
+    return False
 
 
 class ImageTable:
@@ -238,7 +243,7 @@ class FrozenJEPAFrames(FrameEncoder):
         if self.cfg.project_dim:
             key = digest([], self.vit_key(), cache and cache.data_key, self.cfg.project_dim, seed, self.device.type)
             path = cache and cache.dir / f"projection-{key}.pt"
-            if path and path.exists():
+            if cached(path, "projection"):
                 saved = torch.load(path, weights_only=True)
                 self.pca_mean.copy_(saved["mean"])
                 self.pca_components.copy_(saved["components"])
@@ -249,7 +254,7 @@ class FrozenJEPAFrames(FrameEncoder):
                     self.fit_projection(train, seed=seed)
                 if path:
                     state = {"mean": self.pca_mean.cpu().clone(), "components": self.pca_components.cpu().clone()}
-                    save_atomic(path, lambda tmp: torch.save(state, tmp))
+                    write_verified(path, lambda tmp: torch.save(state, tmp))
         table = self.feature_table(train, cache, progress)
         self.set_statistics(table)
         return table
@@ -272,14 +277,17 @@ class FrozenJEPAFrames(FrameEncoder):
             projection = [self.pca_mean, self.pca_components] if self.cfg.project_dim else []
             key = digest(projection, self.vit_key(), self.cfg.project_dim, cache.data_key, self.device.type)
             path = cache.dir / f"features-{key}.npy"
-            if path.exists():
+            if cached(path, "features"):
                 return torch.from_numpy(np.load(path))
         out = torch.empty(len(episodes.obs), self.feature_dim)
         for i in tqdm(range(0, len(out), batch), desc="encode frames", disable=not progress):
             obs = torch.from_numpy(np.array(episodes.obs[i : i + batch])).permute(0, 3, 1, 2).to(self.device)
             out[i : i + batch] = self.features(obs).float().cpu()
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError(f"the frame features hold {int((~torch.isfinite(out)).sum())} non-finite values: "
+                                     f"the encoder's weights or the projection are not finite")
         if path is not None:
-            save_atomic(path, lambda tmp: np.save(tmp, out.numpy()))
+            write_verified(path, lambda tmp: np.save(tmp, out.numpy()))
         return out
 
     def probe_representations(self, table: torch.Tensor) -> dict[str, np.ndarray]:
@@ -300,7 +308,7 @@ class FrozenJEPAFrames(FrameEncoder):
 
 
 class ConvNet(nn.Module):
-    """A small conv net from images ``(..., C, H, W)`` (uint8 or normalised floats) to vectors ``(..., out_dim)``.
+    """A small conv net from images ``(..., C, H, W)`` uint8 to vectors ``(..., out_dim)``.
 
     Four stride-2 4x4 convolutions (``width``, 2, 4, 4 x ``width`` channels, GroupNorm, GELU)
     take a ``H x W`` image to an ``H/16 x W/16`` map, which an MLP (``hidden``, LayerNorm)

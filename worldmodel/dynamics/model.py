@@ -180,23 +180,46 @@ class WorldModel(nn.Module):
             actions = torch.zeros((B, L.span, L.action_dim), device=frames.device, dtype=self.dtype)
         if actions.shape != (B, L.span, L.action_dim):
             raise ValueError(f"actions must be (B, {L.span}, {L.action_dim}), got {tuple(actions.shape)}")
+        if frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be uint8 images (0-255), got {frames.dtype}; convert floats in [0, 1] "
+                             f"with (x * 255).round().to(torch.uint8)")
+        require_finite("actions", actions)
         z = self.latents(frames)
         return L.compose(z, L.blocks(actions).to(z.dtype))
 
-    def predict(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """Next state: ``s (..., state_dim)``, ``a (..., block_dim)`` -> ``(..., state_dim)``."""
-        if a.shape[-1] != self.layout.block_dim:
-            raise ValueError(f"action block must have {self.layout.block_dim} values (last axis), got {a.shape[-1]}")
+    def predict(self, s: torch.Tensor, a: torch.Tensor, check_inputs: bool = True) -> torch.Tensor:
+        """Next state: ``s (..., state_dim)``, ``a (..., block_dim)`` -> ``(..., state_dim)``.
+
+        ``check_inputs`` refuses wrong sizes and non-finite values (one device sync); a caller in a
+        tight loop over inputs it made itself (a planner's candidates) may turn it off.
+        """
+        if check_inputs:
+            self._check_states("s", s)
+            if a.shape[-1] != self.layout.block_dim:
+                raise ValueError(f"action block must have {self.layout.block_dim} values (last axis), got {a.shape[-1]}")
+            require_finite("a", a)
         new = self.layout.newest(s) + self.predictor(s, a)
         return self.layout.shift(s, new, a)
 
-    def rollout(self, s0: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """States after each block: ``s0 (B, state_dim)``, ``actions (B, H, block_dim)`` -> ``(B, H, state_dim)``."""
+    def rollout(self, s0: torch.Tensor, actions: torch.Tensor, check_inputs: bool = True) -> torch.Tensor:
+        """States after each block: ``s0 (B, state_dim)``, ``actions (B, H, block_dim)`` -> ``(B, H, state_dim)``
+        (``check_inputs`` as in :meth:`predict`, done once for the whole rollout)."""
+        if check_inputs:
+            self._check_states("s0", s0)
+            if actions.ndim != s0.ndim + 1 or actions.shape[-1] != self.layout.block_dim:
+                raise ValueError(f"actions must be (B, H, {self.layout.block_dim}) for s0 {tuple(s0.shape)}, "
+                                 f"got {tuple(actions.shape)}")
+            require_finite("actions", actions)
         states, s = [], s0
         for t in range(actions.shape[1]):
-            s = self.predict(s, actions[:, t])
+            s = self.predict(s, actions[:, t], check_inputs=False)
             states.append(s)
         return torch.stack(states, dim=1)
+
+    def _check_states(self, name: str, s: torch.Tensor) -> None:
+        if s.shape[-1] != self.state_dim:
+            raise ValueError(f"{name} must be states (..., {self.state_dim}), got {tuple(s.shape)}")
+        require_finite(name, s)
 
     def newest(self, s: torch.Tensor) -> torch.Tensor:
         """The newest frame latent ``(..., latent_dim)`` of states ``(..., state_dim)``."""
@@ -243,6 +266,13 @@ class WorldModel(nn.Module):
         except RuntimeError as err:
             raise CheckpointError(f"{path}: the weights do not fit the model its config.json describes ({err})") from None
         return model.to(device).eval()
+
+
+def require_finite(name: str, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming ``name`` when ``x`` holds NaN or inf."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} holds {bad} non-finite values (NaN or inf) of {x.numel()}")
 
 
 def upgrade_v1_weights(config: dict, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,8 +12,11 @@ from worldmodel.evaluation.protocol import (
     make_baseline,
     run_task,
     sample_goal_tasks,
+    summarize,
+    task_seed,
     wilson_interval,
 )
+from worldmodel.evaluation.journal import TaskJournal
 from worldmodel.evaluation.representation import frame_probes, representations, rollout_probes, surprise_test
 from worldmodel.evaluation.surprise import auroc, perturbation_names, replay, surprise
 from worldmodel.evaluation.video import episode_video
@@ -25,6 +28,7 @@ __all__ = [
     "EpisodeResult",
     "GoalTask",
     "RandomAgent",
+    "TaskJournal",
     "ZeroAgent",
     "auroc",
     "episode_video",
@@ -37,7 +41,9 @@ __all__ = [
     "rollout_probes",
     "run_task",
     "sample_goal_tasks",
+    "summarize",
     "surprise",
     "surprise_test",
+    "task_seed",
     "wilson_interval",
 ]

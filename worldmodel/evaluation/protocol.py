@@ -4,7 +4,10 @@ A task takes a held-out episode and a start index ``t``; the simulator is reset 
 the exact recorded state at ``t`` and the goal is the recorded image (and state) at
 ``t + goal_offset``. The agent sees only the current image and the goal image and
 has ``budget`` env steps; it succeeds if at any step the env's success test holds.
-Tasks whose start already meets the test are skipped.
+Tasks are distinct (episode, start) pairs, drawn without replacement; starts that
+already meet the test are skipped. Each task is run with its own seed (derived from the
+evaluation's seed and the task's index), so a task's outcome does not depend on the
+tasks run before it, and an interrupted evaluation resumed later gives the same results.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import gymnasium
 import numpy as np
@@ -38,6 +41,10 @@ class Agent(Protocol):
 
     name: str
 
+    def seed(self, seed: int) -> None:
+        """Reseed every random draw of the agent (called before each task)."""
+        ...
+
     def reset(self, goal_obs: np.ndarray) -> None:
         """Start a new task with this goal image ``(H, W, C) uint8``."""
         ...
@@ -55,6 +62,9 @@ class RandomAgent:
     rng: np.random.Generator
     name: str = "random"
 
+    def seed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
     def reset(self, goal_obs: np.ndarray) -> None:
         pass
 
@@ -69,6 +79,9 @@ class ZeroAgent:
     action_space: gymnasium.spaces.Box
     name: str = "zero"
 
+    def seed(self, seed: int) -> None:
+        pass
+
     def reset(self, goal_obs: np.ndarray) -> None:
         pass
 
@@ -79,24 +92,34 @@ class ZeroAgent:
 def sample_goal_tasks(
     episodes: Episodes, spec: EnvSpec, n: int, goal_offset: int, rng: np.random.Generator
 ) -> list[GoalTask]:
-    """``n`` tasks drawn uniformly over (episode, start), skipping starts that already succeed."""
-    usable = np.flatnonzero(episodes.lengths >= goal_offset)
-    if len(usable) == 0:
+    """``n`` distinct tasks drawn uniformly without replacement over the (episode, start) pairs,
+    skipping starts that already meet the goal; a request for more tasks than the split holds is
+    refused."""
+    if n < 1 or goal_offset < 1:
+        raise ValueError(f"need n >= 1 tasks and goal_offset >= 1, got n={n}, goal_offset={goal_offset}")
+    starts = np.maximum(np.asarray(episodes.lengths, dtype=np.int64) - goal_offset + 1, 0)  # per episode
+    if starts.sum() == 0:
         raise ValueError(f"no episode is long enough for goal_offset={goal_offset} (longest: {episodes.lengths.max()})")
+    first = np.concatenate([[0], np.cumsum(starts)[:-1]])
     tasks: list[GoalTask] = []
-    for _ in range(100 * n):
-        if len(tasks) == n:
-            break
-        e = int(rng.choice(usable))
-        t = int(rng.integers(0, episodes.lengths[e] - goal_offset + 1))
+    for pair in rng.permutation(int(starts.sum())):
+        e = int(np.searchsorted(first, pair, side="right") - 1)
+        t = int(pair - first[e])
         f0 = int(episodes.frame_starts[e])
         start, goal = np.asarray(episodes.states[f0 + t]), np.asarray(episodes.states[f0 + t + goal_offset])
         if spec.success(start, goal):
             continue
         tasks.append(GoalTask(e, t, start, goal, np.asarray(episodes.obs[f0 + t + goal_offset])))
-    if len(tasks) < n:
-        raise ValueError(f"found only {len(tasks)} of {n} tasks whose start does not already meet the goal")
-    return tasks
+        if len(tasks) == n:
+            return tasks
+    raise ValueError(f"asked for {n} tasks, but the held-out split holds only {len(tasks)} distinct (episode, start) "
+                     f"pairs whose start does not already meet the goal ({len(starts)} episodes, goal_offset "
+                     f"{goal_offset}); collect more held-out episodes (heldout_episodes=...) or ask for fewer")
+
+
+def task_seed(seed: int, index: int) -> int:
+    """The seed of task ``index`` of an evaluation seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 @dataclass
@@ -106,7 +129,19 @@ class EpisodeResult:
     final_goal_error: float  # the env's goal error (``EnvSpec.goal_error``) at the end
     best_goal_error: float  # the smallest goal error reached within the budget
     act_seconds: list[float] = field(default_factory=list)
+    plan_seconds: list[float] = field(default_factory=list)  # the agent's replans (planners only)
     frames: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (image, goal error) when recorded
+
+    def to_json(self) -> dict:
+        """Everything but the frames, JSON-able (what an interrupted evaluation keeps)."""
+        return {"success": bool(self.success), "steps": int(self.steps), "final_goal_error": float(self.final_goal_error),
+                "best_goal_error": float(self.best_goal_error), "act_seconds": list(map(float, self.act_seconds)),
+                "plan_seconds": list(map(float, self.plan_seconds))}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "EpisodeResult":
+        return cls(d["success"], d["steps"], d["final_goal_error"], d["best_goal_error"], d["act_seconds"],
+                   d["plan_seconds"])
 
 
 def run_task(
@@ -119,6 +154,8 @@ def run_task(
     env.reset(seed=0)
     spec.set_state(env, task.start_state)
     obs = env.unwrapped.render()
+    agent_plans = getattr(agent, "plan_seconds", [])  # the agent appends its replanning times
+    plans_before = len(agent_plans)
     agent.reset(task.goal_obs)
     if getattr(agent, "privileged", False):  # the simulator-based oracle also gets the goal state
         agent.set_goal_state(task.goal_state)
@@ -135,8 +172,8 @@ def run_task(
         if record:
             frames.append((obs, err))
         if spec.success(state, task.goal_state):
-            return EpisodeResult(True, step, err, best, times, frames)
-    return EpisodeResult(False, budget, err, best, times, frames)
+            return EpisodeResult(True, step, err, best, times, list(agent_plans[plans_before:]), frames)
+    return EpisodeResult(False, budget, err, best, times, list(agent_plans[plans_before:]), frames)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -158,18 +195,41 @@ def evaluate_agent(
     budget: int,
     progress: bool = True,
     record: int = 0,
+    seed: int | None = None,
+    done: dict[int, EpisodeResult] | None = None,
+    on_result: Callable[[int, EpisodeResult], None] | None = None,
 ) -> tuple[dict, list[EpisodeResult]]:
     """Run every task with ``agent``: a summary (success rate, Wilson 95 % interval, errors,
-    timings) and the per-task results (the first ``record`` with their frames)."""
-    results = [
-        run_task(env, spec, task, agent, budget, record=i < record)
-        for i, task in enumerate(tqdm(tasks, desc=agent.name, disable=not progress))
-    ]
+    timings) and the per-task results (the first ``record`` with their frames).
+
+    Args:
+        seed: reseed the agent before task ``i`` with ``task_seed(seed, i)`` (``None``: don't).
+        done: results of tasks finished before (by index), not run again (resuming).
+        on_result: called with ``(index, result)`` after each task that runs (e.g. to append it to a file).
+    """
+    done = dict(done or {})
+    results = []
+    for i, task in enumerate(tqdm(tasks, desc=agent.name, disable=not progress)):
+        if i in done:
+            results.append(done[i])
+            continue
+        if seed is not None:
+            agent.seed(task_seed(seed, i))
+        result = run_task(env, spec, task, agent, budget, record=i < record)
+        if on_result is not None:
+            on_result(i, result)
+        results.append(result)
+    return summarize(agent.name, results), results
+
+
+def summarize(name: str, results: list[EpisodeResult]) -> dict:
+    """Success rate with its Wilson 95 % interval, errors and timings of an agent's results."""
     k, n = sum(r.success for r in results), len(results)
     lo, hi = wilson_interval(k, n)
     act = [s for r in results for s in r.act_seconds]
+    plans = [s for r in results for s in r.plan_seconds]
     summary = {
-        "agent": agent.name,
+        "agent": name,
         "episodes": n,
         "successes": k,
         "success_rate": k / n,
@@ -179,7 +239,9 @@ def evaluate_agent(
         "median_best_goal_error": float(np.median([r.best_goal_error for r in results])),
         "mean_act_ms": 1000 * float(np.mean(act)),
     }
-    return summary, results
+    if plans:
+        summary["mean_plan_ms"], summary["replans"] = 1000 * float(np.mean(plans)), len(plans)
+    return summary
 
 
 BASELINES = ("random", "zero")

@@ -126,8 +126,6 @@ def jepa_loss(model: JEPA, images: torch.Tensor, context_idx: torch.Tensor, targ
     Returns a dict with ``loss`` (to minimise), ``jepa`` and ``vc`` terms and
     ``pooled`` target embeddings ``(B, D)`` (detached).
     """
-    if not torch.isfinite(images.float()).all():
-        raise ValueError("images contain non-finite values")
     target_all, tokens = model.targets(images)
     context = model.encoder(images, keep=context_idx)
     losses = []

@@ -70,8 +70,9 @@ def sincos_pos_embed(grid: tuple[int, int], dim: int) -> torch.Tensor:
 class ViTEncoder(nn.Module):
     """Patch tokens of an image; optionally of a subset of its patches.
 
-    ``forward(images, keep=None)``: ``images (B, C, H, W)`` uint8 (0-255) or float
-    (already normalised); ``keep (B, M)`` patch indices. Returns ``(B, N or M, D)``.
+    ``forward(images, keep=None, normalized=False)``: ``images (B, C, H, W)`` uint8 (0-255), or
+    with ``normalized=True`` floats already normalised by :func:`normalize_images`; ``keep (B, M)``
+    patch indices. Returns ``(B, N or M, D)``.
     """
 
     def __init__(self, cfg: EncoderConfig):
@@ -102,9 +103,12 @@ class ViTEncoder(nn.Module):
         if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
             raise ValueError(f"images must have shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
 
-    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None, normalized: bool = False) -> torch.Tensor:
         self.check_images(images)
-        x = normalize_images(images).to(self.vit.patch_embed.proj.weight.dtype)
+        if normalized and not images.is_floating_point():
+            raise ValueError(f"normalized=True takes float images, got {images.dtype}")
+        x = images if normalized else normalize_images(images)
+        x = x.to(self.vit.patch_embed.proj.weight.dtype)
         x = self.vit.patch_embed(x)  # (B, N, D)
         x = x + self.vit.pos_embed
         if keep is not None:
@@ -114,11 +118,16 @@ class ViTEncoder(nn.Module):
 
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (0-255) to float32 of roughly zero mean and unit scale; float images pass through
-    (they are taken as normalised already)."""
-    if images.dtype == torch.uint8:
-        return (images.float() / 255.0 - 0.5) / 0.25
-    return images
+    """uint8 images (0-255) to float32 of roughly zero mean and unit scale.
+
+    Anything but uint8 is an error: a float image could be in 0-1, in 0-255 or normalised
+    already, and guessing wrong silently gives other features. Convert floats in 0-1 with
+    ``(x * 255).round().to(torch.uint8)``, or pass normalised ones with ``normalized=True``.
+    """
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (0-255), got {images.dtype}; convert floats in [0, 1] with "
+                         f"(x * 255).round().to(torch.uint8), or pass already normalised ones with normalized=True")
+    return (images.float() / 255.0 - 0.5) / 0.25
 
 
 def pool_tokens(tokens: torch.Tensor) -> torch.Tensor:

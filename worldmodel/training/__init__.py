@@ -4,12 +4,15 @@ from worldmodel.training.collapse import RepresentationCollapse, embedding_stats
 from worldmodel.training.distributed import distributed, rank_zero_first, resolve_device, shutdown_distributed
 from worldmodel.training.logs import plot_log, write_csv
 from worldmodel.training.loop import Objective, OptimConfig, Trainer
+from worldmodel.training.rundir import RunConfigChanged, RunDirectory
 from worldmodel.training.schedules import ema_momentum, ema_update, lr_at, weight_decay_at
 
 __all__ = [
     "Objective",
     "OptimConfig",
     "RepresentationCollapse",
+    "RunConfigChanged",
+    "RunDirectory",
     "Trainer",
     "distributed",
     "ema_momentum",

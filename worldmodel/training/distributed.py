@@ -35,16 +35,26 @@ def shutdown_distributed() -> None:
 
 
 def check_device_name(name: str) -> None:
-    """Raise unless ``name`` is ``auto``, ``cpu`` or ``cuda``."""
-    if name not in DEVICES:
-        raise ValueError(f"device must be one of {list(DEVICES)}, got {name!r}")
+    """Raise unless ``name`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    index = name.split(":", 1)[1] if isinstance(name, str) and name.startswith("cuda:") else None
+    if name not in DEVICES and not (index is not None and index.isdigit()):
+        raise ValueError(f"device must be one of {list(DEVICES)} or cuda:N (N a GPU index), got {name!r}")
 
 
 def resolve_device(name: str, rank: int = 0) -> torch.device:
-    """``auto``: CUDA when available, else the CPU; ``cuda`` without a GPU is a clear error."""
+    """``auto``: CUDA when available, else the CPU; ``cuda`` (this rank's GPU) or ``cuda:N`` without
+    such a GPU is a clear error, before any work starts."""
     check_device_name(name)
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for, but torch sees no CUDA GPU (use device=auto or device=cpu)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} was asked for, but torch sees no CUDA GPU (torch {torch.__version__}, "
+                           f"built for CUDA {torch.version.cuda or 'none'}); use device=auto or device=cpu")
+    if name.startswith("cuda:"):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(f"device={name} pins every torchrun process to one GPU; use device=cuda (one GPU per rank)")
+        index, count = int(name.split(":")[1]), torch.cuda.device_count()
+        if index >= count:
+            raise RuntimeError(f"device={name} was asked for, but torch sees {count} GPU(s) (cuda:0..cuda:{count - 1})")
+        return torch.device("cuda", index)
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", rank % max(1, torch.cuda.device_count()))
     return torch.device("cpu")

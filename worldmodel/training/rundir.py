@@ -1,0 +1,118 @@
+"""A training run's directory: one run at a time, resumed only as the run it holds.
+
+``RunDirectory(out_dir, config, resume)`` is entered by the training entry points before
+any work starts. It
+
+- locks ``out_dir`` (a second run into the same directory fails at once, naming the
+  process that holds it; the lock dies with its process);
+- tidies what a kill left behind (a checkpoint caught between its two renames is put back);
+- refuses to start a fresh run over an existing one (its checkpoint or log) unless
+  ``resume`` is asked for;
+- on resume, compares the run's settings with those stored in its checkpoint and refuses
+  any change, naming the changed keys, unless each is listed in ``allow`` (e.g.
+  ``resume_allow=[train.steps]`` to extend a run). Settings that never change what is
+  computed (progress bars, logging and checkpoint intervals, the device) are not compared.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from worldmodel.checkpoint import load_config, recover_checkpoint
+from worldmodel.files import DirectoryLock, changed_keys
+
+RUN_KEY = "run"  # the checkpoint config.json key holding the run's settings
+# Settings that do not change what a run computes: never compared on resume.
+VOLATILE = ("resume", "resume_allow", "progress", "train.progress", "train.log_every", "train.checkpoint_every",
+            "train.device", "num_envs", "out_dir", "root", "feature_cache", "minari")
+
+
+class RunConfigChanged(ValueError):
+    """``resume`` was asked for with settings other than those the run was started with."""
+
+
+class RunDirectory:
+    """Context manager around a training run's directory (see the module docstring).
+
+    Args:
+        path: the run directory (``out_dir``).
+        config: the run's settings, JSON-able (stored in its checkpoints as ``run``).
+        resume: continue the run in ``path`` when it has a checkpoint.
+        allow: dotted keys allowed to differ on resume.
+    Once the data is opened, :meth:`check_dataset` compares its checksum with the checkpoint's.
+    """
+
+    def __init__(self, path: str | Path, config: dict[str, Any], resume: bool = False,
+                 allow: list[str] | tuple[str, ...] = ()):
+        self.path, self.config, self.resume, self.allow = Path(path), config, resume, tuple(allow)
+        self.lock = DirectoryLock(self.path, "run directory")
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint"
+
+    def __enter__(self) -> "RunDirectory":
+        primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 holds the lock for all
+        if primary:
+            self.lock.acquire()
+        try:
+            for note in recover_checkpoint(self.checkpoint) if primary else []:
+                print(f"{self.path}: {note}", file=sys.stderr)
+            if self.resume:
+                self.check_resume()
+            elif self.checkpoint.exists() or (self.path / "log.csv").exists():
+                raise FileExistsError(f"{self.path} holds a run already (its checkpoint or log.csv): pass --resume "
+                                      f"(resume=true) to continue it, or choose another out_dir")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+    def check_resume(self) -> None:
+        """Raise :class:`RunConfigChanged` unless the checkpoint's run has these settings and data."""
+        if not self.checkpoint.exists():
+            return
+        stored = load_config(self.checkpoint)
+        if RUN_KEY not in stored:
+            print(f"warning: {self.checkpoint} was written before runs recorded their settings; resuming "
+                  f"without checking them", file=sys.stderr)
+            return
+        changes = [c for c in changed_keys(strip(stored[RUN_KEY]), strip(self.config))
+                   if c.split(":", 1)[0] not in self.allow]
+        if changes:
+            raise RunConfigChanged(
+                f"cannot resume {self.checkpoint} with other settings than it was started with: {'; '.join(changes)} "
+                f"(checkpoint -> now). Resume with the same settings, start a new out_dir, or allow the change "
+                f"explicitly with resume_allow=[{','.join(c.split(':', 1)[0] for c in changes)}]")
+
+
+    def check_dataset(self, checksum: str) -> None:
+        """On resume, refuse data other than the checkpoint's (by the dataset's checksum)."""
+        if not (self.resume and self.checkpoint.exists()) or "dataset_checksum" in self.allow:
+            return
+        stored = load_config(self.checkpoint).get("dataset_checksum")
+        if stored is not None and stored != checksum:
+            raise RunConfigChanged(f"cannot resume {self.checkpoint} on other data: it trained on a dataset with "
+                                   f"checksum {stored[:12]}..., this one has {checksum[:12]}... (allow it explicitly "
+                                   f"with resume_allow=[dataset_checksum])")
+
+
+def strip(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the :data:`VOLATILE` keys (dotted paths)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in VOLATILE:
+            continue
+        if isinstance(value, dict):
+            inner = {k: v for k, v in value.items() if f"{key}.{k}" not in VOLATILE}
+            out[key] = inner
+        else:
+            out[key] = value
+    return out
+
