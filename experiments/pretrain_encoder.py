@@ -21,30 +21,16 @@ from omegaconf import DictConfig
 import envs
 from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
+from experiments.runs import training_run
 from experiments.schemas import PretrainConfig
-from worldmodel.data import load_dataset
 from worldmodel.jepa import JEPA, PretrainObjective, linear_probe
-from worldmodel.training import (
-    RepresentationCollapse,
-    RunDirectory,
-    Trainer,
-    distributed,
-    plot_log,
-    rank_zero_first,
-    resolve_device,
-    shutdown_distributed,
-)
+from worldmodel.training import RepresentationCollapse, Trainer, plot_log, shutdown_distributed
 from worldmodel.training.rundir import RUN_KEY
 
 
 def run(cfg: PretrainConfig) -> dict:
-    """Pretrain in ``cfg.out_dir``, locked for the run (see ``RunDirectory``)."""
-    with RunDirectory(cfg.out_dir, asdict(cfg), cfg.resume, cfg.resume_allow) as rundir:
-        rank, _ = distributed()  # under torchrun: rank 0 collects what is missing, the other ranks then read it
-        resolve_device(cfg.train.device, rank)  # a missing GPU fails here, before any collection
-        with rank_zero_first():
-            dataset = load_dataset(cfg)
-        rundir.check_dataset(dataset.manifest["checksum"])
+    """Pretrain in ``cfg.out_dir``, locked for the run (see ``experiments.runs.training_run``)."""
+    with training_run(cfg) as dataset:
         return train(cfg, dataset)
 
 

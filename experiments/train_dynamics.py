@@ -20,12 +20,11 @@ from omegaconf import DictConfig
 
 from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
+from experiments.runs import training_run
 from experiments.schemas import DynamicsExperimentConfig
-from worldmodel.data import load_dataset
 from worldmodel.dynamics import DynamicsObjective, FeatureCache, WindowBatches, WorldModel, validate
 from worldmodel.dynamics.frames import load_pretrained_vit
 from worldmodel.training import (
-    RunDirectory,
     Trainer,
     distributed,
     plot_log,
@@ -54,13 +53,8 @@ def build(cfg: DynamicsExperimentConfig, dataset) -> tuple[WorldModel, dict]:
 
 
 def run(cfg: DynamicsExperimentConfig) -> dict:
-    """Train in ``cfg.out_dir``, locked for the run (see ``RunDirectory``)."""
-    with RunDirectory(cfg.out_dir, asdict(cfg), cfg.resume, cfg.resume_allow) as rundir:
-        rank, _ = distributed()  # under torchrun: rank 0 collects what is missing, the other ranks then read it
-        resolve_device(cfg.train.device, rank)  # a missing GPU fails here, before any collection
-        with rank_zero_first():
-            dataset = load_dataset(cfg)
-        rundir.check_dataset(dataset.manifest["checksum"])
+    """Train in ``cfg.out_dir``, locked for the run (see ``experiments.runs.training_run``)."""
+    with training_run(cfg) as dataset:
         return train(cfg, dataset)
 
 
