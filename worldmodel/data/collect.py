@@ -233,7 +233,8 @@ def ensure_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS) -> Pa
     Unfinished writes of dead processes (``<name>.partial-<pid>``) are removed, and reported.
     """
     root = Path(cfg.root)
-    full = _existing(root / cfg.dataset_name, root / legacy_name(cfg, SPLITS), cfg.identity())
+    legacy_full = None if cfg.name else root / legacy_name(cfg, SPLITS)  # an explicit name is used as given
+    full = _existing(root / cfg.dataset_name, legacy_full, cfg.identity())
     if full is not None or cfg.name or set(splits) - {"heldout"}:
         path, collect_splits = full or root / cfg.dataset_name, SPLITS
     else:
@@ -248,12 +249,12 @@ def ensure_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS) -> Pa
     return path
 
 
-def _existing(path: Path, legacy: Path, identity: dict) -> Path | None:
+def _existing(path: Path, legacy: Path | None, identity: dict) -> Path | None:
     """``path`` if it exists; else ``legacy`` (the name before names carried their hash) if it exists
     and holds ``identity``; else ``None``."""
     if path.exists():
         return path
-    if not legacy.is_dir():
+    if legacy is None or not legacy.is_dir():
         return None
     try:
         open_dataset(legacy, verify=False, expect=identity)
