@@ -120,6 +120,23 @@ def test_unfinished_collections_of_dead_processes_are_removed_and_reported(tiny_
     assert not stale.exists() and "no longer runs" in capsys.readouterr().err
 
 
+def test_a_dataset_under_its_name_from_before_the_hash_is_used_only_when_it_matches(tiny_dataset, tmp_path, capsys):
+    from worldmodel.data.collect import legacy_name
+
+    cfg = tiny_collect_config(tmp_path)
+    legacy = Path(shutil.copytree(tiny_dataset.path, tmp_path / legacy_name(cfg, ("train", "val", "heldout"))))
+    assert ensure_dataset(cfg) == legacy and "named before dataset names carried a hash" in capsys.readouterr().err
+    other = tiny_collect_config(tmp_path, eval_seed=7, num_envs=1)  # same legacy name, other held-out episodes
+    assert legacy_name(other, ("train", "val", "heldout")) == legacy.name
+    path = ensure_dataset(other, splits=("heldout",))  # not the legacy directory: a new held-out set
+    assert path != legacy and "not using" in capsys.readouterr().err
+    assert open_dataset(path).manifest["eval_seed"] == 7
+    with pytest.raises(DatasetError):  # explicit names are used as given, and checked
+        from worldmodel.data import load_dataset
+
+        load_dataset(tiny_collect_config(tmp_path, name=legacy.name, val_episodes=3), verify=False)
+
+
 def run_config(**changes) -> dict:
     return {"seed": 0, "train": {"steps": 10, "lr": 1e-3, "progress": True}, **changes}
 
