@@ -68,6 +68,11 @@ class PlanConfig(CollectConfig):
             )
         if self.heldout_episodes < 1:
             raise ValueError(f"heldout_episodes must be >= 1 to evaluate, got {self.heldout_episodes}")
+        pairs = self.heldout_episodes * (self.env.episode_steps - self.goal_offset + 1)
+        if self.episodes > pairs:
+            raise ValueError(f"episodes={self.episodes} distinct tasks asked for, but {self.heldout_episodes} held-out "
+                             f"episodes of {self.env.episode_steps} steps hold at most {pairs} (episode, start) pairs "
+                             f"with goal_offset={self.goal_offset}; collect more (heldout_episodes=...) or ask for fewer")
         if self.videos < 0 or self.task_seed < 0:
             raise ValueError(f"videos and task_seed must be >= 0, got {self.videos}, {self.task_seed}")
         check_device_name(self.device)

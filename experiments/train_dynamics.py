@@ -35,12 +35,11 @@ from worldmodel.training import (
 from worldmodel.training.rundir import RUN_KEY
 
 
-def build(cfg: DynamicsExperimentConfig, dataset) -> tuple[WorldModel, dict]:
+def build(cfg: DynamicsExperimentConfig, dataset, vit) -> tuple[WorldModel, dict]:
     """The world model (initialised from ``cfg.train.seed``) on its device, prepared on the train split,
     and the feature tables of the train and val splits."""
     train = dataset.split("train")
     height, width, channels = train.obs.shape[1:]
-    vit = load_pretrained_vit(cfg.dynamics, cfg.encoder_checkpoint)
     torch.manual_seed(cfg.train.seed)
     model = WorldModel.build(cfg.dynamics, train.actions.shape[1], (channels, height, width), vit)
     model.to(resolve_device(cfg.train.device, distributed()[0]))
@@ -54,13 +53,17 @@ def build(cfg: DynamicsExperimentConfig, dataset) -> tuple[WorldModel, dict]:
 
 def run(cfg: DynamicsExperimentConfig) -> dict:
     """Train in ``cfg.out_dir``, locked for the run (see ``experiments.runs.training_run``)."""
+    vit = load_pretrained_vit(cfg.dynamics, cfg.encoder_checkpoint)  # a missing encoder fails before any collection
+    if vit is not None and vit.cfg.image_size != cfg.env.image_size:
+        raise ValueError(f"the encoder of {cfg.encoder_checkpoint} takes {vit.cfg.image_size}px images, the env "
+                         f"gives {cfg.env.image_size}px")
     with training_run(cfg) as dataset:
-        return train(cfg, dataset)
+        return train(cfg, dataset, vit)
 
 
-def train(cfg: DynamicsExperimentConfig, dataset) -> dict:
+def train(cfg: DynamicsExperimentConfig, dataset, vit) -> dict:
     out = Path(cfg.out_dir)
-    model, tables = build(cfg, dataset)
+    model, tables = build(cfg, dataset, vit)
     batches = {s: WindowBatches(model, dataset.split(s), tables[s], cfg.train.rollout_steps) for s in tables}
     meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"],
             "encoder_checkpoint": cfg.encoder_checkpoint if model.encoder.pretrained else None,

@@ -430,6 +430,21 @@ def test_a_model_that_does_not_fit_the_env_fails_before_collecting(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_a_missing_encoder_checkpoint_fails_before_collecting(tmp_path):
+    from experiments import train_dynamics
+
+    cfg = load("train_dynamics", [f"root={tmp_path}/data", f"encoder_checkpoint={tmp_path}/none",
+                                  f"out_dir={tmp_path}/run"])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train_dynamics.run(cfg)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
+def test_more_tasks_than_the_heldout_episodes_can_hold_fail_in_the_config():
+    with pytest.raises(ValueError, match=r"hold at most 760 \(episode, start\) pairs"):
+        load("plan", ["heldout_episodes=10", "episodes=1000"])
+
+
 def test_a_missing_model_fails_before_collecting(tmp_path):
     cfg = load("plan", [f"root={tmp_path}/data", f"model={tmp_path}/none", f"output_dir={tmp_path}/out"])
     with pytest.raises(FileNotFoundError, match="not found"):
