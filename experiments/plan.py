@@ -110,6 +110,7 @@ def run(cfg: PlanConfig) -> dict:
         raise
     finally:
         env.close()
+        journal.release()
     stem = f"plan-{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = {
         "protocol": {

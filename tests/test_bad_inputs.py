@@ -183,7 +183,7 @@ def test_a_run_directory_in_use_is_locked(tmp_path):
 
 def test_a_lock_dies_with_its_process(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", f"from worldmodel.files import DirectoryLock; import time; "
-                               f"DirectoryLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                               f"lock = DirectoryLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(LockedError, match=f"process {holder.pid}"):
@@ -506,9 +506,13 @@ def test_a_journal_cut_by_a_kill_resumes_and_keeps_appending_whole_lines(tiny_da
     journal.append("cem", 0, task, result)
     with open(journal.path, "a") as f:
         f.write('{"agent": "cem", "index": 1, "succ')  # killed mid-line
+    with pytest.raises(LockedError, match=f"an evaluation with these settings in .* is in use by process {os.getpid()}"):
+        TaskJournal(tmp_path / "j.jsonl", {"seed": 0}, resume=True)  # a second evaluation, same settings, same place
+    journal.release()  # as at the end of plan.run (or when its process dies)
     again = TaskJournal(tmp_path / "j.jsonl", {"seed": 0}, resume=True)
     assert list(again.done["cem"]) == [0]
     again.append("cem", 1, task, result)
+    again.release()
     third = TaskJournal(tmp_path / "j.jsonl", {"seed": 0}, resume=True)
     assert sorted(third.done["cem"]) == [0, 1] and third.done["cem"][1] == result
 

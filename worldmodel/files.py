@@ -100,7 +100,8 @@ class LockedError(RuntimeError):
 
 
 class DirectoryLock:
-    """An exclusive lock on a directory (``<dir>/.lock``, ``flock``), held while a run uses it.
+    """An exclusive lock on a directory (``<dir>/.lock``, ``flock``), held while a run uses it (or,
+    with another ``lock_name``, on one thing in it, e.g. one evaluation's journal).
 
     The lock dies with its process, so a killed run never leaves a stale lock behind::
 
@@ -108,8 +109,8 @@ class DirectoryLock:
             ...
     """
 
-    def __init__(self, path: str | Path, what: str = "directory"):
-        self.path, self.what, self.fd = Path(path), what, None
+    def __init__(self, path: str | Path, what: str = "directory", lock_name: str = ".lock"):
+        self.path, self.what, self.lock_name, self.fd = Path(path), what, lock_name, None
 
     def acquire(self) -> "DirectoryLock":
         try:
@@ -118,7 +119,7 @@ class DirectoryLock:
             raise NotADirectoryError(f"{self.what} {self.path} is a file, expected a directory") from None
         except PermissionError:
             raise PermissionError(f"cannot create the {self.what} directory {self.path}: permission denied") from None
-        lock = self.path / ".lock"
+        lock = self.path / self.lock_name
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except PermissionError:
@@ -142,6 +143,12 @@ class DirectoryLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # at interpreter exit the modules may be gone; the OS releases the lock anyway
+            pass
 
     def __enter__(self) -> "DirectoryLock":
         return self.acquire()

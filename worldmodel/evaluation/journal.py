@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from worldmodel.evaluation.protocol import EpisodeResult, GoalTask
-from worldmodel.files import changed_keys
+from worldmodel.files import DirectoryLock, changed_keys
 
 
 class TaskJournal:
@@ -23,6 +23,16 @@ class TaskJournal:
     def __init__(self, path: str | Path, header: dict, resume: bool = False):
         self.path, self.header = Path(path), header
         self.done: dict[str, dict[int, EpisodeResult]] = {}
+        # one process per journal: a second evaluation with the same settings in the same directory stops here
+        self.lock = DirectoryLock(self.path.parent, "an evaluation with these settings in", f".{self.path.name}.lock")
+        self.lock.acquire()
+        try:
+            self._open(resume)
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self, resume: bool) -> None:
         if resume and self.path.exists():
             self._read()
             return
@@ -39,7 +49,7 @@ class TaskJournal:
                   f"(pass resume=true to continue one instead of starting over)", file=sys.stderr)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "w") as f:
-            f.write(json.dumps({"header": header}) + "\n")
+            f.write(json.dumps({"header": self.header}) + "\n")
 
     def _read(self) -> None:
         text = self.path.read_text()
@@ -71,7 +81,12 @@ class TaskJournal:
         with open(self.path, "a") as f:
             f.write(json.dumps({"finished": True}) + "\n")
         os.replace(self.path, final)
+        self.release()
         return Path(final)
+
+    def release(self) -> None:
+        """Let another process continue this journal (also done by this process's exit)."""
+        self.lock.release()
 
     def append(self, agent: str, index: int, task: GoalTask, result: EpisodeResult) -> None:
         line = {"agent": agent, "index": index, "episode": task.episode, "start": task.start, **result.to_json()}
