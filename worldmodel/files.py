@@ -113,17 +113,7 @@ class DirectoryLock:
         self.path, self.what, self.lock_name, self.fd = Path(path), what, lock_name, None
 
     def acquire(self) -> "DirectoryLock":
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise NotADirectoryError(f"{self.what} {self.path} is a file, expected a directory") from None
-        except PermissionError:
-            raise PermissionError(f"cannot create the {self.what} directory {self.path}: permission denied") from None
-        lock = self.path / self.lock_name
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except PermissionError:
-            raise PermissionError(f"{self.what} {self.path} is not writable (permission denied)") from None
+        fd = os.open(writable_dir(self.path, self.what) / self.lock_name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from worldmodel.data.episodes import Episodes
-from worldmodel.files import changed_keys, file_sha256, stale_leftovers
+from worldmodel.files import changed_keys, config_hash, file_sha256, stale_leftovers
 
 FORMAT_VERSION = 2  # 2 adds the manifest's own checksum; 1 is still read
 MANIFEST = "manifest.json"
@@ -63,8 +63,7 @@ def dataset_checksum(files: dict[str, dict]) -> str:
 
 def manifest_checksum(manifest: dict[str, Any]) -> str:
     """sha256 of the manifest's content (without this checksum)."""
-    body = {k: v for k, v in manifest.items() if k != "manifest_checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return config_hash({k: v for k, v in manifest.items() if k != "manifest_checksum"}, length=64)
 
 
 def remove_stale_writes(path: Path) -> None:

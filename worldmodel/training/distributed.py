@@ -53,7 +53,8 @@ def resolve_device(name: str, rank: int = 0) -> torch.device:
             raise ValueError(f"device={name} pins every torchrun process to one GPU; use device=cuda (one GPU per rank)")
         index, count = int(name.split(":")[1]), torch.cuda.device_count()
         if index >= count:
-            raise RuntimeError(f"device={name} was asked for, but torch sees {count} GPU(s) (cuda:0..cuda:{count - 1})")
+            raise RuntimeError(f"device={name} was asked for, but torch sees {count} GPU(s): the index must be below "
+                               f"{count}")
         return torch.device("cuda", index)
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", rank % max(1, torch.cuda.device_count()))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from worldmodel.checkpoint import load_config, recover_checkpoint
-from worldmodel.files import DirectoryLock, changed_keys
+from worldmodel.files import DirectoryLock, changed_keys, flatten
 
 RUN_KEY = "run"  # the checkpoint config.json key holding the run's settings
 # Settings that do not change what a run computes: never compared on resume.
@@ -104,15 +104,5 @@ class RunDirectory:
 
 
 def strip(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` without the :data:`VOLATILE` keys (dotted paths)."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if key in VOLATILE:
-            continue
-        if isinstance(value, dict):
-            inner = {k: v for k, v in value.items() if f"{key}.{k}" not in VOLATILE}
-            out[key] = inner
-        else:
-            out[key] = value
-    return out
-
+    """``config`` flattened to dotted keys, without the :data:`VOLATILE` ones."""
+    return {k: v for k, v in flatten(config).items() if k not in VOLATILE}

@@ -1,0 +1,159 @@
+"""Bad inputs and faults, evaluation: fail before any work, keep what is done, draw distinct tasks."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import envs
+from experiments import plan
+from experiments.conf import load
+from tests.conftest import dataset_args
+from worldmodel.checkpoint import CheckpointError
+from worldmodel.evaluation import RandomAgent, TaskJournal, evaluate_agent, sample_goal_tasks
+from worldmodel.files import LockedError, writable_dir
+
+
+
+# --- fail early, keep what is done -------------------------------------------------------------
+
+def plan_config(tmp_path, dataset, *overrides):
+    return load("plan", [*dataset_args(dataset), "episodes=4", "budget=5", "goal_offset=10", "progress=false",
+                         "model=", "videos=0", f"output_dir={tmp_path}/out", *overrides])
+
+
+def test_an_output_dir_that_is_a_file_fails_before_any_work(tmp_path):
+    (tmp_path / "out").write_text("")
+    cfg = load("plan", [f"root={tmp_path}/data", "model=", f"output_dir={tmp_path}/out"])
+    with pytest.raises(NotADirectoryError, match="output_dir .* is a file"):
+        plan.run(cfg)
+    assert not (tmp_path / "data").exists()  # nothing was collected
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_a_read_only_output_dir_fails_before_any_work(tmp_path):
+    (tmp_path / "out").mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match="not writable"):
+        writable_dir(tmp_path / "out", "output_dir")
+
+
+def test_a_model_that_does_not_fit_the_env_fails_before_collecting(tmp_path):
+    cfg = load("plan", [f"root={tmp_path}/data", "env.image_size=96", f"output_dir={tmp_path}/out"])
+    with pytest.raises(ValueError, match="takes 64px images, env gives 96px"):
+        plan.run(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_missing_encoder_checkpoint_fails_before_collecting(tmp_path):
+    from experiments import train_dynamics
+
+    cfg = load("train_dynamics", [f"root={tmp_path}/data", f"encoder_checkpoint={tmp_path}/none",
+                                  f"out_dir={tmp_path}/run"])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train_dynamics.run(cfg)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
+def test_more_tasks_than_the_heldout_episodes_can_hold_fail_in_the_config():
+    with pytest.raises(ValueError, match=r"hold at most 760 \(episode, start\) pairs"):
+        load("plan", ["heldout_episodes=10", "episodes=1000"])
+
+
+def test_a_missing_model_fails_before_collecting(tmp_path):
+    cfg = load("plan", [f"root={tmp_path}/data", f"model={tmp_path}/none", f"output_dir={tmp_path}/out"])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        plan.run(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_interrupted_evaluation_keeps_its_tasks_and_resumes_to_the_same_result(tiny_dataset, tmp_path, capsys):
+    full = plan.run(plan_config(tmp_path / "a", tiny_dataset))
+    cfg = plan_config(tmp_path / "b", tiny_dataset)
+    original = plan.evaluate_agent
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):  # Ctrl-C after the first two random-agent tasks
+        on_result = kwargs["on_result"]
+
+        def counting(i, r):
+            on_result(i, r)
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+
+        return original(*args, **{**kwargs, "on_result": counting})
+
+    plan.evaluate_agent = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            plan.run(cfg)
+    finally:
+        plan.evaluate_agent = original
+    (journal,) = (tmp_path / "b" / "out").glob("*.tasks.jsonl")
+    assert len(journal.read_text().splitlines()) == 3  # the header and two tasks
+    assert "resume=true" in capsys.readouterr().err
+    with open(journal, "a") as f:
+        f.write('{"agent": "random", "ind')  # a line cut short by a kill
+    resumed = plan.run(plan_config(tmp_path / "b", tiny_dataset, "resume=true"))
+    assert "resuming" in capsys.readouterr().out
+    assert not journal.exists()  # finished: moved next to the result, marked finished
+    assert Path(resumed["task_journal"]).read_text().splitlines()[-1] == '{"finished": true}'
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("mean_act_ms",)}  # noqa: E731
+    assert [strip(r) for r in resumed["results"]] == [strip(r) for r in full["results"]]
+
+
+def test_resuming_an_evaluation_with_other_settings_is_refused(tiny_dataset, tmp_path):
+    header = {"task_seed": 0, "episodes": 4}
+    TaskJournal(tmp_path / "j.jsonl", header)
+    with pytest.raises(ValueError, match="task_seed: 0 -> 1"):
+        TaskJournal(tmp_path / "j.jsonl", {**header, "task_seed": 1}, resume=True)
+    TaskJournal(tmp_path / "j.jsonl", header)  # without resume: the old journal is kept aside
+    assert (tmp_path / "j.prev.jsonl").exists()
+
+
+def test_a_journal_cut_by_a_kill_resumes_and_keeps_appending_whole_lines(tiny_dataset, tmp_path):
+    from worldmodel.evaluation import EpisodeResult
+
+    task = sample_goal_tasks(tiny_dataset.split("heldout"), envs.get_spec("reacher"), 1, 10, np.random.default_rng(0))[0]
+    result = EpisodeResult(True, 3, 0.01, 0.01, [0.1, 0.1, 0.1])
+    journal = TaskJournal(tmp_path / "j.jsonl", {"seed": 0})
+    journal.append("cem", 0, task, result)
+    with open(journal.path, "a") as f:
+        f.write('{"agent": "cem", "index": 1, "succ')  # killed mid-line
+    with pytest.raises(LockedError, match=f"an evaluation with these settings in .* is in use by process {os.getpid()}"):
+        TaskJournal(tmp_path / "j.jsonl", {"seed": 0}, resume=True)  # a second evaluation, same settings, same place
+    journal.release()  # as at the end of plan.run (or when its process dies)
+    again = TaskJournal(tmp_path / "j.jsonl", {"seed": 0}, resume=True)
+    assert list(again.done["cem"]) == [0]
+    again.append("cem", 1, task, result)
+    again.release()
+    third = TaskJournal(tmp_path / "j.jsonl", {"seed": 0}, resume=True)
+    assert sorted(third.done["cem"]) == [0, 1] and third.done["cem"][1] == result
+
+
+def test_each_task_has_its_own_seed_so_resuming_gives_the_same_results(tiny_dataset):
+    spec = envs.get_spec("reacher")
+    env = envs.EnvConfig(episode_steps=20).make(max_episode_steps=5)
+    tasks = sample_goal_tasks(tiny_dataset.split("heldout"), spec, 4, 10, np.random.default_rng(0))
+    rand = RandomAgent(env.action_space, np.random.default_rng(0))
+    _, full = evaluate_agent(env, spec, tasks, rand, 5, progress=False, seed=3)
+    _, resumed = evaluate_agent(env, spec, tasks, rand, 5, progress=False, seed=3, done={0: full[0], 1: full[1]})
+    assert [r.best_goal_error for r in resumed] == [r.best_goal_error for r in full]
+    _, other = evaluate_agent(env, spec, tasks, rand, 5, progress=False, seed=4)
+    assert [r.best_goal_error for r in other] != [r.best_goal_error for r in full]
+    env.close()
+
+
+# --- statistics -------------------------------------------------------------------------------------
+
+def test_tasks_are_distinct_pairs(tiny_dataset):
+    spec = envs.get_spec("reacher")
+    tasks = sample_goal_tasks(tiny_dataset.split("heldout"), spec, 20, 10, np.random.default_rng(0))
+    assert len({(t.episode, t.start) for t in tasks}) == 20
+
+
+def test_more_tasks_than_the_split_holds_is_refused(tiny_dataset):
+    spec = envs.get_spec("reacher")  # 2 episodes x 11 starts at most
+    with pytest.raises(ValueError, match=r"asked for 40 tasks, but the held-out split holds only \d+ distinct"):
+        sample_goal_tasks(tiny_dataset.split("heldout"), spec, 40, 10, np.random.default_rng(0))

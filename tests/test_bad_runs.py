@@ -1,0 +1,130 @@
+"""Bad inputs and faults, training runs and checkpoints: one run per directory, resumed only as itself;
+corrupt or non-finite weights refused."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.conf import load
+from tests.models import tiny_world_model
+from worldmodel.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
+from worldmodel.dynamics import WorldModel
+from worldmodel.files import DirectoryLock, LockedError
+from worldmodel.training import RunConfigChanged, RunDirectory
+
+ROOT = Path(__file__).resolve().parents[1]
+DEAD_PID = 2**22 + 1  # above the largest pid_max Linux allows: never a live process
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_world_model(block=2)
+
+
+def run_config(**changes) -> dict:
+    return {"seed": 0, "train": {"steps": 10, "lr": 1e-3, "progress": True}, **changes}
+
+
+def fake_run(path: Path, config: dict, checksum: str = "abc") -> None:
+    save_checkpoint(path / "checkpoint", {"run": config, "dataset_checksum": checksum}, {"w": torch.zeros(2)})
+    (path / "log.csv").write_text("step\n1\n")
+
+
+def test_resume_refuses_changed_settings_naming_them_unless_allowed(tmp_path):
+    fake_run(tmp_path, run_config())
+    with pytest.raises(RunConfigChanged, match=r"train.steps: 10 -> 20.*resume_allow=\[train.steps\]"):
+        with RunDirectory(tmp_path, run_config(train={"steps": 20, "lr": 1e-3}), resume=True):
+            pass
+    with RunDirectory(tmp_path, run_config(train={"steps": 20, "lr": 1e-3}), resume=True, allow=["train.steps"]):
+        pass
+    with RunDirectory(tmp_path, run_config(train={"steps": 10, "lr": 1e-3, "progress": False}), resume=True):
+        pass  # progress bars do not change what a run computes
+
+
+def test_resume_refuses_other_data(tmp_path):
+    fake_run(tmp_path, run_config(), checksum="a" * 64)
+    with RunDirectory(tmp_path, run_config(), resume=True) as run:
+        with pytest.raises(RunConfigChanged, match="on other data"):
+            run.check_dataset("b" * 64)
+        run.check_dataset("a" * 64)
+
+
+def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path):
+    (tmp_path / "log.csv").write_text("step\n5\n")  # a run killed before its first checkpoint
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        with RunDirectory(tmp_path, run_config()):
+            pass
+
+
+def test_a_run_directory_in_use_is_locked(tmp_path):
+    with RunDirectory(tmp_path, run_config()):
+        with pytest.raises(LockedError, match=f"in use by process {os.getpid()}"):
+            with RunDirectory(tmp_path, run_config()):
+                pass
+    with RunDirectory(tmp_path, run_config()):  # released on exit
+        pass
+
+
+def test_a_lock_dies_with_its_process(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", f"from worldmodel.files import DirectoryLock; import time; "
+                               f"lock = DirectoryLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(LockedError, match=f"process {holder.pid}"):
+        DirectoryLock(tmp_path).acquire()
+    holder.kill()
+    holder.wait()
+    DirectoryLock(tmp_path).acquire().release()
+
+
+def test_a_checkpoint_caught_between_its_renames_is_put_back(tmp_path, capsys):
+    fake_run(tmp_path, run_config())
+    os.rename(tmp_path / "checkpoint", tmp_path / f"checkpoint.old-{DEAD_PID}")
+    (tmp_path / f"checkpoint.tmp-{DEAD_PID}").mkdir()
+    with RunDirectory(tmp_path, run_config(), resume=True):
+        assert load_config(tmp_path / "checkpoint")["run"] == run_config()
+    assert not list(tmp_path.glob("checkpoint.*-*")) and "restored checkpoint" in capsys.readouterr().err
+
+
+def test_resume_allow_must_name_real_settings():
+    with pytest.raises(ValueError, match=r"resume_allow names unknown settings \['train.stpes'\]"):
+        load("train_dynamics", ["resume_allow=[train.stpes]"])
+
+
+# --- checkpoints: corrupt or non-finite weights are refused -------------------------------------------
+
+def test_a_checkpoint_overwritten_in_place_is_refused(model, tmp_path):
+    path = model.save_pretrained(tmp_path / "m")
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4000:] = b"\xff" * 4000  # same size, NaN bytes
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        WorldModel.from_pretrained(path)
+
+
+def test_non_finite_weights_are_refused_even_without_a_recorded_checksum(tmp_path):
+    save_checkpoint(tmp_path / "c", {}, {"w": torch.tensor([1.0, float("nan")])})
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    config.pop("weights_sha256")
+    (tmp_path / "c" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="1 weight tensors hold NaN or inf"):
+        load_weights(tmp_path / "c")
+
+
+@pytest.mark.parametrize("content, match", [("{not json", "is not valid JSON"), ("[1, 2]", "holds a list")])
+def test_an_unreadable_checkpoint_config_is_refused(model, tmp_path, content, match):
+    path = model.save_pretrained(tmp_path / "m")
+    (path / "config.json").write_text(content)
+    with pytest.raises(CheckpointError, match=match):
+        WorldModel.from_pretrained(path)
+
+
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        WorldModel.from_pretrained(tmp_path / "nowhere")

@@ -1,0 +1,168 @@
+"""Bad inputs and faults, values: numbers that are not numbers, and inputs outside the contract."""
+
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.conf import load
+from planners import CEM, MPPI, Bounds, CEMConfig, GradientConfig, GradientPlanner, MPPIConfig, NonFiniteCost
+from planners.mpc import LatentMPCAgent, MPCConfig
+from tests.models import tiny_world_model
+from worldmodel.jepa import EncoderConfig, ViTEncoder
+from worldmodel.training import OptimConfig, resolve_device
+
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_world_model(block=2)
+
+
+# --- numbers that are not numbers --------------------------------------------------------------------
+
+def states_and_actions(model, n=3):
+    obs = torch.randint(0, 255, (n, 3, 64, 64), dtype=torch.uint8)
+    s = model.encode(obs)
+    return s, torch.zeros(n, 4, model.block_dim)
+
+
+@pytest.mark.parametrize("where", ["s0", "actions"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_rollout_refuses_non_finite_inputs_naming_them(model, where, value):
+    s, a = states_and_actions(model)
+    (s if where == "s0" else a)[1, 0, ...] = value
+    n = 1 if where == "s0" else model.block_dim
+    with pytest.raises(ValueError, match=f"{where} holds {n} non-finite values"):
+        model.rollout(s, a)
+
+
+def test_predict_and_encode_refuse_non_finite_inputs(model):
+    s, a = states_and_actions(model)
+    s[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="s holds 1 non-finite"):
+        model.predict(s, a[:, 0])
+    frames = torch.zeros(2, 2, 3, 64, 64, dtype=torch.uint8)
+    actions = torch.full((2, model.layout.span, 2), float("nan"))
+    with pytest.raises(ValueError, match="actions holds 8 non-finite"):
+        model.encode(frames, actions)
+
+
+@pytest.mark.parametrize("planner", [
+    CEM(CEMConfig(samples=20, elites=4, iterations=2), 3, Bounds([-1.0], [1.0])),
+    MPPI(MPPIConfig(samples=20, iterations=2), 3, Bounds([-1.0], [1.0])),
+    GradientPlanner(GradientConfig(restarts=2, steps=2), 3, Bounds([-1.0], [1.0])),
+], ids=["cem", "mppi", "gradient"])
+def test_planners_raise_when_every_cost_is_not_finite(planner):
+    nan_cost = lambda a: (a.sum((-1, -2)) * float("nan"))  # noqa: E731
+    with torch.enable_grad():
+        with pytest.raises(NonFiniteCost, match=r"every candidate's cost was NaN or inf for problems \[0, 1\]"):
+            planner.plan(nan_cost, 2, torch.Generator().manual_seed(0))
+
+
+def test_cem_plans_around_candidates_whose_cost_is_nan():
+    def cost(a):  # NaN for candidates that push negative; otherwise distance to 0.5
+        c = (a - 0.5).pow(2).sum((-1, -2))
+        return torch.where(a[..., 0, 0] < 0, torch.full_like(c, float("nan")), c)
+
+    cem = CEM(CEMConfig(samples=50, elites=5, iterations=4), 2, Bounds([-1.0], [1.0]))
+    result = cem.plan(cost, 1, torch.Generator().manual_seed(0))
+    assert torch.isfinite(result.cost).all() and result.actions[0, 0, 0] >= 0
+
+
+def test_frame_features_that_are_not_finite_stop_before_training(tiny_dataset):
+    broken = tiny_world_model(block=2)
+    with torch.no_grad():
+        next(broken.encoder.vit.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="frame features hold .* non-finite values"):
+        broken.encoder.feature_table(tiny_dataset.split("heldout"), progress=False)
+
+
+# --- inputs outside the contract ------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64])
+def test_images_that_are_not_uint8_are_refused(model, dtype):
+    frames = torch.zeros(2, 3, 64, 64, dtype=dtype)
+    with pytest.raises(ValueError, match=f"frames must be uint8 images .*got {dtype}"):
+        model.encode(frames)
+    vit = ViTEncoder(EncoderConfig(size="tiny"))
+    with pytest.raises(ValueError, match=r"images must be uint8 \(0-255\), got"):
+        vit(frames)
+
+
+def test_normalised_float_images_need_the_explicit_convention():
+    vit = ViTEncoder(EncoderConfig(size="tiny"))
+    assert vit(torch.zeros(1, 3, 64, 64), normalized=True).shape == (1, 64, vit.width)
+    with pytest.raises(ValueError, match="normalized=True takes float images"):
+        vit(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), normalized=True)
+
+
+def agent(model) -> LatentMPCAgent:
+    cfg = MPCConfig(horizon=2, receding_horizon=2, cem=CEMConfig(samples=8, elites=2, iterations=1))
+    return LatentMPCAgent(model, cfg, np.array([-1.0, -1.0]), np.array([1.0, 1.0]), torch.Generator())
+
+
+@pytest.mark.parametrize("image, match", [
+    (np.full((64, 64, 3), np.nan), r"goal image must be an \(H, W, C\) uint8 numpy image, got float64"),
+    (np.zeros((64, 64, 3), np.float32), "got float32"),
+    (np.zeros((32, 32, 3), np.uint8), r"must have shape \(64, 64, 3\) for this model, got \(32, 32, 3\)"),
+    (np.zeros((3, 64, 64), np.uint8), r"must have shape \(64, 64, 3\)"),
+    (torch.zeros(64, 64, 3, dtype=torch.uint8), "numpy image"),
+])
+def test_a_bad_goal_image_is_refused_by_the_agent(model, image, match):
+    with pytest.raises(ValueError, match=match):
+        agent(model).reset(image)
+
+
+def test_a_bad_observation_is_refused_by_the_agent(model):
+    a = agent(model)
+    a.reset(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="observation must be"):
+        a.act(np.zeros((64, 64, 3), np.float64))
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "CPU", "cuda:-1"])
+def test_unknown_device_names_are_refused(name):
+    with pytest.raises(ValueError, match=f"got '{name}'"):
+        resolve_device(name)
+    with pytest.raises(ValueError, match="device must be one of"):
+        load("plan", [f"device={name}"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_is_a_clear_error(name):
+    with pytest.raises(RuntimeError, match=f"device={name} was asked for, but torch sees no CUDA GPU"):
+        resolve_device(name)
+
+
+@pytest.mark.parametrize("config, overrides, match", [
+    ("collect", ["seed=-1"], "seed and eval_seed must be >= 0"),
+    ("plan", ["eval_seed=-5"], "seed and eval_seed must be >= 0"),
+    ("plan", ["task_seed=-1"], "videos and task_seed must be >= 0"),
+    ("plan", ["videos=-1"], "videos and task_seed must be >= 0"),
+    ("plan", ["episodes=0"], "episodes and budget must be >= 1"),
+    ("plan", ["goal_offset=500"], r"goal_offset must be in \[1, env.episode_steps=100\]"),
+    ("plan", ["baselines=[random,best]"], "unknown baseline 'best'"),
+    ("plan", ["mpc.planner=ilqr"], "planner must be 'cem', 'mppi' or 'gradient'"),
+    ("plan", ["mpc.cem.elites=1"], "need 2 <= elites <= samples"),
+    ("plan", ["env=reacher", "env.image_size=60"], "multiple of the patch size"),
+    ("collect", ["policy=correlated", "policy.beta=1.5"], r"policy.beta must be in \[0, 1\)"),
+    ("pretrain", ["train.seed=-1"], "seed must be >= 0"),
+    ("train_dynamics", ["projection_seed=-2"], "projection_seed must be >= 0"),
+    ("probe", ["probe_seed=-1"], "probe_seed must be >= 0"),
+    ("probe", ["event_step=9"], "event_step must be in"),
+])
+def test_config_values_are_checked_before_any_work(config, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load(config, overrides)
+
+
+def test_an_unknown_env_is_refused_naming_the_known_ones():
+    with pytest.raises(Exception, match="reacher"):
+        load("plan", ["env.name=cheetah"])
+
+
+def test_optim_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="min_lr <= lr"):
+        OptimConfig(lr=1e-5, min_lr=1e-3)
