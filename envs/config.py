@@ -45,6 +45,24 @@ class EnvConfig:
         return make_env(self.name, max_episode_steps=max_episode_steps or self.episode_steps, **self.env_kwargs())
 
 
+@dataclass
+class PointMazeConfig(EnvConfig):
+    """The maze's settings (``env=pointmaze env.maze=large``).
+
+    Attributes:
+        maze: layout, ``medium`` or ``large``.
+        action_repeat: raw 0.01 s simulation steps per control step.
+    """
+
+    name: str = "pointmaze"
+    maze: str = "medium"
+    action_repeat: int = 8
+    antialias: bool = False
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {**super().env_kwargs(), "maze": self.maze, "action_repeat": self.action_repeat}
+
+
 def check_patch_grid(image_size: int, patch_size: int) -> None:
     """Raise unless ``image_size`` is a positive multiple of ``patch_size``."""
     if patch_size < 1 or image_size < patch_size or image_size % patch_size:

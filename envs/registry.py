@@ -92,6 +92,13 @@ class EnvSpec:
             e.g. the parts of a scene that can be teleported separately in surprise tests.
         get_state: ``get_state(env) -> state``, the flat simulator state of a made env.
         set_state: ``set_state(env, state)``; setting a recorded state reproduces its image.
+        distance_tasks: for environments with a distance-binned protocol (the maze):
+            ``distance_tasks(env, bins, per_bin, rng)`` draws ``per_bin`` distinct start/goal pairs
+            per bin ``{name: (lo, hi)}`` of a task distance, as ``(bin, start_state, goal_state,
+            info)`` tuples; ``None`` where the env has none.
+        subgoal: ``subgoal(env, state, goal_state) -> state``, a privileged waypoint on the way to
+            the goal (the maze: the next cell of a shortest path) that the simulator-based oracle
+            plans toward; ``None``: the goal itself.
     """
 
     name: str
@@ -108,6 +115,8 @@ class EnvSpec:
     state_groups: tuple[tuple[str, tuple[int, ...]], ...] = ()
     get_state: Callable[[gymnasium.Env], np.ndarray] = unwrapped_get_state
     set_state: Callable[[gymnasium.Env, np.ndarray], None] = unwrapped_set_state
+    distance_tasks: Callable[..., list[tuple[str, np.ndarray, np.ndarray, dict]]] | None = None
+    subgoal: Callable[[gymnasium.Env, np.ndarray, np.ndarray], np.ndarray] | None = None
 
     def __post_init__(self):
         keys = [q.key for q in self.quantities]

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from envs.config import EnvConfig
+from envs.config import EnvConfig, PointMazeConfig
 from worldmodel.data.config import CollectConfig, PolicyConfig
 from experiments.schemas import DynamicsExperimentConfig, PlanConfig, PretrainConfig, ProbeConfig
 
@@ -29,6 +29,7 @@ def register_configs() -> None:
     cs.store(name="dynamics_schema", node=DynamicsExperimentConfig)
     cs.store(name="probe_schema", node=ProbeConfig)
     cs.store(group="env", name="env_schema", node=EnvConfig)
+    cs.store(group="env", name="pointmaze_schema", node=PointMazeConfig)
     cs.store(group="policy", name="policy_schema", node=PolicyConfig)
 
 

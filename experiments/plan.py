@@ -1,10 +1,16 @@
-"""Goal-image planning protocol: ``python experiments/plan.py env=reacher``.
+"""Goal-image planning: ``python experiments/plan.py env=reacher`` or ``env=pointmaze``.
 
-Draws distinct start/goal tasks from the held-out split (collecting the held-out episodes
-first when they are missing; the training episodes are not needed), runs the latent MPC
-planner with the world model ``model`` and the reference policies (random, zero) on the
-same tasks, prints success rates with Wilson 95 % intervals and the planning time per
-replan, and writes a JSON result and a few GIFs (current view | goal) to ``output_dir``.
+Draws distinct start/goal tasks, runs the latent MPC planners with the world model ``model``
+and the reference policies (random, zero, oracle) on the same tasks, prints success rates with
+Wilson 95 % intervals and the planning time per replan, and writes a JSON result and a few
+GIFs (current view | goal) to ``output_dir``. Two protocols:
+
+- ``recorded`` (Reacher): tasks from the held-out split (its episodes are collected first
+  when missing; the training episodes are not needed), the goal ``goal_offset`` steps after
+  the start, one budget;
+- ``maze`` (the point maze): start and goal at rest in free cells, ``episodes`` tasks in each
+  distance bin (near / mid / far by shortest path), each bin with its own budget; results
+  per bin.
 
 Every finished task is appended to ``output_dir/plan-<env>-<hash>.tasks.jsonl`` as it
 ends (``<hash>``: of every setting that decides the results), so a crash or Ctrl-C keeps
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import hydra
@@ -32,7 +38,9 @@ from planners.mpc import LatentMPCAgent
 from planners.oracle import OracleAgent
 from worldmodel.data import load_dataset
 from worldmodel.checkpoint import WEIGHTS
-from worldmodel.evaluation import TaskJournal, episode_video, evaluate_agent, make_baseline, sample_goal_tasks
+from worldmodel.checkpoint import load_config
+from worldmodel.evaluation import (TaskJournal, episode_video, evaluate_agent, make_baseline, sample_distance_tasks,
+                                   sample_goal_tasks, summarize_groups)
 from worldmodel.dynamics import WorldModel
 from worldmodel.files import config_hash, file_sha256, writable_dir
 from worldmodel.training import resolve_device
@@ -45,6 +53,16 @@ def load_model(cfg: PlanConfig) -> WorldModel:
             f"world model {cfg.model!r} not found (expected a checkpoint directory); build the default one with "
             f"`python experiments/build_default_model.py`, or pass model='' to run only the baselines"
         )
+    trained = load_config(cfg.model)
+    if trained.get("env", cfg.env.name) != cfg.env.name:
+        raise ValueError(f"model {cfg.model} was trained on env {trained['env']!r}, not {cfg.env.name!r}; pass "
+                         f"model=models/{cfg.env.name} or another model trained on it")
+    wanted = cfg.env.env_kwargs()
+    differ = {k: (v, wanted.get(k)) for k, v in trained.get("env_kwargs", {}).items()
+              if k != "antialias" and v != wanted.get(k)}
+    if differ:
+        raise ValueError(f"model {cfg.model} was trained on {cfg.env.name} with other settings: "
+                         + ", ".join(f"env.{k}={a!r} (asked: {b!r})" for k, (a, b) in differ.items()))
     model = WorldModel.from_pretrained(cfg.model, resolve_device(cfg.device))
     if model.image_shape[-1] != cfg.env.image_size:
         raise ValueError(f"model {cfg.model} takes {model.image_shape[-1]}px images, env gives "
@@ -52,18 +70,20 @@ def load_model(cfg: PlanConfig) -> WorldModel:
     return model
 
 
-def planner_agent(cfg: PlanConfig, model: WorldModel, env) -> LatentMPCAgent:
+def planner_agent(cfg: PlanConfig, model: WorldModel, env, planner: str) -> LatentMPCAgent:
     gen = torch.Generator().manual_seed(cfg.task_seed)
     space = env.action_space
-    return LatentMPCAgent(model, cfg.mpc, space.low, space.high, gen, name=f"{cfg.mpc.planner}-mpc")
+    return LatentMPCAgent(model, replace(cfg.mpc, planner=planner), space.low, space.high, gen, name=f"{planner}-mpc")
 
 
 def reference_agent(name: str, cfg: PlanConfig, env, spec):
-    """``random``, ``zero``, or ``oracle``: CEM with the true simulator (the settings that
-    PROTOCOL.md reports 20/20 with: 200 samples, 5 iterations, horizon 10, replanning every 2 steps)."""
+    """``random``, ``zero``, or ``oracle``: CEM with the true simulator (``cfg.oracle``; by default the
+    settings PROTOCOL.md reports 20/20 with: 200 samples, 5 iterations, horizon 10, replanning every 2
+    steps), aiming at the env's privileged waypoints where it has them (the maze's shortest path)."""
     if name == "oracle":
-        cem = CEMConfig(samples=200, elites=20, iterations=5)
-        return OracleAgent(env, spec, cem, horizon=10, receding_horizon=2,
+        o = cfg.oracle
+        cem = CEMConfig(samples=o.samples, elites=o.elites, iterations=o.iterations)
+        return OracleAgent(env, spec, cem, horizon=o.horizon, receding_horizon=o.receding_horizon,
                            generator=torch.Generator().manual_seed(cfg.task_seed))
     return make_baseline(name, env.action_space, np.random.default_rng(cfg.task_seed + 1))
 
@@ -71,37 +91,59 @@ def reference_agent(name: str, cfg: PlanConfig, env, spec):
 def protocol_header(cfg: PlanConfig, dataset) -> dict:
     """Every setting that decides an evaluation's per-task results."""
     model = {"weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS)} if cfg.model else None
-    return {"env": asdict(cfg.env), "dataset_checksum": dataset.manifest["checksum"], "task_seed": cfg.task_seed,
-            "episodes": cfg.episodes, "goal_offset": cfg.goal_offset, "budget": cfg.budget, "model": model,
-            "mpc": asdict(cfg.mpc), "baselines": list(cfg.baselines)}
+    tasks = ({"protocol": "maze", "bins": {k: asdict(b) for k, b in cfg.bins.items()}} if cfg.protocol == "maze" else
+             {"dataset_checksum": dataset.manifest["checksum"], "goal_offset": cfg.goal_offset, "budget": cfg.budget})
+    return {"env": asdict(cfg.env), **tasks, "task_seed": cfg.task_seed, "episodes": cfg.episodes, "model": model,
+            "mpc": asdict(cfg.mpc), "planners": cfg.planner_names, "baselines": list(cfg.baselines),
+            **({"oracle": asdict(cfg.oracle)} if "oracle" in cfg.baselines else {})}
+
+
+def draw_tasks(cfg: PlanConfig, spec, env):
+    """The evaluation's tasks, and the dataset they come from (``None`` for the maze protocol)."""
+    rng = np.random.default_rng(cfg.task_seed)
+    if cfg.protocol == "maze":
+        bins = {k: (b.lo, b.hi) for k, b in cfg.bins.items()}
+        return sample_distance_tasks(env, spec, bins, cfg.episodes, {k: b.budget for k, b in cfg.bins.items()},
+                                     rng), None
+    dataset = load_dataset(cfg, splits=("heldout",))
+    return sample_goal_tasks(dataset.split("heldout"), spec, cfg.episodes, cfg.goal_offset, rng), dataset
+
+
+def recorded_tasks(tasks, videos: int) -> set[int]:
+    """Indices of the tasks a planner's videos show: the first ``videos`` of each group."""
+    first: dict[str, list[int]] = {}
+    for i, t in enumerate(tasks):
+        first.setdefault(t.group, []).append(i)
+    return {i for idx in first.values() for i in idx[:videos]}
 
 
 def run(cfg: PlanConfig) -> dict:
     spec = envs.get_spec(cfg.env.name)
     out = writable_dir(cfg.output_dir, "output_dir")
     model = load_model(cfg) if cfg.model else None
-    dataset = load_dataset(cfg, splits=("heldout",))
-    tasks = sample_goal_tasks(
-        dataset.split("heldout"), spec, cfg.episodes, cfg.goal_offset, np.random.default_rng(cfg.task_seed)
-    )
+    env = cfg.env.make(max_episode_steps=cfg.max_budget)
+    tasks, dataset = draw_tasks(cfg, spec, env)
     header = protocol_header(cfg, dataset)
     journal = TaskJournal(out / f"plan-{cfg.env.name}-{config_hash(header)}.tasks.jsonl", header, cfg.resume)
-    env = cfg.env.make(max_episode_steps=cfg.budget)
-    agents = [planner_agent(cfg, model, env)] if model is not None else []
+    agents = [planner_agent(cfg, model, env, p) for p in cfg.planner_names] if model is not None else []
     agents += [reference_agent(n, cfg, env, spec) for n in cfg.baselines]
     results, videos = [], []
     try:
         for agent in agents:
-            record = min(cfg.videos, len(tasks)) if isinstance(agent, LatentMPCAgent) else 0
+            record = recorded_tasks(tasks, cfg.videos) if isinstance(agent, LatentMPCAgent) else set()
             summary, per_task = evaluate_agent(
                 env, spec, tasks, agent, cfg.budget, progress=cfg.progress, record=record, seed=cfg.task_seed,
                 done=journal.done.get(agent.name), on_result=lambda i, r, a=agent.name: journal.append(a, i, tasks[i], r))
-            summary["tasks"] = [{"episode": t.episode, "start": t.start, "success": r.success, "steps": r.steps,
+            if cfg.protocol == "maze":
+                summary["groups"] = summarize_groups(agent.name, tasks, per_task)
+            summary["tasks"] = [{**t.describe, "success": r.success, "steps": r.steps,
                                   "best_goal_error": r.best_goal_error, "final_goal_error": r.final_goal_error}
                                  for t, r in zip(tasks, per_task)]
-            for i, r in enumerate(per_task[:record]):
+            for i in sorted(record):
+                r = per_task[i]
                 if r.frames:  # tasks resumed from the journal have no frames
-                    name = f"{cfg.env.name}-{agent.name}-task{i}-{'success' if r.success else 'fail'}.gif"
+                    tag = f"{tasks[i].group}-" if tasks[i].group else ""
+                    name = f"{cfg.env.name}-{agent.name}-{tag}task{i}-{'success' if r.success else 'fail'}.gif"
                     videos.append(str(episode_video(r.frames, tasks[i].goal_obs, out / "videos" / name, spec)))
             results.append(summary)
     except KeyboardInterrupt:
@@ -112,15 +154,20 @@ def run(cfg: PlanConfig) -> dict:
         env.close()
         journal.release()
     stem = f"plan-{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    common = {"env": spec.gym_id, "env_settings": asdict(cfg.env), "image_size": cfg.env.image_size,
+              "task_seed": cfg.task_seed, "episodes": cfg.episodes, "success_threshold": spec.success_threshold,
+              "goal_error": spec.goal_error_label, "goal_error_unit": spec.goal_error_unit}
+    if cfg.protocol == "maze":
+        protocol = {"name": "maze", **common, "bins": {k: asdict(b) for k, b in cfg.bins.items()},
+                    "tasks_drawn": "per bin: distinct ordered (start cell, goal cell) pairs whose shortest path "
+                                   "falls in the bin, without replacement; ball at rest at the cells' centres"}
+    else:
+        protocol = {"name": "recorded", **common, "dataset": str(dataset.path),
+                    "dataset_checksum": dataset.manifest["checksum"], "split": "heldout",
+                    "eval_seed": dataset.manifest["eval_seed"], "goal_offset": cfg.goal_offset, "budget": cfg.budget,
+                    "tasks_drawn": "distinct (episode, start) pairs, without replacement"}
     summary = {
-        "protocol": {
-            "env": spec.gym_id, "image_size": cfg.env.image_size, "dataset": str(dataset.path),
-            "dataset_checksum": dataset.manifest["checksum"], "split": "heldout",
-            "eval_seed": dataset.manifest["eval_seed"], "task_seed": cfg.task_seed, "episodes": cfg.episodes,
-            "goal_offset": cfg.goal_offset, "budget": cfg.budget, "success_threshold": spec.success_threshold,
-            "goal_error": spec.goal_error_label, "goal_error_unit": spec.goal_error_unit,
-            "tasks_drawn": "distinct (episode, start) pairs, without replacement",
-        },
+        "protocol": protocol,
         "task_journal": str(out / f"{stem}.tasks.jsonl"),
         "model": cfg.model, "mpc": OmegaConf.to_container(OmegaConf.structured(cfg.mpc)),
         "device": device_description(), "commit": git_commit(), "results": results, "videos": videos,
@@ -131,6 +178,8 @@ def run(cfg: PlanConfig) -> dict:
 
 
 def report(summary: dict) -> str:
+    if summary["protocol"]["name"] == "maze":
+        return report_bins(summary)
     unit = summary["protocol"]["goal_error_unit"]
     lines = [f"{'agent':<14} {'success':>8} {'wilson95':>16} {'median best err':>16} {'ms/replan':>10}"
              + (f"   (errors in {unit})" if unit else "")]
@@ -142,14 +191,42 @@ def report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def report_bins(summary: dict) -> str:
+    """One row per distance bin, one column per agent: successes, rate and Wilson 95 % interval;
+    then the planners' time per replan and the oracle's steps to success (what the budgets rest on)."""
+    results, bins = summary["results"], summary["protocol"]["bins"]
+    cells = lambda g: [f"{g['successes']}/{g['episodes']} {g['success_rate']:4.0%} [{g['wilson95'][0]:.0%},"  # noqa: E731
+                       f"{g['wilson95'][1]:.0%}]" for g in g]
+    width = 24
+    lines = [f"{'bin':<14}{'budget':>7}  " + "".join(f"{r['agent']:>{width}}" for r in results)]
+    for name, b in bins.items():
+        row = cells([r["groups"][name] for r in results])
+        lines.append(f"{name + ' (' + str(b['lo']) + '-' + (str(b['hi']) if b['hi'] < 1000 else '') + ')':<14}"
+                     f"{b['budget']:>7}  " + "".join(f"{c:>{width}}" for c in row))
+    timed = [f"{r['agent']} {r['mean_plan_ms']:.0f} ms/replan" for r in results if "mean_plan_ms" in r]
+    if timed:
+        lines.append("planning: " + ", ".join(timed))
+    for r in results:
+        if r["agent"].startswith("oracle"):
+            lines.append("oracle steps to success (mean / max) vs budget: " + ", ".join(
+                f"{k} {g['mean_steps_to_success'] or 0:.0f} / {g['max_steps_to_success'] or 0} vs {bins[k]['budget']}"
+                for k, g in r["groups"].items()))
+    return "\n".join(lines)
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="plan", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     config: PlanConfig = to_object(cfg)
     summary = run(config)
     p = summary["protocol"]
-    print(f"\n{p['env']} goal-image protocol: {p['episodes']} tasks from {p['dataset']} (eval seed {p['eval_seed']}),")
-    print(f"goal {p['goal_offset']} steps ahead, budget {p['budget']} steps, success = {p['goal_error']} <= "
-          f"{p['success_threshold']} {p['goal_error_unit']}; model {summary['model'] or '(none)'} on {summary['device']}")
+    if p["name"] == "maze":
+        print(f"\n{p['env']} maze protocol ({p['env_settings'].get('maze', '')} layout): {p['episodes']} tasks per "
+              f"distance bin, start and goal at rest in free cells, task seed {p['task_seed']},")
+    else:
+        print(f"\n{p['env']} goal-image protocol: {p['episodes']} tasks from {p['dataset']} (eval seed "
+              f"{p['eval_seed']}),\ngoal {p['goal_offset']} steps ahead, budget {p['budget']} steps,", end=" ")
+    print(f"success = {p['goal_error']} <= {p['success_threshold']} {p['goal_error_unit']}; model "
+          f"{summary['model'] or '(none)'} on {summary['device']}")
     print(report(summary))
     for v in summary["videos"]:
         print(f"video: {v}")

@@ -26,6 +26,36 @@ def check_resume_allow(cfg) -> None:
         raise ValueError(f"resume_allow names unknown settings {unknown}; use dotted keys such as train.steps")
 
 
+PROTOCOLS = ("recorded", "maze")
+
+
+@dataclass
+class DistanceBin:
+    """A bin of the ``maze`` protocol: task distances ``lo..hi`` (cells, both included) and the
+    budget of env steps its tasks get."""
+
+    lo: int = 1
+    hi: int = 3
+    budget: int = 100
+
+    def __post_init__(self):
+        if not 1 <= self.lo <= self.hi or self.budget < 1:
+            raise ValueError(f"a distance bin needs 1 <= lo <= hi and budget >= 1, got lo={self.lo}, hi={self.hi}, "
+                             f"budget={self.budget}")
+
+
+@dataclass
+class OracleConfig:
+    """The privileged oracle's CEM on the true simulator (``baselines: [oracle]``). The defaults are
+    the settings PROTOCOL.md reports 20/20 with on Reacher."""
+
+    samples: int = 200
+    elites: int = 20
+    iterations: int = 5
+    horizon: int = 10
+    receding_horizon: int = 2
+
+
 @dataclass
 class PlanConfig(CollectConfig):
     """The dataset whose held-out split supplies the tasks, plus the protocol's settings.
@@ -33,9 +63,17 @@ class PlanConfig(CollectConfig):
     Attributes:
         model: world-model checkpoint directory to plan with; empty = baselines only.
         mpc: the planner and its receding horizon.
-        episodes: evaluation tasks (start/goal pairs) drawn from the held-out split.
-        goal_offset: env steps between the start and the goal frame.
-        budget: env steps the agent may take.
+        planners: planners compared side by side with the same model and ``mpc`` settings
+            (``cem``, ``mppi``, ``gradient``); empty: only ``mpc.planner``.
+        protocol: ``recorded`` (tasks from the held-out episodes: the goal ``goal_offset`` steps
+            after the start) or ``maze`` (start and goal at rest in cells whose shortest-path
+            distance falls in one of ``bins``; ``episodes`` tasks per bin).
+        episodes: evaluation tasks (start/goal pairs) drawn from the held-out split; with the
+            ``maze`` protocol, tasks per bin.
+        goal_offset: env steps between the start and the goal frame (``recorded``).
+        budget: env steps the agent may take (``recorded``; each ``maze`` bin has its own).
+        bins: the ``maze`` protocol's distance bins, by name.
+        oracle: the privileged oracle's planning settings.
         task_seed: seed of the task draw, the planner and the random-action baseline.
         baselines: reference agents run in the same invocation: ``random``, ``zero``, and
             ``oracle`` (the same CEM planning with the true simulator; an upper bound).
@@ -48,6 +86,10 @@ class PlanConfig(CollectConfig):
 
     model: str = "models/reacher"
     mpc: MPCConfig = field(default_factory=MPCConfig)
+    planners: list[str] = field(default_factory=list)
+    protocol: str = "recorded"
+    bins: dict[str, DistanceBin] = field(default_factory=dict)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
     episodes: int = 100
     goal_offset: int = 25
     budget: int = 50
@@ -66,6 +108,15 @@ class PlanConfig(CollectConfig):
             raise ValueError(
                 f"goal_offset must be in [1, env.episode_steps={self.env.episode_steps}], got {self.goal_offset}"
             )
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        for name in self.planners:
+            if name not in ("cem", "mppi", "gradient"):
+                raise ValueError(f"planners lists {name!r}; expected a subset of ['cem', 'mppi', 'gradient']")
+        if self.protocol == "maze":
+            if not self.bins:
+                raise ValueError("protocol=maze needs distance bins (bins.<name>: {lo, hi, budget})")
+            return self._check_agents()
         if self.heldout_episodes < 1:
             raise ValueError(f"heldout_episodes must be >= 1 to evaluate, got {self.heldout_episodes}")
         pairs = self.heldout_episodes * (self.env.episode_steps - self.goal_offset + 1)
@@ -73,12 +124,25 @@ class PlanConfig(CollectConfig):
             raise ValueError(f"episodes={self.episodes} distinct tasks asked for, but {self.heldout_episodes} held-out "
                              f"episodes of {self.env.episode_steps} steps hold at most {pairs} (episode, start) pairs "
                              f"with goal_offset={self.goal_offset}; collect more (heldout_episodes=...) or ask for fewer")
+        self._check_agents()
+
+    def _check_agents(self) -> None:
         if self.videos < 0 or self.task_seed < 0:
             raise ValueError(f"videos and task_seed must be >= 0, got {self.videos}, {self.task_seed}")
         check_device_name(self.device)
         for name in self.baselines:
             if name not in REFERENCE_AGENTS:
                 raise ValueError(f"unknown baseline {name!r}; expected a subset of {list(REFERENCE_AGENTS)}")
+
+    @property
+    def planner_names(self) -> list[str]:
+        """The planners this evaluation runs, in order."""
+        return list(self.planners) or [self.mpc.planner]
+
+    @property
+    def max_budget(self) -> int:
+        """The longest budget any task gets."""
+        return max(b.budget for b in self.bins.values()) if self.protocol == "maze" else self.budget
 
 
 @dataclass

@@ -67,7 +67,8 @@ def train(cfg: DynamicsExperimentConfig, dataset, vit) -> dict:
     batches = {s: WindowBatches(model, dataset.split(s), tables[s], cfg.train.rollout_steps) for s in tables}
     meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"],
             "encoder_checkpoint": cfg.encoder_checkpoint if model.encoder.pretrained else None,
-            "commit": git_commit(), "env": cfg.env.name, "image_size": cfg.env.image_size, RUN_KEY: asdict(cfg)}
+            "commit": git_commit(), "env": cfg.env.name, "image_size": cfg.env.image_size,
+            "env_kwargs": cfg.env.env_kwargs(), RUN_KEY: asdict(cfg)}
     objective = DynamicsObjective(model, cfg.train, batches["train"], batches["val"])
     trainer = Trainer(objective, cfg.train, out, meta)
     if cfg.resume and trainer.resume():

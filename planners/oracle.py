@@ -21,7 +21,11 @@ from planners.cem import CEM, CEMConfig
 
 
 class OracleAgent:
-    """CEM on the true dynamics; cost = the smallest goal error reached along the plan."""
+    """CEM on the true dynamics; cost = the smallest goal error reached along the plan.
+
+    Where the env declares a privileged waypoint (``spec.subgoal``: in the maze, the next cell of
+    a shortest path), each replan aims at the waypoint from the current state instead of the goal.
+    """
 
     privileged = True
 
@@ -42,7 +46,7 @@ class OracleAgent:
         self.gen.manual_seed(seed)
 
     def set_goal_state(self, goal_state: np.ndarray) -> None:
-        self.goal = np.asarray(goal_state)
+        self.final_goal = self.goal = np.asarray(goal_state)
 
     def reset(self, goal_obs: np.ndarray) -> None:
         self.warm, self.queue = None, []
@@ -50,6 +54,8 @@ class OracleAgent:
     def act(self, obs: np.ndarray) -> np.ndarray:
         if not self.queue:
             start = time.perf_counter()
+            if self.spec.subgoal is not None:
+                self.goal = self.spec.subgoal(self.env, self.spec.get_state(self.env), self.final_goal)
             result = self.cem.plan(self._cost, 1, self.gen, warm_start=self.warm)
             self.queue = list(result.actions[0, : self.receding].numpy())
             self.warm = shift_plan(result.actions, self.receding, self.bounds)

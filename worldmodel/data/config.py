@@ -16,14 +16,17 @@ class PolicyConfig:
     """Behaviour policy.
 
     Attributes:
-        name: ``uniform`` (i.i.d. uniform torques) or ``correlated`` (AR(1) noise).
-        beta: correlation of consecutive actions (``correlated`` only).
-        sigma: stationary std in half-widths of the action box (``correlated`` only).
+        name: ``uniform`` (i.i.d. uniform torques), ``correlated`` (AR(1) noise) or ``mixed``
+            (each episode one or the other).
+        beta: correlation of consecutive actions (``correlated`` and ``mixed``).
+        sigma: stationary std in half-widths of the action box (``correlated`` and ``mixed``).
+        uniform_fraction: share of uniform episodes (``mixed`` only).
     """
 
     name: str = "uniform"
     beta: float = 0.8
     sigma: float = 0.3
+    uniform_fraction: float = 0.5
 
     def __post_init__(self):
         if self.name not in POLICIES:
@@ -34,7 +37,9 @@ class PolicyConfig:
 
     def build(self):
         """The behaviour policy these settings describe."""
-        params = {"beta": self.beta, "sigma": self.sigma} if self.name == "correlated" else {}
+        params = {"beta": self.beta, "sigma": self.sigma} if self.name in ("correlated", "mixed") else {}
+        if self.name == "mixed":
+            params["uniform_fraction"] = self.uniform_fraction
         return make_policy(self.name, **params)
 
 

@@ -79,11 +79,43 @@ class CorrelatedPolicy:
         return asdict(self)
 
 
-POLICIES = {"uniform": UniformPolicy, "correlated": CorrelatedPolicy}
+@dataclass(frozen=True)
+class MixedPolicy:
+    """Each episode is uniform with probability ``uniform_fraction``, otherwise correlated.
+
+    Uniform noise jitters in place and covers the neighbourhood densely; correlated noise
+    makes long runs that carry the agent far (in a maze: through corridors into other
+    cells). A mixture gives both in one dataset.
+
+    Attributes:
+        uniform_fraction: probability that an episode is uniform, in [0, 1].
+        beta, sigma: the correlated episodes' ``CorrelatedPolicy`` settings.
+    """
+
+    uniform_fraction: float = 0.5
+    beta: float = 0.95
+    sigma: float = 0.5
+    name: str = "mixed"
+
+    def __post_init__(self):
+        if not 0.0 <= self.uniform_fraction <= 1.0:
+            raise ValueError(f"uniform_fraction must be in [0, 1], got {self.uniform_fraction}")
+        CorrelatedPolicy(self.beta, self.sigma)  # checks them
+
+    def sample(self, rng: np.random.Generator, steps: int, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        if rng.random() < self.uniform_fraction:
+            return UniformPolicy().sample(rng, steps, low, high)
+        return CorrelatedPolicy(self.beta, self.sigma).sample(rng, steps, low, high)
+
+    def params(self) -> dict:
+        return asdict(self)
+
+
+POLICIES = {"uniform": UniformPolicy, "correlated": CorrelatedPolicy, "mixed": MixedPolicy}
 
 
 def make_policy(name: str, **params) -> BehaviourPolicy:
-    """Build a behaviour policy by name (``uniform`` or ``correlated``)."""
+    """Build a behaviour policy by name (``uniform``, ``correlated`` or ``mixed``)."""
     if name not in POLICIES:
         raise ValueError(f"unknown behaviour policy {name!r}; expected one of {sorted(POLICIES)}")
     return POLICIES[name](**params)

@@ -89,7 +89,7 @@ class TaskJournal:
         self.lock.release()
 
     def append(self, agent: str, index: int, task: GoalTask, result: EpisodeResult) -> None:
-        line = {"agent": agent, "index": index, "episode": task.episode, "start": task.start, **result.to_json()}
+        line = {"agent": agent, "index": index, **task.describe, **result.to_json()}
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
             f.flush()

@@ -1,6 +1,6 @@
-"""The goal-image protocol of ``shared/PROTOCOL.md``.
+"""The goal-image protocols: ``recorded`` (``shared/PROTOCOL.md``) and ``maze``.
 
-A task takes a held-out episode and a start index ``t``; the simulator is reset to
+``recorded``: a task takes a held-out episode and a start index ``t``; the simulator is reset to
 the exact recorded state at ``t`` and the goal is the recorded image (and state) at
 ``t + goal_offset``. The agent sees only the current image and the goal image and
 has ``budget`` env steps; it succeeds if at any step the env's success test holds.
@@ -8,6 +8,10 @@ Tasks are distinct (episode, start) pairs, drawn without replacement; starts tha
 already meet the test are skipped. Each task is run with its own seed (derived from the
 evaluation's seed and the task's index), so a task's outcome does not depend on the
 tasks run before it, and an interrupted evaluation resumed later gives the same results.
+
+``maze``: tasks come from the environment (``EnvSpec.distance_tasks``): a start and a goal state
+whose task distance (the maze's shortest path in cells) falls in a named bin, each bin with
+its own budget. The goal image is rendered from the goal state.
 """
 
 from __future__ import annotations
@@ -27,13 +31,23 @@ from worldmodel.data.episodes import Episodes
 
 @dataclass(frozen=True)
 class GoalTask:
-    """One start/goal pair from a recorded episode."""
+    """One start/goal pair: from a recorded episode (``episode``, ``start``), or drawn by distance
+    (``episode = start = -1``; ``group`` names its bin)."""
 
     episode: int
     start: int
     start_state: np.ndarray
     goal_state: np.ndarray
     goal_obs: np.ndarray  # (H, W, C) uint8
+    group: str = ""  # the task's bin (``maze``: near, mid, far)
+    budget: int | None = None  # its own budget of env steps (None: the evaluation's)
+    info: dict = field(default_factory=dict)  # how it was drawn (cells, distance), for the journal
+
+    @property
+    def describe(self) -> dict:
+        """JSON-able identity of the task (what the journal and the result list)."""
+        out = {"episode": self.episode, "start": self.start} if self.episode >= 0 else {}
+        return {**out, **({"group": self.group} if self.group else {}), **self.info}
 
 
 class Agent(Protocol):
@@ -117,6 +131,25 @@ def sample_goal_tasks(
                      f"{goal_offset}); collect more held-out episodes (heldout_episodes=...) or ask for fewer")
 
 
+def sample_distance_tasks(env: gymnasium.Env, spec: EnvSpec, bins: dict[str, tuple[int, int]], per_bin: int,
+                          budgets: dict[str, int], rng: np.random.Generator) -> list[GoalTask]:
+    """The ``maze`` protocol's tasks: ``per_bin`` start/goal pairs per distance bin from the env
+    (``spec.distance_tasks``), each with its bin's budget and the goal image rendered from the goal
+    state."""
+    if spec.distance_tasks is None:
+        raise ValueError(f"env {spec.name!r} has no distance-binned tasks (EnvSpec.distance_tasks); "
+                         f"use the recorded protocol")
+    missing = set(bins) - set(budgets)
+    if missing:
+        raise ValueError(f"no budget for the bins {sorted(missing)}; budgets are given for {sorted(budgets)}")
+    tasks = []
+    env.reset(seed=0)
+    for group, start, goal, info in spec.distance_tasks(env, bins, per_bin, rng):
+        spec.set_state(env, goal)
+        tasks.append(GoalTask(-1, -1, start, goal, env.unwrapped.render(), group, int(budgets[group]), info))
+    return tasks
+
+
 def task_seed(seed: int, index: int) -> int:
     """The seed of task ``index`` of an evaluation seeded with ``seed``."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
@@ -147,10 +180,12 @@ class EpisodeResult:
 def run_task(
     env: gymnasium.Env, spec: EnvSpec, task: GoalTask, agent: Agent, budget: int, record: bool = False
 ) -> EpisodeResult:
-    """Reset ``env`` to the task's start state and let ``agent`` act for up to ``budget`` steps.
+    """Reset ``env`` to the task's start state and let ``agent`` act for up to ``budget`` steps
+    (the task's own budget where it has one).
 
     With ``record``, the result keeps every image with its goal error (for videos).
     """
+    budget = task.budget or budget
     env.reset(seed=0)
     spec.set_state(env, task.start_state)
     obs = env.unwrapped.render()
@@ -194,13 +229,14 @@ def evaluate_agent(
     agent: Agent,
     budget: int,
     progress: bool = True,
-    record: int = 0,
+    record: int | set[int] = 0,
     seed: int | None = None,
     done: dict[int, EpisodeResult] | None = None,
     on_result: Callable[[int, EpisodeResult], None] | None = None,
 ) -> tuple[dict, list[EpisodeResult]]:
     """Run every task with ``agent``: a summary (success rate, Wilson 95 % interval, errors,
-    timings) and the per-task results (the first ``record`` with their frames).
+    timings) and the per-task results (the first ``record``, or the tasks whose indices ``record``
+    holds, with their frames).
 
     Args:
         seed: reseed the agent before task ``i`` with ``task_seed(seed, i)`` (``None``: don't).
@@ -208,6 +244,7 @@ def evaluate_agent(
         on_result: called with ``(index, result)`` after each task that runs (e.g. to append it to a file).
     """
     done = dict(done or {})
+    recorded = set(range(record)) if isinstance(record, int) else set(record)
     results = []
     for i, task in enumerate(tqdm(tasks, desc=agent.name, disable=not progress)):
         if i in done:
@@ -215,11 +252,17 @@ def evaluate_agent(
             continue
         if seed is not None:
             agent.seed(task_seed(seed, i))
-        result = run_task(env, spec, task, agent, budget, record=i < record)
+        result = run_task(env, spec, task, agent, budget, record=i in recorded)
         if on_result is not None:
             on_result(i, result)
         results.append(result)
     return summarize(agent.name, results), results
+
+
+def summarize_groups(name: str, tasks: list[GoalTask], results: list[EpisodeResult]) -> dict[str, dict]:
+    """:func:`summarize` per task group (bin), in the order the groups first appear."""
+    groups = list(dict.fromkeys(t.group for t in tasks))
+    return {g: summarize(name, [r for t, r in zip(tasks, results) if t.group == g]) for g in groups}
 
 
 def summarize(name: str, results: list[EpisodeResult]) -> dict:
@@ -235,6 +278,7 @@ def summarize(name: str, results: list[EpisodeResult]) -> dict:
         "success_rate": k / n,
         "wilson95": [lo, hi],
         "mean_steps_to_success": float(np.mean([r.steps for r in results if r.success])) if k else None,
+        "max_steps_to_success": int(max(r.steps for r in results if r.success)) if k else None,
         "median_final_goal_error": float(np.median([r.final_goal_error for r in results])),
         "median_best_goal_error": float(np.median([r.best_goal_error for r in results])),
         "mean_act_ms": 1000 * float(np.mean(act)),
