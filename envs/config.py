@@ -34,6 +34,11 @@ class EnvConfig:
         if self.episode_steps < 1:
             raise ValueError(f"env.episode_steps must be >= 1, got {self.episode_steps}")
 
+    @property
+    def model_name(self) -> str:
+        """The directory name of this env's default model under ``models/``."""
+        return self.name
+
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``envs.make_env`` besides the name and length."""
         return {"image_size": self.image_size, "antialias": self.antialias, **self.options}
@@ -58,6 +63,11 @@ class PointMazeConfig(EnvConfig):
     maze: str = "medium"
     action_repeat: int = 8
     antialias: bool = False
+
+    @property
+    def model_name(self) -> str:
+        """``pointmaze`` for the medium layout, ``pointmaze-<layout>`` for another."""
+        return self.name if self.maze == "medium" else f"{self.name}-{self.maze}"
 
     def env_kwargs(self) -> dict[str, Any]:
         return {**super().env_kwargs(), "maze": self.maze, "action_repeat": self.action_repeat}

@@ -1,10 +1,11 @@
-"""Rebuild the default Reacher world model from scratch: ``python experiments/build_default_model.py``.
+"""Rebuild a default world model from scratch: ``python experiments/build_default_model.py [env=pointmaze]``.
 
 Runs the three stages with their default configs (each resumes or reuses what a
 previous run left), then exports the world model without its training state to
-``models/<env>/`` (what ``plan.py`` loads by default) in fp16, with its provenance:
+``models/<env>/`` (what ``plan.py`` loads by default; ``models/pointmaze-large/`` for
+``env=pointmaze env.maze=large``) in fp16, with its provenance:
 
-1. ``collect.py``: the dataset (uniform random torques, seeds 0 / 1000);
+1. ``collect.py``: the dataset (Reacher: uniform random torques; maze: the mixed policy; seeds 0 / 1000);
 2. ``pretrain_encoder.py``: JEPA pretraining of the small ViT encoder;
 3. ``train_dynamics.py``: the action-conditioned predictor on the frozen encoder.
 
@@ -52,7 +53,7 @@ def main(overrides: list[str]) -> Path:
         "pretrain_config": json.loads((Path(pre.out_dir) / "checkpoint" / "config.json").read_text()),
     }
     # Shipped in fp16 (half the bytes; loading casts back to fp32).
-    target = model.save_pretrained(EXPORT_ROOT / pre.env.name, extra=config, dtype=torch.float16)
+    target = model.save_pretrained(EXPORT_ROOT / pre.env.model_name, extra=config, dtype=torch.float16)
     size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
     print(f"default world model exported to {target} ({size:.1f} MiB)")
     return target

@@ -27,6 +27,13 @@ def check_resume_allow(cfg) -> None:
 
 
 PROTOCOLS = ("recorded", "maze")
+DEFAULT_MODEL = "default"
+
+
+def default_model(cfg) -> str:
+    """``cfg.model``, with ``default`` meaning the env's shipped model ``models/<env.model_name>``
+    (``models/reacher``, ``models/pointmaze``, ``models/pointmaze-large``)."""
+    return f"models/{cfg.env.model_name}" if cfg.model == DEFAULT_MODEL else cfg.model
 
 
 @dataclass
@@ -61,7 +68,8 @@ class PlanConfig(CollectConfig):
     """The dataset whose held-out split supplies the tasks, plus the protocol's settings.
 
     Attributes:
-        model: world-model checkpoint directory to plan with; empty = baselines only.
+        model: world-model checkpoint directory to plan with; ``default``: the env's shipped model
+            ``models/<env.model_name>``; empty = baselines only.
         mpc: the planner and its receding horizon.
         planners: planners compared side by side with the same model and ``mpc`` settings
             (``cem``, ``mppi``, ``gradient``); empty: only ``mpc.planner``.
@@ -84,7 +92,7 @@ class PlanConfig(CollectConfig):
             journal in ``output_dir`` (finished tasks are not run again).
     """
 
-    model: str = "models/reacher"
+    model: str = DEFAULT_MODEL
     mpc: MPCConfig = field(default_factory=MPCConfig)
     planners: list[str] = field(default_factory=list)
     protocol: str = "recorded"
@@ -108,6 +116,7 @@ class PlanConfig(CollectConfig):
             raise ValueError(
                 f"goal_offset must be in [1, env.episode_steps={self.env.episode_steps}], got {self.goal_offset}"
             )
+        self.model = default_model(self)
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         for name in self.planners:
@@ -243,7 +252,7 @@ class ProbeConfig(CollectConfig):
         device: ``auto``, ``cpu`` or ``cuda``.
     """
 
-    model: str = "models/reacher"
+    model: str = DEFAULT_MODEL
     quantities: list[str] = field(default_factory=list)
     probes: list[str] = field(default_factory=lambda: ["linear", "mlp"])
     baselines: list[str] = field(default_factory=lambda: ["random_encoder", "pixels"])
@@ -261,6 +270,7 @@ class ProbeConfig(CollectConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self.model = default_model(self)
         unknown = [p for p in self.probes if p not in ("linear", "mlp")] + [
             b for b in self.baselines if b not in ("random_encoder", "pixels")]
         if unknown or not self.probes:

@@ -45,6 +45,32 @@ def test_a_model_that_does_not_fit_the_env_fails_before_collecting(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_a_model_trained_on_another_env_is_refused(tmp_path):
+    cfg = load("plan", ["env=pointmaze", "model=models/reacher", f"output_dir={tmp_path}/out"])
+    with pytest.raises(ValueError, match="trained on env 'reacher', not 'pointmaze'"):
+        plan.run(cfg)
+
+
+def test_a_model_trained_on_another_maze_layout_is_refused(tmp_path):
+    import json
+
+    (tmp_path / "model").mkdir()
+    kwargs = load("plan", ["env=pointmaze"]).env.env_kwargs()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"env": "pointmaze", "env_kwargs": kwargs}))
+    cfg = load("plan", ["env=pointmaze", "env.maze=large", f"model={tmp_path}/model", f"output_dir={tmp_path}/out"])
+    with pytest.raises(ValueError, match="env.maze='medium' \\(asked: 'large'\\)"):
+        plan.run(cfg)
+
+
+def test_maze_protocol_settings_are_checked_in_the_config():
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        load("plan", ["protocol=mazes"])
+    with pytest.raises(ValueError, match="distance bin needs 1 <= lo <= hi"):
+        load("plan", ["env=pointmaze", "bins.far.lo=0"])
+    with pytest.raises(ValueError, match="planners lists 'cma'"):
+        load("plan", ["env=pointmaze", "planners=[cem,cma]"])
+
+
 def test_a_missing_encoder_checkpoint_fails_before_collecting(tmp_path):
     from experiments import train_dynamics
 

@@ -44,15 +44,18 @@ def perturbation_names(spec: EnvSpec) -> list[str]:
 
 
 def _recolour(model) -> callable:
-    """Rotate the RGB channels of every geom (and material) on a moving body; returns an undo."""
+    """Rotate the RGB channels of every geom (and material) and visible site on a moving body (the
+    maze's ball is drawn by its site); returns an undo."""
     geoms = np.flatnonzero(model.geom_bodyid != 0)
+    sites = np.flatnonzero(model.site_bodyid != 0)
     mats = np.unique(model.geom_matid[geoms][model.geom_matid[geoms] >= 0])
-    saved = model.geom_rgba.copy(), model.mat_rgba.copy()
+    saved = model.geom_rgba.copy(), model.mat_rgba.copy(), model.site_rgba.copy()
     model.geom_rgba[geoms, :3] = model.geom_rgba[geoms][:, [2, 0, 1]]
     model.mat_rgba[mats, :3] = model.mat_rgba[mats][:, [2, 0, 1]]
+    model.site_rgba[sites, :3] = model.site_rgba[sites][:, [2, 0, 1]]
 
     def undo():
-        model.geom_rgba[:], model.mat_rgba[:] = saved
+        model.geom_rgba[:], model.mat_rgba[:], model.site_rgba[:] = saved
 
     return undo
 
