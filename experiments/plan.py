@@ -37,8 +37,7 @@ from planners.cem import CEMConfig
 from planners.mpc import LatentMPCAgent
 from planners.oracle import OracleAgent
 from worldmodel.data import load_dataset
-from worldmodel.checkpoint import WEIGHTS
-from worldmodel.checkpoint import load_config
+from worldmodel.checkpoint import WEIGHTS, load_config
 from worldmodel.evaluation import (TaskJournal, episode_video, evaluate_agent, make_baseline, sample_distance_tasks,
                                    sample_goal_tasks, summarize_groups)
 from worldmodel.dynamics import WorldModel
@@ -56,7 +55,7 @@ def load_model(cfg: PlanConfig) -> WorldModel:
     trained = load_config(cfg.model)
     if trained.get("env", cfg.env.name) != cfg.env.name:
         raise ValueError(f"model {cfg.model} was trained on env {trained['env']!r}, not {cfg.env.name!r}; pass "
-                         f"model=models/{cfg.env.name} or another model trained on it")
+                         f"model=models/{cfg.env.model_name} or another model trained on it")
     wanted = cfg.env.env_kwargs()
     differ = {k: (v, wanted.get(k)) for k, v in trained.get("env_kwargs", {}).items()
               if k != "antialias" and v != wanted.get(k)}
@@ -122,9 +121,13 @@ def run(cfg: PlanConfig) -> dict:
     out = writable_dir(cfg.output_dir, "output_dir")
     model = load_model(cfg) if cfg.model else None
     env = cfg.env.make(max_episode_steps=cfg.max_budget)
-    tasks, dataset = draw_tasks(cfg, spec, env)
-    header = protocol_header(cfg, dataset)
-    journal = TaskJournal(out / f"plan-{cfg.env.name}-{config_hash(header)}.tasks.jsonl", header, cfg.resume)
+    try:
+        tasks, dataset = draw_tasks(cfg, spec, env)
+        header = protocol_header(cfg, dataset)
+        journal = TaskJournal(out / f"plan-{cfg.env.name}-{config_hash(header)}.tasks.jsonl", header, cfg.resume)
+    except BaseException:
+        env.close()
+        raise
     agents = [planner_agent(cfg, model, env, p) for p in cfg.planner_names] if model is not None else []
     agents += [reference_agent(n, cfg, env, spec) for n in cfg.baselines]
     results, videos = [], []
