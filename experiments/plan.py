@@ -39,7 +39,7 @@ from planners.oracle import OracleAgent
 from worldmodel.data import load_dataset
 from worldmodel.checkpoint import WEIGHTS, load_config
 from worldmodel.evaluation import (TaskJournal, episode_video, evaluate_agent, make_baseline, sample_distance_tasks,
-                                   sample_goal_tasks, summarize_groups)
+                                   sample_goal_tasks, summarize_groups, task_seed)
 from worldmodel.dynamics import WorldModel
 from worldmodel.files import config_hash, file_sha256, writable_dir
 from worldmodel.training import resolve_device
@@ -94,7 +94,8 @@ def protocol_header(cfg: PlanConfig, dataset) -> dict:
              {"dataset_checksum": dataset.manifest["checksum"], "goal_offset": cfg.goal_offset, "budget": cfg.budget})
     return {"env": asdict(cfg.env), **tasks, "task_seed": cfg.task_seed, "episodes": cfg.episodes, "model": model,
             "mpc": asdict(cfg.mpc), "planners": cfg.planner_names, "baselines": list(cfg.baselines),
-            **({"oracle": asdict(cfg.oracle)} if "oracle" in cfg.baselines else {})}
+            **({"oracle": asdict(cfg.oracle)} if "oracle" in cfg.baselines else {}),
+            **({"only_tasks": list(cfg.only_tasks)} if cfg.only_tasks else {})}
 
 
 def draw_tasks(cfg: PlanConfig, spec, env):
@@ -123,6 +124,11 @@ def run(cfg: PlanConfig) -> dict:
     env = cfg.env.make(max_episode_steps=cfg.max_budget)
     try:
         tasks, dataset = draw_tasks(cfg, spec, env)
+        tasks = [replace(t, seed=task_seed(cfg.task_seed, i)) for i, t in enumerate(tasks)]
+        if cfg.only_tasks:
+            if not all(0 <= i < len(tasks) for i in cfg.only_tasks):
+                raise ValueError(f"only_tasks={cfg.only_tasks}: the draw has tasks 0..{len(tasks) - 1}")
+            tasks = [tasks[i] for i in cfg.only_tasks]
         header = protocol_header(cfg, dataset)
         journal = TaskJournal(out / f"plan-{cfg.env.name}-{config_hash(header)}.tasks.jsonl", header, cfg.resume)
     except BaseException:
@@ -133,7 +139,8 @@ def run(cfg: PlanConfig) -> dict:
     results, videos = [], []
     try:
         for agent in agents:
-            record = recorded_tasks(tasks, cfg.videos) if isinstance(agent, LatentMPCAgent) else set()
+            record = ((set(range(len(tasks))) if cfg.only_tasks else recorded_tasks(tasks, cfg.videos))
+                      if isinstance(agent, LatentMPCAgent) else set())
             summary, per_task = evaluate_agent(
                 env, spec, tasks, agent, cfg.budget, progress=cfg.progress, record=record, seed=cfg.task_seed,
                 done=journal.done.get(agent.name), on_result=lambda i, r, a=agent.name: journal.append(a, i, tasks[i], r))
@@ -146,7 +153,8 @@ def run(cfg: PlanConfig) -> dict:
                 r = per_task[i]
                 if r.frames:  # tasks resumed from the journal have no frames
                     tag = f"{tasks[i].group}-" if tasks[i].group else ""
-                    name = f"{cfg.env.name}-{agent.name}-{tag}task{i}-{'success' if r.success else 'fail'}.gif"
+                    index = cfg.only_tasks[i] if cfg.only_tasks else i
+                    name = f"{cfg.env.name}-{agent.name}-{tag}task{index}-{'success' if r.success else 'fail'}.gif"
                     videos.append(str(episode_video(r.frames, tasks[i].goal_obs, out / "videos" / name, spec)))
             results.append(summary)
     except KeyboardInterrupt:

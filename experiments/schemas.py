@@ -82,6 +82,8 @@ class PlanConfig(CollectConfig):
         budget: env steps the agent may take (``recorded``; each ``maze`` bin has its own).
         bins: the ``maze`` protocol's distance bins, by name.
         oracle: the privileged oracle's planning settings.
+        only_tasks: run only these tasks of the draw (their indices, 0-based), each with the seed it
+            has in the whole evaluation, and record a video of each (to look at one task again).
         task_seed: seed of the task draw, the planner and the random-action baseline.
         baselines: reference agents run in the same invocation: ``random``, ``zero``, and
             ``oracle`` (the same CEM planning with the true simulator; an upper bound).
@@ -98,6 +100,7 @@ class PlanConfig(CollectConfig):
     protocol: str = "recorded"
     bins: dict[str, DistanceBin] = field(default_factory=dict)
     oracle: OracleConfig = field(default_factory=OracleConfig)
+    only_tasks: list[int] = field(default_factory=list)
     episodes: int = 100
     goal_offset: int = 25
     budget: int = 50

@@ -188,3 +188,16 @@ def test_plan_entry_point_runs_the_maze_protocol_end_to_end(tmp_path):
         assert [t["group"] for t in r["tasks"]] == ["near"] * 2 + ["mid"] * 2 + ["far"] * 2
         assert all(t["steps"] <= 5 for t in r["tasks"])
     assert "near (1-3)" in out.stdout and "far (7-)" in out.stdout
+
+
+def test_only_tasks_runs_a_task_again_exactly_as_in_the_whole_evaluation(tmp_path):
+    from experiments import plan
+    from experiments.conf import load
+
+    common = ["env=pointmaze", "model=", "episodes=2", "baselines=[random]", "bins.near.budget=6",
+              "bins.mid.budget=6", "bins.far.budget=6", "progress=false"]
+    whole = plan.run(load("plan", [*common, f"output_dir={tmp_path}/a"]))["results"][0]["tasks"]
+    again = plan.run(load("plan", [*common, "only_tasks=[3,5]", f"output_dir={tmp_path}/b"]))["results"][0]["tasks"]
+    assert again == [whole[3], whole[5]]
+    with pytest.raises(ValueError, match="only_tasks=\\[6\\]: the draw has tasks 0..5"):
+        plan.run(load("plan", [*common, "only_tasks=[6]", f"output_dir={tmp_path}/c"]))

@@ -42,6 +42,7 @@ class GoalTask:
     group: str = ""  # the task's bin (``maze``: near, mid, far)
     budget: int | None = None  # its own budget of env steps (None: the evaluation's)
     info: dict = field(default_factory=dict)  # how it was drawn (cells, distance), for the journal
+    seed: int | None = None  # the agent's seed for this task (None: from the evaluation's seed and its index)
 
     @property
     def describe(self) -> dict:
@@ -250,7 +251,9 @@ def evaluate_agent(
         if i in done:
             results.append(done[i])
             continue
-        if seed is not None:
+        if task.seed is not None:
+            agent.seed(task.seed)
+        elif seed is not None:
             agent.seed(task_seed(seed, i))
         result = run_task(env, spec, task, agent, budget, record=i in recorded)
         if on_result is not None:
