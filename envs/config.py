@@ -64,6 +64,15 @@ class PointMazeConfig(EnvConfig):
     action_repeat: int = 8
     antialias: bool = False
 
+    def __post_init__(self):
+        super().__post_init__()
+        from envs.pointmaze import LAYOUTS
+
+        if self.maze not in LAYOUTS:
+            raise ValueError(f"env.maze must be one of {sorted(LAYOUTS)}, got {self.maze!r}")
+        if self.action_repeat < 1:
+            raise ValueError(f"env.action_repeat must be >= 1, got {self.action_repeat}")
+
     @property
     def model_name(self) -> str:
         """``pointmaze`` for the medium layout, ``pointmaze-<layout>`` for another."""

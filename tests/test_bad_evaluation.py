@@ -67,6 +67,8 @@ def test_maze_protocol_settings_are_checked_in_the_config():
         load("plan", ["protocol=mazes"])
     with pytest.raises(ValueError, match="distance bin needs 1 <= lo <= hi"):
         load("plan", ["env=pointmaze", "bins.far.lo=0"])
+    with pytest.raises(ValueError, match="env.maze must be one of \\['large', 'medium'\\], got 'huge'"):
+        load("plan", ["env=pointmaze", "env.maze=huge"])
     with pytest.raises(ValueError, match="planners lists 'cma'"):
         load("plan", ["env=pointmaze", "planners=[cem,cma]"])
 
