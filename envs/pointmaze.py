@@ -63,6 +63,13 @@ def free_cells(walls: np.ndarray) -> list[tuple[int, int]]:
     return [(int(i), int(j)) for i, j in zip(*np.nonzero(~walls))]
 
 
+def neighbours(walls: np.ndarray, cell: tuple[int, int]) -> list[tuple[int, int]]:
+    """The free cells one move (up, down, left, right) from ``cell``."""
+    i, j = cell
+    return [(i + di, j + dj) for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1))
+            if 0 <= i + di < walls.shape[0] and 0 <= j + dj < walls.shape[1] and not walls[i + di, j + dj]]
+
+
 def bfs_distances(walls: np.ndarray, source: tuple[int, int]) -> np.ndarray:
     """Shortest-path distance (in cells, 4-connected) from ``source`` to every cell; -1 where
     unreachable or a wall."""
@@ -72,11 +79,10 @@ def bfs_distances(walls: np.ndarray, source: tuple[int, int]) -> np.ndarray:
     dist[source] = 0
     queue = deque([source])
     while queue:
-        i, j = queue.popleft()
-        for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-            n = (i + di, j + dj)
-            if 0 <= n[0] < walls.shape[0] and 0 <= n[1] < walls.shape[1] and not walls[n] and dist[n] < 0:
-                dist[n] = dist[i, j] + 1
+        cell = queue.popleft()
+        for n in neighbours(walls, cell):
+            if dist[n] < 0:
+                dist[n] = dist[cell] + 1
                 queue.append(n)
     return dist
 
@@ -88,10 +94,7 @@ def shortest_path(walls: np.ndarray, start: tuple[int, int], goal: tuple[int, in
         raise ValueError(f"no path from {start} to {goal}")
     path = [start]
     while path[-1] != goal:
-        i, j = path[-1]
-        path.append(min(((i + di, j + dj) for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1))
-                         if 0 <= i + di < walls.shape[0] and 0 <= j + dj < walls.shape[1]
-                         and dist[i + di, j + dj] == dist[i, j] - 1)))
+        path.append(min(n for n in neighbours(walls, path[-1]) if dist[n] == dist[path[-1]] - 1))
     return path
 
 
@@ -106,11 +109,6 @@ def xy_cell(walls: np.ndarray, xy: np.ndarray) -> tuple[int, int]:
     """The cell ``(row, column)`` that contains ``(x, y)``."""
     rows, cols = walls.shape
     return (int(math.floor(rows / 2 - xy[1])), int(math.floor(xy[0] + cols / 2)))
-
-
-def maze_distance(walls: np.ndarray, a_xy: np.ndarray, b_xy: np.ndarray) -> int:
-    """Shortest-path distance in cells between the cells of two positions."""
-    return int(bfs_distances(walls, xy_cell(walls, b_xy))[xy_cell(walls, a_xy)])
 
 
 def ball_positions(physics: dict[str, np.ndarray]) -> np.ndarray:

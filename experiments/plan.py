@@ -142,7 +142,7 @@ def run(cfg: PlanConfig) -> dict:
             record = ((set(range(len(tasks))) if cfg.only_tasks else recorded_tasks(tasks, cfg.videos))
                       if isinstance(agent, LatentMPCAgent) else set())
             summary, per_task = evaluate_agent(
-                env, spec, tasks, agent, cfg.budget, progress=cfg.progress, record=record, seed=cfg.task_seed,
+                env, spec, tasks, agent, cfg.budget, progress=cfg.progress, record=record,
                 done=journal.done.get(agent.name), on_result=lambda i, r, a=agent.name: journal.append(a, i, tasks[i], r))
             if cfg.protocol == "maze":
                 summary["groups"] = summarize_groups(agent.name, tasks, per_task)
