@@ -34,6 +34,7 @@ from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.schemas import PlanConfig
 from planners.cem import CEMConfig
+from planners.hierarchy import HierarchicalMPCAgent
 from planners.mpc import LatentMPCAgent
 from planners.oracle import OracleAgent
 from worldmodel.data import load_dataset
@@ -42,6 +43,7 @@ from worldmodel.evaluation import (TaskJournal, episode_video, evaluate_agent, m
                                    sample_goal_tasks, summarize_groups, task_seed)
 from worldmodel.dynamics import WorldModel
 from worldmodel.files import config_hash, file_sha256, writable_dir
+from worldmodel.hierarchy import SLOW_DIR, SlowModel, load_slow
 from worldmodel.training import resolve_device
 
 
@@ -69,10 +71,16 @@ def load_model(cfg: PlanConfig) -> WorldModel:
     return model
 
 
-def planner_agent(cfg: PlanConfig, model: WorldModel, env, planner: str) -> LatentMPCAgent:
-    gen = torch.Generator().manual_seed(cfg.task_seed)
-    space = env.action_space
-    return LatentMPCAgent(model, replace(cfg.mpc, planner=planner), space.low, space.high, gen, name=f"{planner}-mpc")
+def planner_agents(cfg: PlanConfig, model: WorldModel, slow: SlowModel | None, env, planner: str) -> list:
+    """The flat agent of ``planner`` (``<planner>-mpc``) and, with a slow level, the hierarchical one
+    (``<planner>-hier``), each with its own generator seeded alike."""
+    space, mpc = env.action_space, replace(cfg.mpc, planner=planner)
+    agents = [LatentMPCAgent(model, mpc, space.low, space.high, torch.Generator().manual_seed(cfg.task_seed),
+                             name=f"{planner}-mpc")] if cfg.flat else []
+    if slow is not None:
+        agents.append(HierarchicalMPCAgent(model, slow, mpc, space.low, space.high,
+                                           torch.Generator().manual_seed(cfg.task_seed), name=f"{planner}-hier"))
+    return agents
 
 
 def reference_agent(name: str, cfg: PlanConfig, env, spec):
@@ -90,6 +98,8 @@ def reference_agent(name: str, cfg: PlanConfig, env, spec):
 def protocol_header(cfg: PlanConfig, dataset) -> dict:
     """Every setting that decides an evaluation's per-task results."""
     model = {"weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS)} if cfg.model else None
+    if model is not None and cfg.mpc.hierarchy:
+        model["slow_weights_sha256"] = file_sha256(Path(cfg.slow_model or Path(cfg.model) / SLOW_DIR) / WEIGHTS)
     tasks = ({"protocol": "maze", "bins": {k: asdict(b) for k, b in cfg.bins.items()}} if cfg.protocol == "maze" else
              {"dataset_checksum": dataset.manifest["checksum"], "goal_offset": cfg.goal_offset, "budget": cfg.budget})
     return {"env": asdict(cfg.env), **tasks, "task_seed": cfg.task_seed, "episodes": cfg.episodes, "model": model,
@@ -121,6 +131,8 @@ def run(cfg: PlanConfig) -> dict:
     spec = envs.get_spec(cfg.env.name)
     out = writable_dir(cfg.output_dir, "output_dir")
     model = load_model(cfg) if cfg.model else None
+    slow = (load_slow(cfg.slow_model or Path(cfg.model) / SLOW_DIR, model.layout, model.device)
+            if model is not None and cfg.mpc.hierarchy else None)
     env = cfg.env.make(max_episode_steps=cfg.max_budget)
     try:
         tasks, dataset = draw_tasks(cfg, spec, env)
@@ -134,7 +146,7 @@ def run(cfg: PlanConfig) -> dict:
     except BaseException:
         env.close()
         raise
-    agents = [planner_agent(cfg, model, env, p) for p in cfg.planner_names] if model is not None else []
+    agents = [a for p in cfg.planner_names for a in planner_agents(cfg, model, slow, env, p)] if model else []
     agents += [reference_agent(n, cfg, env, spec) for n in cfg.baselines]
     results, videos = [], []
     try:
@@ -199,7 +211,19 @@ def report(summary: dict) -> str:
         plan_ms = f"{r['mean_plan_ms']:.1f}" if "mean_plan_ms" in r else "-"
         lines.append(f"{r['agent']:<14} {r['successes']:>3}/{r['episodes']:<4} [{lo:6.1%}, {hi:6.1%}] "
                      f"{r['median_best_goal_error']:>16.3f} {plan_ms:>10}")
-    return "\n".join(lines)
+    return "\n".join(lines + planning_lines(summary["results"]))
+
+
+def planning_lines(results: list[dict]) -> list[str]:
+    """Each planner's time per replan, and its planning time and model FLOPs per control step (what
+    flat and hierarchical planning are compared on)."""
+    lines = []
+    for r in results:
+        if "mean_plan_ms" in r:
+            flops = f", {r['gflops_per_step']:.2f} GFLOP" if "gflops_per_step" in r else ""
+            lines.append(f"planning {r['agent']}: {r['mean_plan_ms']:.0f} ms/replan; per control step "
+                         f"{r['plan_ms_per_step']:.0f} ms{flops}")
+    return lines
 
 
 def report_bins(summary: dict) -> str:
@@ -214,9 +238,9 @@ def report_bins(summary: dict) -> str:
         row = cells([r["groups"][name] for r in results])
         lines.append(f"{name + ' (' + str(b['lo']) + '-' + (str(b['hi']) if b['hi'] < 1000 else '') + ')':<14}"
                      f"{b['budget']:>7}  " + "".join(f"{c:>{width}}" for c in row))
-    timed = [f"{r['agent']} {r['mean_plan_ms']:.0f} ms/replan" for r in results if "mean_plan_ms" in r]
-    if timed:
-        lines.append("planning: " + ", ".join(timed))
+    finals = ["/".join(f"{g['median_final_goal_error']:.2f}" for g in r["groups"].values()) for r in results]
+    lines.append(f"{'median final':<14}{'dist.':>7}  " + "".join(f"{f:>{width}}" for f in finals))
+    lines += planning_lines(results)
     for r in results:
         if r["agent"].startswith("oracle"):
             lines.append("oracle steps to success (mean / max) vs budget: " + ", ".join(

@@ -14,6 +14,7 @@ from worldmodel.data.config import CollectConfig
 from worldmodel.dynamics import DynamicsConfig, DynamicsTrainConfig
 from worldmodel.evaluation import BASELINES, REFERENCE_AGENTS
 from worldmodel.files import flatten
+from worldmodel.hierarchy import SlowConfig, SlowTrainConfig
 from worldmodel.jepa import JEPAConfig, JEPATrainConfig
 from worldmodel.training.distributed import check_device_name
 
@@ -70,7 +71,10 @@ class PlanConfig(CollectConfig):
     Attributes:
         model: world-model checkpoint directory to plan with; ``default``: the env's shipped model
             ``models/<env.model_name>``; empty = baselines only.
-        mpc: the planner and its receding horizon.
+        mpc: the planner and its receding horizon; ``mpc.hierarchy=true`` adds a hierarchical agent
+            (``<planner>-hier``) next to each flat one (``<planner>-mpc``).
+        slow_model: the slow level the hierarchical agents plan with (empty: ``<model>/slow``).
+        flat: run the flat agents (``false``: only the hierarchical ones, e.g. in ablations).
         planners: planners compared side by side with the same model and ``mpc`` settings
             (``cem``, ``mppi``, ``gradient``); empty: only ``mpc.planner``.
         protocol: ``recorded`` (tasks from the held-out episodes: the goal ``goal_offset`` steps
@@ -96,6 +100,8 @@ class PlanConfig(CollectConfig):
 
     model: str = DEFAULT_MODEL
     mpc: MPCConfig = field(default_factory=MPCConfig)
+    slow_model: str = ""
+    flat: bool = True
     planners: list[str] = field(default_factory=list)
     protocol: str = "recorded"
     bins: dict[str, DistanceBin] = field(default_factory=dict)
@@ -120,6 +126,8 @@ class PlanConfig(CollectConfig):
                 f"goal_offset must be in [1, env.episode_steps={self.env.episode_steps}], got {self.goal_offset}"
             )
         self.model = default_model(self)
+        if not self.flat and not self.mpc.hierarchy:
+            raise ValueError("flat=false runs only the hierarchical agents: it needs mpc.hierarchy=true")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         for name in self.planners:
@@ -229,6 +237,46 @@ class DynamicsExperimentConfig(CollectConfig):
             raise ValueError(f"val_episodes must be >= 1 to validate the predictor, got {self.val_episodes}")
         if self.projection_seed < 0:
             raise ValueError(f"projection_seed must be >= 0, got {self.projection_seed}")
+        check_resume_allow(self)
+
+
+@dataclass
+class SlowExperimentConfig(CollectConfig):
+    """Training the slow level (level 2) of a trained world model on the data its level 1 trained on.
+
+    Attributes:
+        model: the level-1 world model (``default``: the env's shipped model); its frame encoder and head
+            (fixed) give the level-1 latents.
+        slow: the slow level's settings.
+        jepa_train: stage 1, the temporal encoder's JEPA pretraining (``slow.state=jepa`` only).
+        train: stage 2, the macro-action encoder and slow predictor.
+        macro_prior_chunks: training chunks the plan coordinates are fitted to.
+        feature_cache: directory of cached feature tables (shared with ``train_dynamics.py``).
+        out_dir: run directory: ``jepa/`` and ``dynamics/`` (each with its checkpoint, log and
+            plot), ``slow/`` (the finished slow level) and ``summary.json``.
+        install: also write the finished slow level into ``<model>/slow``, where ``plan.py`` finds it.
+        resume: continue both stages from their checkpoints (with the same settings).
+        resume_allow: dotted settings allowed to differ from the checkpoint's on resume.
+    """
+
+    model: str = DEFAULT_MODEL
+    slow: SlowConfig = field(default_factory=SlowConfig)
+    jepa_train: SlowTrainConfig = field(default_factory=lambda: SlowTrainConfig(steps=2000))
+    train: SlowTrainConfig = field(default_factory=SlowTrainConfig)
+    macro_prior_chunks: int = 20000
+    feature_cache: str = "runs/cache"
+    out_dir: str = "runs/slow"
+    install: bool = False
+    resume: bool = False
+    resume_allow: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.model = default_model(self)
+        if self.val_episodes < 1:
+            raise ValueError(f"val_episodes must be >= 1 to validate the slow level, got {self.val_episodes}")
+        if self.macro_prior_chunks < 2:
+            raise ValueError(f"macro_prior_chunks must be >= 2, got {self.macro_prior_chunks}")
         check_resume_allow(self)
 
 

@@ -23,14 +23,18 @@ class GoalDistance:
         reduce: ``min`` (the closest the plan comes to the goal: reaching it at any
             step counts, as in the goal-image protocol), ``terminal`` (the last
             step), or ``mean`` (all steps alike).
+        mean_weight: weight of the mean over steps added to that (a progress term: of two plans
+            that come equally close, the one that gets there sooner costs less).
     """
 
-    def __init__(self, rollout: Rollout, start: torch.Tensor, goal: torch.Tensor, reduce: str = "min"):
+    def __init__(self, rollout: Rollout, start: torch.Tensor, goal: torch.Tensor, reduce: str = "min",
+                 mean_weight: float = 0.0):
         if start.ndim != 2 or goal.ndim != 2 or len(start) != len(goal):
             raise ValueError(f"start and goal must be (B, d) and (B, d'), got {tuple(start.shape)}, {tuple(goal.shape)}")
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         self.rollout, self.start, self.goal, self.reduce = rollout, start, goal, reduce
+        self.mean_weight = mean_weight
 
     def __call__(self, actions: torch.Tensor) -> torch.Tensor:
         B, S, H, _ = actions.shape
@@ -38,8 +42,10 @@ class GoalDistance:
         states = self.rollout(s0, actions.reshape(B * S, H, -1)).view(B, S, H, -1)
         dist = ((states - self.goal[:, None, None]) ** 2).mean(-1)  # (B, S, H)
         if self.reduce == "min":
-            return dist.min(-1).values
-        return dist[..., -1] if self.reduce == "terminal" else dist.mean(-1)
+            cost = dist.min(-1).values
+        else:
+            cost = dist[..., -1] if self.reduce == "terminal" else dist.mean(-1)
+        return cost + self.mean_weight * dist.mean(-1) if self.mean_weight else cost
 
 
 class ActionPenalty:

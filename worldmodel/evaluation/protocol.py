@@ -164,18 +164,19 @@ class EpisodeResult:
     best_goal_error: float  # the smallest goal error reached within the budget
     act_seconds: list[float] = field(default_factory=list)
     plan_seconds: list[float] = field(default_factory=list)  # the agent's replans (planners only)
+    plan_flops: list[float] = field(default_factory=list)  # model FLOPs of each replan (planners only)
     frames: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (image, goal error) when recorded
 
     def to_json(self) -> dict:
         """Everything but the frames, JSON-able (what an interrupted evaluation keeps)."""
         return {"success": bool(self.success), "steps": int(self.steps), "final_goal_error": float(self.final_goal_error),
                 "best_goal_error": float(self.best_goal_error), "act_seconds": list(map(float, self.act_seconds)),
-                "plan_seconds": list(map(float, self.plan_seconds))}
+                "plan_seconds": list(map(float, self.plan_seconds)), "plan_flops": list(map(float, self.plan_flops))}
 
     @classmethod
     def from_json(cls, d: dict) -> "EpisodeResult":
         return cls(d["success"], d["steps"], d["final_goal_error"], d["best_goal_error"], d["act_seconds"],
-                   d["plan_seconds"])
+                   d["plan_seconds"], d.get("plan_flops", []))
 
 
 def run_task(
@@ -191,7 +192,8 @@ def run_task(
     spec.set_state(env, task.start_state)
     obs = env.unwrapped.render()
     agent_plans = getattr(agent, "plan_seconds", [])  # the agent appends its replanning times
-    plans_before = len(agent_plans)
+    agent_flops = getattr(agent, "plan_flops", [])
+    plans_before, flops_before = len(agent_plans), len(agent_flops)
     agent.reset(task.goal_obs)
     if getattr(agent, "privileged", False):  # the simulator-based oracle also gets the goal state
         agent.set_goal_state(task.goal_state)
@@ -208,8 +210,10 @@ def run_task(
         if record:
             frames.append((obs, err))
         if spec.success(state, task.goal_state):
-            return EpisodeResult(True, step, err, best, times, list(agent_plans[plans_before:]), frames)
-    return EpisodeResult(False, budget, err, best, times, list(agent_plans[plans_before:]), frames)
+            return EpisodeResult(True, step, err, best, times, list(agent_plans[plans_before:]),
+                                 list(agent_flops[flops_before:]), frames)
+    return EpisodeResult(False, budget, err, best, times, list(agent_plans[plans_before:]),
+                         list(agent_flops[flops_before:]), frames)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -287,7 +291,12 @@ def summarize(name: str, results: list[EpisodeResult]) -> dict:
         "mean_act_ms": 1000 * float(np.mean(act)),
     }
     if plans:
+        steps = sum(r.steps for r in results)
         summary["mean_plan_ms"], summary["replans"] = 1000 * float(np.mean(plans)), len(plans)
+        summary["plan_ms_per_step"] = 1000 * float(np.sum(plans)) / steps
+        flops = [f for r in results for f in r.plan_flops]
+        if flops:
+            summary["gflops_per_step"] = float(np.sum(flops)) / steps / 1e9
     return summary
 
 

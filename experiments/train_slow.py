@@ -1,0 +1,127 @@
+"""Train the slow level of a world model: ``python experiments/train_slow.py env=pointmaze install=true [--resume]``.
+
+Reads the level-1 latents of every frame of the dataset level 1 trained on (through the
+feature cache of ``train_dynamics.py``), then
+
+1. with ``slow.state=jepa``, pretrains the temporal encoder as a JEPA on block-masked time
+   (``out_dir/jepa``);
+2. trains the macro-action encoder, the slow predictor and the readout (``out_dir/dynamics``);
+3. fits the plan coordinates to the macro-actions of the training chunks and writes the
+   finished slow level to ``out_dir/slow`` (and, with ``install=true``, to ``<model>/slow``).
+
+Both stages checkpoint and resume exactly (``resume=true``); ``summary.json`` holds the
+validation numbers: rollout error per chunk against the "nothing moves" baseline.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from experiments.conf import CONFIG_DIR, to_object
+from experiments.provenance import device_description, git_commit, write_json
+from experiments.runs import training_run
+from experiments.schemas import SlowExperimentConfig
+from worldmodel.checkpoint import load_config, load_weights
+from worldmodel.dynamics import FeatureCache, WorldModel
+from worldmodel.hierarchy import (SLOW_DIR, SlowModel, SlowObjective, SlowWindows, TemporalJEPAObjective,
+                                  TemporalPredictor, validate_slow)
+from worldmodel.hierarchy.objective import chunk_windows
+from worldmodel.training import Trainer, plot_log, resolve_device
+from worldmodel.training.rundir import RUN_KEY
+
+
+@torch.no_grad()
+def level1_latents(model: WorldModel, dataset, split: str, cache_dir: str, progress: bool) -> torch.Tensor:
+    """The level-1 (EMA head) latents of every frame of ``split``, ``(frames, latent_dim)`` on the CPU."""
+    cache = FeatureCache(Path(cache_dir), f"{dataset.manifest['checksum']}/{split}")
+    table = model.encoder.feature_table(dataset.split(split), cache, progress)
+    out = [model.encoder.latents(table[i : i + 4096].to(model.device), target=True).float().cpu()
+           for i in range(0, len(table), 4096)]
+    return torch.cat(out)
+
+
+def run(cfg: SlowExperimentConfig) -> dict:
+    device = resolve_device(cfg.train.device)
+    model = WorldModel.from_pretrained(cfg.model, device)
+    trained = load_config(cfg.model)
+    if trained.get("env", cfg.env.name) != cfg.env.name:
+        raise ValueError(f"model {cfg.model} was trained on env {trained['env']!r}, not {cfg.env.name!r}")
+    with training_run(cfg) as dataset:
+        if trained.get("dataset_checksum") not in (None, dataset.manifest["checksum"]):
+            print(f"warning: {cfg.model} was trained on dataset {trained.get('dataset')}, not {dataset.path}",
+                  file=sys.stderr)
+        return train(cfg, model, dataset, device)
+
+
+def train(cfg: SlowExperimentConfig, model: WorldModel, dataset, device: torch.device) -> dict:
+    out = Path(cfg.out_dir)
+    start = time.perf_counter()
+    latents = {s: level1_latents(model, dataset, s, cfg.feature_cache, cfg.train.progress) for s in ("train", "val")}
+    torch.manual_seed(cfg.train.seed)
+    slow = SlowModel(model.layout, cfg.slow).to(device)
+    meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"], "level1": cfg.model,
+            "commit": git_commit(), "env": cfg.env.name, "env_kwargs": cfg.env.env_kwargs(), RUN_KEY: asdict(cfg)}
+    summary: dict = {"device": device_description()}
+    W, K = slow.state_window, cfg.slow.chunk
+    if slow.encoder is not None:  # stage 1: the temporal encoder as a JEPA on block-masked time
+        windows = {s: SlowWindows(slow, dataset.split(s), latents[s], W) for s in latents}
+        predictor = TemporalPredictor(cfg.slow, max(8, cfg.slow.width // 2)).to(device)
+        objective = TemporalJEPAObjective(slow, predictor, cfg.jepa_train, windows["train"], windows["val"])
+        trainer = Trainer(objective, cfg.jepa_train, out / "jepa", meta)
+        if cfg.resume and trainer.resume():
+            print(f"resuming {out}/jepa/checkpoint at step {trainer.step}")
+        log = trainer.run()
+        plot_log(log, out / "jepa" / "loss.png", [("JEPA loss", ["jepa", "val_jepa"], True)])
+        summary["jepa"] = {k: log[-1][k] for k in ("jepa", "val_jepa", "val_slow_std")}
+    elif cfg.resume and (out / "jepa").exists():
+        raise ValueError(f"{out}/jepa holds a JEPA stage but slow.state={cfg.slow.state!r}")
+    if slow.encoder is not None:  # stage 2 starts from the pretrained encoder (also when stage 1 was resumed)
+        weights = load_weights(out / "jepa" / "checkpoint")
+        slow.load_state_dict({k[len("slow."):]: v for k, v in weights.items() if k.startswith("slow.")})
+    boundaries = W + cfg.train.rollout_chunks * K
+    windows = {s: SlowWindows(slow, dataset.split(s), latents[s], boundaries) for s in latents}
+    objective = SlowObjective(slow, cfg.train, windows["train"], windows["val"])
+    trainer = Trainer(objective, cfg.train, out / "dynamics", meta)
+    if cfg.resume and trainer.resume():
+        print(f"resuming {out}/dynamics/checkpoint at step {trainer.step}")
+    log = trainer.run()
+    plot_log(log, out / "dynamics" / "loss.png",
+             [("slow-state MSE", ["one_step", "rollout", "val_one_step", "val_rollout", "val_still"], True)])
+    # plan coordinates: the macro-actions of training chunks
+    z, a = windows["train"].fixed(min(cfg.macro_prior_chunks, len(windows["train"].sampler)), seed=1)
+    slow.fit_macro_prior(chunk_windows(slow, z, a)[2][:, 0])
+    summary["val"] = validate_slow(slow, *objective.val)
+    summary["macro_prior"] = {"mean_abs": slow.macro_mean.abs().mean().item(),
+                              "scale_diag": slow.macro_scale.diagonal().tolist()}
+    summary["wall_seconds"] = time.perf_counter() - start
+    extra = {k: meta[k] for k in ("dataset", "dataset_checksum", "level1", "commit", "env", "env_kwargs")}
+    slow.eval().save_pretrained(out / SLOW_DIR, extra)
+    if cfg.install:
+        summary["installed"] = str(slow.save_pretrained(Path(cfg.model) / SLOW_DIR, extra))
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train_slow", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    config: SlowExperimentConfig = to_object(cfg)
+    summary = run(config)
+    v = summary["val"]
+    print(f"\nslow level ({config.slow.state} state, {config.slow.macro} macro-actions, K={config.slow.chunk}) in "
+          f"{summary['wall_seconds']:.0f} s on {summary['device']}")
+    print("val rollout MSE by chunk:       " + ", ".join(f"{x:.3f}" for x in v["rollout_mse_by_chunk"]))
+    print("'nothing moves' MSE by chunk:   " + ", ".join(f"{x:.3f}" for x in v["still_mse_by_chunk"]))
+    print("subgoal (level-1) MSE by chunk: " + ", ".join(f"{x:.3f}" for x in v["subgoal_mse_by_chunk"]))
+    print(f"outputs in {config.out_dir}/" + (f"; installed in {summary['installed']}" if config.install else ""))
+
+
+if __name__ == "__main__":
+    sys.argv = ["resume=true" if a == "--resume" else a for a in sys.argv]
+    main()

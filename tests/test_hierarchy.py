@@ -1,0 +1,166 @@
+"""The slow level: its verbs, its checkpoints, its training entry point and its place in plan.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import dataset_args
+from tests.models import tiny_world_model
+from worldmodel.checkpoint import CheckpointError
+from worldmodel.dynamics import StateLayout
+from worldmodel.hierarchy import SlowConfig, SlowModel, load_slow, slow_losses, time_masks
+from worldmodel.hierarchy.objective import chunk_windows
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYOUT = StateLayout(latent_dim=6, history=2, action_block=2, action_dim=2)
+
+
+def slow_model(**settings) -> SlowModel:
+    torch.manual_seed(0)
+    cfg = SlowConfig(**{**dict(chunk=3, macro_dim=4, window=4, width=16, depth=1, heads=2, hidden=32, layers=2),
+                        **settings})
+    return SlowModel(LAYOUT, cfg)
+
+
+def window(slow: SlowModel, chunks: int, batch: int = 5):
+    n = slow.state_window + chunks * slow.cfg.chunk
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(batch, n, LAYOUT.latent_dim, generator=g), torch.randn(batch, n - 1, LAYOUT.block_dim, generator=g)
+
+
+@pytest.mark.parametrize("state", ["latent", "jepa"])
+@pytest.mark.parametrize("macro", ["encoder", "concat"])
+def test_slow_verbs_have_the_documented_shapes(state, macro):
+    slow = slow_model(state=state, macro=macro)
+    z, a = window(slow, chunks=2)
+    W = slow.state_window
+    assert W == (4 if state == "jepa" else LAYOUT.history)
+    s2 = slow.encode(z[:, :W], a[:, : W - 1])
+    assert s2.shape == (5, slow.state_dim)
+    m = slow.macro(a[:, W - 1 : W - 1 + slow.cfg.chunk].flatten(1))
+    assert m.shape == (5, 4 if macro == "encoder" else 3 * LAYOUT.block_dim)
+    macros = torch.stack([m, m], 1)
+    states = slow.rollout(s2, macros)
+    assert torch.allclose(states[:, 1], slow.predict(slow.predict(s2, m), m))
+    assert slow.subgoal(states).shape == (5, 2, LAYOUT.history, LAYOUT.latent_dim)
+    if state == "latent":  # the slow state is the level-1 latents at the boundary: the subgoal reads them back
+        assert torch.equal(slow.subgoal(s2), z[:, :W][:, -LAYOUT.history :])
+    assert slow.chunk_steps == 3 * LAYOUT.action_block
+
+
+def test_an_untrained_slow_predictor_says_nothing_moves():
+    slow = slow_model()
+    z, a = window(slow, chunks=1)
+    s2 = slow.encode(z[:, :2], a[:, :1])
+    assert torch.equal(slow.predict(s2, torch.randn(5, 4)), s2)
+
+
+def test_bad_inputs_name_the_expected_shapes():
+    slow = slow_model()
+    z, a = window(slow, chunks=1)
+    with pytest.raises(ValueError, match=r"z must be level-1 latents \(B, 2, 6\)"):
+        slow.encode(z[:, :3], a[:, :2])
+    with pytest.raises(ValueError, match="a chunk has 12 action values"):
+        slow.macro(torch.zeros(5, 10))
+    with pytest.raises(ValueError, match="macros"):
+        slow.rollout(torch.zeros(5, slow.state_dim), torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="slow state must be one of"):
+        SlowConfig(state="pixels")
+    with pytest.raises(ValueError, match="macro must be one of"):
+        SlowConfig(macro="pca")
+
+
+def test_plan_coordinates_cover_the_macro_actions_of_the_data():
+    slow = slow_model()
+    g = torch.Generator().manual_seed(2)
+    chunks = torch.randn(4000, slow.chunk_dim, generator=g) * 0.3 + 0.1
+    slow.fit_macro_prior(chunks)
+    m = slow.macro(chunks)
+    u = torch.randn(20000, slow.macro_dim, generator=g)
+    drawn = slow.macro_from_plan(u)  # standard normal plan coordinates give the data's mean and covariance
+    assert torch.allclose(drawn.mean(0), m.mean(0), atol=0.03 * float(m.std(0).max()) + 1e-3)
+    assert torch.allclose(torch.cov(drawn.T), torch.cov(m.T), rtol=0.1, atol=0.05 * float(m.var(0).max()))
+
+
+def test_time_masks_hide_contiguous_blocks_and_keep_a_context():
+    keep = time_masks(500, 8, num_targets=2, longest=3, generator=torch.Generator().manual_seed(0))
+    assert keep.shape == (500, 8) and (keep.sum(1) >= 2).all() and (~keep).any(1).all()
+    hidden_runs = [(torch.diff(torch.cat([torch.tensor([1]), k.int(), torch.tensor([1])])) == -1).sum() for k in keep]
+    assert max(hidden_runs) <= 2  # at most the two blocks (they may touch or overlap)
+
+
+def test_slow_losses_are_finite_and_reach_every_trained_part():
+    slow = slow_model(state="jepa")
+    z, a = window(slow, chunks=2)
+    zs, bs, chunks, frames = chunk_windows(slow, z, a)
+    assert zs.shape == (5, 3, 4, 6) and chunks.shape == (5, 2, 3 * LAYOUT.block_dim) and frames.shape == (5, 3, 2, 6)
+    torch.nn.init.normal_(slow.predictor[-1].weight, std=0.1)
+    terms = slow_losses(slow, z, a)
+    sum(terms.values()).backward()
+    assert all(torch.isfinite(v) for v in terms.values())
+    for part in (slow.macro_encoder, slow.predictor, slow.readout):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    assert all(p.grad is None for p in slow.target_encoder.parameters())  # the targets get no gradient
+
+
+def test_slow_checkpoint_round_trip_and_bad_checkpoints(tmp_path):
+    slow = slow_model(state="jepa")
+    slow.fit_macro_prior(torch.randn(100, slow.chunk_dim))
+    slow.save_pretrained(tmp_path / "m" / "slow")
+    back = load_slow(tmp_path / "m" / "slow", LAYOUT)
+    for (k, v), (_, w) in zip(slow.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(v, w), k
+    with pytest.raises(CheckpointError, match="trained on a level-1 layout"):
+        load_slow(tmp_path / "m" / "slow", StateLayout(latent_dim=6, history=2, action_block=5, action_dim=2))
+    with pytest.raises(FileNotFoundError, match="no slow level at"):
+        load_slow(tmp_path / "missing", LAYOUT)
+    tiny_world_model().save_pretrained(tmp_path / "wm")
+    with pytest.raises(CheckpointError, match="no slow-level checkpoint"):
+        load_slow(tmp_path / "wm", LAYOUT)
+
+
+@pytest.mark.slow
+def test_train_slow_resumes_installs_and_plan_runs_flat_and_hierarchical(tiny_dataset, tmp_path):
+    model = tmp_path / "model"
+    tiny_world_model(block=5).save_pretrained(model, extra={"env": "reacher"})
+    data = [*dataset_args(tiny_dataset), "progress=false"]
+    train = [sys.executable, str(ROOT / "experiments" / "train_slow.py"), *data, f"model={model}", "slow.state=jepa",
+             "slow.window=3", "slow.chunk=1", "slow.width=16", "slow.heads=2", "slow.depth=1", "slow.hidden=32",
+             "slow.layers=1", "jepa_train.batch_size=8", "jepa_train.log_every=2", "jepa_train.steps=4",
+             "jepa_train.progress=false", "train.batch_size=8", "train.log_every=2", "train.rollout_chunks=2",
+             "train.progress=false", "macro_prior_chunks=50", f"out_dir={tmp_path}/run",
+             f"feature_cache={tmp_path}/cache", f"hydra.run.dir={tmp_path}/h"]
+    out = subprocess.run([*train, "train.steps=4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    extend = [*train, "train.steps=6", "install=true", "--resume", "resume_allow=[train.steps,install]"]
+    out = subprocess.run(extend, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming" in out.stdout and "installed in" in out.stdout
+    log = (tmp_path / "run" / "dynamics" / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log[1:]] == ["2", "4", "6"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert len(summary["val"]["rollout_mse_by_chunk"]) == 2 and summary["jepa"]["val_slow_std"] > 0
+    assert (model / "slow" / "config.json").is_file()
+    plan = [sys.executable, str(ROOT / "experiments" / "plan.py"), *data, f"model={model}", "mpc.hierarchy=true",
+            "mpc.slow.horizon=2", "mpc.slow.cem.samples=10", "mpc.slow.cem.elites=2", "mpc.slow.cem.iterations=1",
+            "episodes=2", "goal_offset=10", "budget=6", "mpc.cem.samples=10", "mpc.cem.elites=2",
+            "mpc.cem.iterations=1", "videos=1", "baselines=[]", f"output_dir={tmp_path}/out",
+            f"hydra.run.dir={tmp_path}/h2"]
+    out = subprocess.run(plan, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (result,) = (tmp_path / "out").glob("plan-reacher-*.json")
+    results = json.loads(result.read_text())["results"]
+    assert [r["agent"] for r in results] == ["cem-mpc", "cem-hier"]
+    for r in results:
+        assert r["gflops_per_step"] > 0 and r["plan_ms_per_step"] > 0
+    assert results[1]["gflops_per_step"] > results[0]["gflops_per_step"]  # the same level 1, plus the slow plans
+    assert "cem-hier" in out.stdout and "GFLOP" in out.stdout
+    missing = [*plan[:-2], f"slow_model={tmp_path}/nothing", f"output_dir={tmp_path}/o2", f"hydra.run.dir={tmp_path}/h3"]
+    out = subprocess.run(missing, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "no slow level at" in out.stderr

@@ -1,0 +1,29 @@
+"""Level 2 of the world model: a slow predictor over chunks of level-1 steps, its macro-action
+encoder, its (optionally JEPA-pretrained) slow state, and their training."""
+
+from worldmodel.hierarchy.model import SLOW_DIR, SlowConfig, SlowModel, TemporalEncoder, TemporalPredictor, load_slow
+from worldmodel.hierarchy.objective import (
+    SlowObjective,
+    SlowTrainConfig,
+    SlowWindows,
+    TemporalJEPAObjective,
+    slow_losses,
+    time_masks,
+    validate_slow,
+)
+
+__all__ = [
+    "SLOW_DIR",
+    "SlowConfig",
+    "SlowModel",
+    "SlowObjective",
+    "SlowTrainConfig",
+    "SlowWindows",
+    "TemporalEncoder",
+    "TemporalJEPAObjective",
+    "TemporalPredictor",
+    "load_slow",
+    "slow_losses",
+    "time_masks",
+    "validate_slow",
+]
