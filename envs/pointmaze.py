@@ -300,6 +300,15 @@ def next_waypoint(env: gymnasium.Env, state: np.ndarray, goal_state: np.ndarray)
     return np.concatenate([cell_centre(walls, path[1]), [0.0, 0.0]])
 
 
+def path_distance(physics: dict[str, np.ndarray], env_kwargs: dict) -> dict[str, np.ndarray]:
+    """The shortest-path distance in cells from each recorded cell to the layout's first free cell
+    (a quantity a slow latent should know and a straight-line one cannot give)."""
+    walls = layout_grid(env_kwargs.get("maze", "medium"))
+    dist = bfs_distances(walls, free_cells(walls)[0])
+    cells = np.asarray(physics["maze_cell"]).reshape(-1, 2).astype(int)
+    return {"path_distance": dist[cells[:, 0], cells[:, 1]].astype(np.float64)[:, None]}
+
+
 SPEC = register_env(
     EnvSpec(
         name="pointmaze",
@@ -316,5 +325,6 @@ SPEC = register_env(
         state_groups=(("ball", (0, 1, 2, 3)),),
         distance_tasks=maze_tasks,
         subgoal=next_waypoint,
+        derived_quantities=path_distance,
     )
 )

@@ -99,6 +99,9 @@ class EnvSpec:
         subgoal: ``subgoal(env, state, goal_state) -> state``, a privileged waypoint on the way to
             the goal (the maze: the next cell of a shortest path) that the simulator-based oracle
             plans toward; ``None``: the goal itself.
+        derived_quantities: ``derived_quantities(physics, env_kwargs) -> {name: (N, k) array}``,
+            quantities computed from recorded ones (the maze: the shortest-path distance in cells
+            to a fixed cell), which probes read as well; ``None``: none.
     """
 
     name: str
@@ -117,6 +120,7 @@ class EnvSpec:
     set_state: Callable[[gymnasium.Env, np.ndarray], None] = unwrapped_set_state
     distance_tasks: Callable[..., list[tuple[str, np.ndarray, np.ndarray, dict]]] | None = None
     subgoal: Callable[[gymnasium.Env, np.ndarray, np.ndarray], np.ndarray] | None = None
+    derived_quantities: Callable[[dict[str, np.ndarray], dict], dict[str, np.ndarray]] | None = None
 
     def __post_init__(self):
         keys = [q.key for q in self.quantities]

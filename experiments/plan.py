@@ -43,7 +43,7 @@ from worldmodel.evaluation import (TaskJournal, episode_video, evaluate_agent, m
                                    sample_goal_tasks, summarize_groups, task_seed)
 from worldmodel.dynamics import WorldModel
 from worldmodel.files import config_hash, file_sha256, writable_dir
-from worldmodel.hierarchy import SLOW_DIR, SlowModel, load_slow
+from worldmodel.hierarchy import ATLAS, SLOW_DIR, Atlas, SlowModel, load_slow
 from worldmodel.training import resolve_device
 
 
@@ -93,6 +93,27 @@ def reference_agent(name: str, cfg: PlanConfig, env, spec):
         return OracleAgent(env, spec, cem, horizon=o.horizon, receding_horizon=o.receding_horizon,
                            generator=torch.Generator().manual_seed(cfg.task_seed))
     return make_baseline(name, env.action_space, np.random.default_rng(cfg.task_seed + 1))
+
+
+def atlas_of(cfg: PlanConfig, slow: SlowModel | None) -> Atlas | None:
+    """The slow level's atlas of training frames (to show subgoals in videos), when it has one."""
+    if slow is None:
+        return None
+    path = Path(cfg.slow_model or Path(cfg.model) / SLOW_DIR) / ATLAS
+    return Atlas(path) if path.exists() else None
+
+
+def subgoal_panels(atlas: Atlas | None, subgoals: list | None, frames: int) -> list[np.ndarray] | None:
+    """Per video frame, the atlas image nearest to the subgoal in force at that step (the goal panel's
+    place is kept by the goal itself where the slow level handed the goal down)."""
+    if atlas is None or not subgoals:
+        return None
+    panels, k = [], 0
+    for t in range(frames):  # frame t is seen before action t; the subgoal chosen at step s acts from s on
+        while k + 1 < len(subgoals) and subgoals[k + 1][0] <= t:
+            k += 1
+        panels.append(atlas.nearest(subgoals[k][1]))
+    return panels
 
 
 def protocol_header(cfg: PlanConfig, dataset) -> dict:
@@ -149,13 +170,20 @@ def run(cfg: PlanConfig) -> dict:
     agents = [a for p in cfg.planner_names for a in planner_agents(cfg, model, slow, env, p)] if model else []
     agents += [reference_agent(n, cfg, env, spec) for n in cfg.baselines]
     results, videos = [], []
+    atlas = atlas_of(cfg, slow)
     try:
         for agent in agents:
             record = ((set(range(len(tasks))) if cfg.only_tasks else recorded_tasks(tasks, cfg.videos))
                       if isinstance(agent, LatentMPCAgent) else set())
-            summary, per_task = evaluate_agent(
-                env, spec, tasks, agent, cfg.budget, progress=cfg.progress, record=record,
-                done=journal.done.get(agent.name), on_result=lambda i, r, a=agent.name: journal.append(a, i, tasks[i], r))
+            subgoals: dict[int, list] = {}  # per recorded task: the (step, latent) of each subgoal
+
+            def finished(i, r, agent=agent, record=record, subgoals=subgoals):
+                journal.append(agent.name, i, tasks[i], r)
+                if i in record and hasattr(agent, "subgoals"):
+                    subgoals[i] = list(agent.subgoals)
+
+            summary, per_task = evaluate_agent(env, spec, tasks, agent, cfg.budget, progress=cfg.progress,
+                                               record=record, done=journal.done.get(agent.name), on_result=finished)
             if cfg.protocol == "maze":
                 summary["groups"] = summarize_groups(agent.name, tasks, per_task)
             summary["tasks"] = [{**t.describe, "success": r.success, "steps": r.steps,
@@ -167,7 +195,9 @@ def run(cfg: PlanConfig) -> dict:
                     tag = f"{tasks[i].group}-" if tasks[i].group else ""
                     index = cfg.only_tasks[i] if cfg.only_tasks else i
                     name = f"{cfg.env.name}-{agent.name}-{tag}task{index}-{'success' if r.success else 'fail'}.gif"
-                    videos.append(str(episode_video(r.frames, tasks[i].goal_obs, out / "videos" / name, spec)))
+                    panels = subgoal_panels(atlas, subgoals.get(i), len(r.frames))
+                    videos.append(str(episode_video(r.frames, tasks[i].goal_obs, out / "videos" / name, spec,
+                                                    subgoals=panels)))
             results.append(summary)
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished task is kept in {journal.path}; run the same command with "

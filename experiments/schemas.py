@@ -251,6 +251,7 @@ class SlowExperimentConfig(CollectConfig):
         jepa_train: stage 1, the temporal encoder's JEPA pretraining (``slow.state=jepa`` only).
         train: stage 2, the macro-action encoder and slow predictor.
         macro_prior_chunks: training chunks the plan coordinates are fitted to.
+        atlas_frames: training frames kept with the slow level (``atlas.npz``) to show subgoals in videos.
         feature_cache: directory of cached feature tables (shared with ``train_dynamics.py``).
         out_dir: run directory: ``jepa/`` and ``dynamics/`` (each with its checkpoint, log and
             plot), ``slow/`` (the finished slow level) and ``summary.json``.
@@ -264,6 +265,7 @@ class SlowExperimentConfig(CollectConfig):
     jepa_train: SlowTrainConfig = field(default_factory=lambda: SlowTrainConfig(steps=2000))
     train: SlowTrainConfig = field(default_factory=SlowTrainConfig)
     macro_prior_chunks: int = 20000
+    atlas_frames: int = 400
     feature_cache: str = "runs/cache"
     out_dir: str = "runs/slow"
     install: bool = False
@@ -275,8 +277,9 @@ class SlowExperimentConfig(CollectConfig):
         self.model = default_model(self)
         if self.val_episodes < 1:
             raise ValueError(f"val_episodes must be >= 1 to validate the slow level, got {self.val_episodes}")
-        if self.macro_prior_chunks < 2:
-            raise ValueError(f"macro_prior_chunks must be >= 2, got {self.macro_prior_chunks}")
+        if self.macro_prior_chunks < 2 or self.atlas_frames < 1:
+            raise ValueError(f"macro_prior_chunks must be >= 2 and atlas_frames >= 1, got {self.macro_prior_chunks}, "
+                             f"{self.atlas_frames}")
         check_resume_allow(self)
 
 

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -31,7 +32,7 @@ from experiments.schemas import SlowExperimentConfig
 from worldmodel.checkpoint import load_config, load_weights
 from worldmodel.dynamics import FeatureCache, WorldModel
 from worldmodel.hierarchy import (SLOW_DIR, SlowModel, SlowObjective, SlowWindows, TemporalJEPAObjective,
-                                  TemporalPredictor, validate_slow)
+                                  TemporalPredictor, save_atlas, validate_slow)
 from worldmodel.hierarchy.objective import chunk_windows
 from worldmodel.training import Trainer, plot_log, resolve_device
 from worldmodel.training.rundir import RUN_KEY
@@ -102,9 +103,15 @@ def train(cfg: SlowExperimentConfig, model: WorldModel, dataset, device: torch.d
                               "scale_diag": slow.macro_scale.diagonal().tolist()}
     summary["wall_seconds"] = time.perf_counter() - start
     extra = {k: meta[k] for k in ("dataset", "dataset_checksum", "level1", "commit", "env", "env_kwargs")}
-    slow.eval().save_pretrained(out / SLOW_DIR, extra)
+    # the atlas: training frames that show what a subgoal's level-1 latent looks like (videos)
+    pick = torch.randperm(len(latents["train"]), generator=torch.Generator().manual_seed(cfg.train.seed))
+    pick = pick[: cfg.atlas_frames].sort().values
+    images = np.asarray(dataset.split("train").obs[pick.numpy()])
+    for target in [out / SLOW_DIR] + ([Path(cfg.model) / SLOW_DIR] if cfg.install else []):
+        slow.eval().save_pretrained(target, extra)
+        save_atlas(target, latents["train"][pick], images)
     if cfg.install:
-        summary["installed"] = str(slow.save_pretrained(Path(cfg.model) / SLOW_DIR, extra))
+        summary["installed"] = str(Path(cfg.model) / SLOW_DIR)
     write_json(out / "summary.json", summary)
     return summary
 

@@ -61,18 +61,20 @@ class HierarchicalMPCAgent(LatentMPCAgent):
         self.macro_bounds = Bounds(-box, box).to(self.device, self.dtype)
         kind = cfg.planner if cfg.planner in ("cem", "mppi") else "cem"
         self.slow_planner = (CEM if kind == "cem" else MPPI)(getattr(sc, kind), sc.horizon, self.macro_bounds)
-        self.keep = max(self.span, (slow.state_window - 1) * model.layout.action_block)
-        self.subgoals: list[torch.Tensor] = []  # the level-1 goal chosen at each slow replan (for pictures)
+        self.keep = max(self.span, model.layout.boundary_span(slow.state_window))
+        self.subgoals: list[tuple[int, torch.Tensor]] = []  # (env step, newest level-1 goal latent) per slow replan
 
     def reset(self, goal_obs: np.ndarray) -> None:
         super().reset(goal_obs)
         h = self.model.layout.history
         self.goal_frames = self.goal[:, None].expand(-1, h, -1)  # (1, h, latent_dim): the goal, still
         self.target, self.slow_warm, self.since_slow, self.subgoals = self.goal_frames, None, None, []
+        self.steps = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         action = super().act(obs)
         self.since_slow += 1
+        self.steps += 1
         return action
 
     def _replan(self) -> float:
@@ -102,7 +104,7 @@ class HierarchicalMPCAgent(LatentMPCAgent):
         closest = int(torch.cat([now[:, None], ahead], 1).argmin(1))  # 0: here, j: after chunk j
         j = self.slow_cfg.subgoal
         self.target = self.goal_frames if closest <= j else frames[:, j - 1]
-        self.subgoals.append(self.target[:, -1].detach())
+        self.subgoals.append((self.steps, self.target[0, -1].detach().float().cpu()))
         shift = self.every // slow.chunk_steps
         self.slow_warm = (shift_plan(result.actions, min(shift, self.slow_planner.horizon), self.macro_bounds)
                           if shift else result.actions)

@@ -33,6 +33,8 @@ class LayoutLike(Protocol):
 
     def state_offsets(self) -> np.ndarray: ...  # offsets of a state's frames from its newest, oldest first
 
+    def boundary_span(self, boundaries: int) -> int: ...  # env steps spanned by that many block boundaries
+
 
 class LatentModel(Protocol):
     layout: LayoutLike
@@ -204,12 +206,12 @@ class LatentMPCAgent:
         """The newest ``boundaries`` block-boundary images ``(1, n, C, H, W)`` uint8, one block apart back
         from the newest frame, and the ``(1, (n - 1) * k, A)`` actions between them (before the
         episode's first image: that image, still)."""
-        span = (boundaries - 1) * self.model.layout.action_block
+        span = self.model.layout.boundary_span(boundaries)
         pad = max(0, span + 1 - len(self.frames))
         frames = [self.frames[0]] * pad + list(self.frames)
         actions = [np.zeros(self.action_dim, np.float32)] * pad + list(self.actions)
         newest = len(frames) - 1
-        offsets = np.arange(boundaries) * self.model.layout.action_block - span
+        offsets = np.arange(boundaries) * self.model.layout.action_block - span  # oldest first, newest at 0
         x = torch.from_numpy(np.stack([frames[newest + i] for i in offsets])).permute(0, 3, 1, 2)[None]
         a = np.asarray(actions[len(actions) - span :] if span else [], np.float32).reshape(1, span, self.action_dim)
         return x.to(self.device), torch.from_numpy(a).to(device=self.device, dtype=self.dtype)

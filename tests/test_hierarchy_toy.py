@@ -125,7 +125,7 @@ def test_hierarchical_planner_goes_through_the_door_where_flat_planning_at_the_s
     hier = hierarchical_agent()
     ok, best = run(hier)
     assert ok, f"the hierarchical planner came no closer than {best:.2f}"
-    assert len(hier.subgoals) >= 2 and any(float(s[0, 1]) < 12 for s in hier.subgoals)  # a subgoal toward the door
+    assert len(hier.subgoals) >= 2 and any(float(s[1]) < 12 for _, s in hier.subgoals)  # a subgoal toward the door
     # the flat planner gets the hierarchy's model steps per plan (its K level-1 steps plus the slow
     # plan's 8 chunks of K steps) as one long horizon, and the same samples and iterations
     flat = flat_agent(horizon=K + 8 * K)

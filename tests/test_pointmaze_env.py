@@ -163,26 +163,42 @@ def test_the_oracle_reaches_a_far_goal_and_zero_does_not(env):
 
 @pytest.mark.slow
 def test_plan_entry_point_runs_the_maze_protocol_end_to_end(tmp_path):
-    """A tiny world model through plan.py env=pointmaze: both planners, the baselines, every bin."""
+    """A tiny world model with a slow level through plan.py env=pointmaze: both planners, flat and
+    hierarchical, the baselines, every bin; the hierarchical videos show the subgoal."""
+    import torch
+
     from experiments.conf import load
     from tests.models import tiny_world_model
+    from worldmodel.hierarchy import SlowConfig, SlowModel, save_atlas
 
     kwargs = load("plan", ["env=pointmaze"]).env.env_kwargs()
-    tiny_world_model(block=2, moving=True).save_pretrained(tmp_path / "model", extra={"env": "pointmaze",
-                                                                                       "env_kwargs": kwargs})
+    model = tiny_world_model(block=2, moving=True)
+    model.save_pretrained(tmp_path / "model", extra={"env": "pointmaze", "env_kwargs": kwargs})
+    slow = SlowModel(model.layout, SlowConfig(chunk=2, macro_dim=2, hidden=16, layers=1))
+    slow.save_pretrained(tmp_path / "model" / "slow")
+    save_atlas(tmp_path / "model" / "slow", torch.randn(5, model.latent_dim),
+               np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8))
     cmd = [sys.executable, str(ROOT / "experiments" / "plan.py"), "env=pointmaze", f"model={tmp_path}/model",
            "episodes=2", "baselines=[random,zero]", "bins.near.budget=5", "bins.mid.budget=5", "bins.far.budget=5",
            "mpc.horizon=2", "mpc.receding_horizon=2", "mpc.cem.samples=8", "mpc.cem.elites=2", "mpc.cem.iterations=1",
-           "mpc.mppi.samples=8", "mpc.mppi.iterations=1", "videos=1", "progress=false",
+           "mpc.mppi.samples=8", "mpc.mppi.iterations=1", "mpc.slow.horizon=2", "mpc.slow.subgoal=1",
+           "mpc.slow.cem.samples=8", "mpc.slow.cem.elites=2", "mpc.slow.cem.iterations=1", "mpc.slow.mppi.samples=8",
+           "mpc.slow.mppi.iterations=1", "videos=1", "progress=false",
            f"output_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/hydra"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     (result,) = (tmp_path / "results").glob("plan-pointmaze-*.json")
     summary = json.loads(result.read_text())
     assert summary["protocol"]["name"] == "maze" and summary["protocol"]["env_settings"]["maze"] == "medium"
-    assert [r["agent"] for r in summary["results"]] == ["cem-mpc", "mppi-mpc", "random", "zero"]
-    assert all(r["replans"] > 0 for r in summary["results"][:2])
-    assert len(summary["videos"]) == 6 and any("-far-task4-" in v for v in summary["videos"])  # 1 per bin, planner
+    assert [r["agent"] for r in summary["results"]] == ["cem-mpc", "cem-hier", "mppi-mpc", "mppi-hier", "random",
+                                                        "zero"]
+    assert all(r["replans"] > 0 and r["gflops_per_step"] > 0 for r in summary["results"][:4])
+    assert len(summary["videos"]) == 12 and any("-far-task4-" in v for v in summary["videos"])  # 1 per bin, planner
+    from PIL import Image
+
+    widths = {Path(v).name.split("-")[1] + "-" + Path(v).name.split("-")[2]: Image.open(v).width
+              for v in summary["videos"]}
+    assert widths["cem-hier"] > widths["cem-mpc"]  # now | subgoal | goal, against now | goal
     for r in summary["results"]:
         assert list(r["groups"]) == ["near", "mid", "far"] and all(g["episodes"] == 2 for g in r["groups"].values())
         assert [t["group"] for t in r["tasks"]] == ["near"] * 2 + ["mid"] * 2 + ["far"] * 2

@@ -67,6 +67,11 @@ class StateLayout:
         """Consecutive frames a window of ``steps`` model steps spans: ``(steps + h - 1) * k + 1``."""
         return (steps + self.history - 1) * self.action_block + 1
 
+    def boundary_span(self, boundaries: int) -> int:
+        """Env steps from the first to the last of ``boundaries`` consecutive block boundaries (a window
+        of them has one frame more)."""
+        return (boundaries - 1) * self.action_block
+
     def boundaries(self, steps: int) -> np.ndarray:
         """Offsets of the ``steps + h`` block-boundary frames within such a window."""
         return np.arange(steps + self.history) * self.action_block

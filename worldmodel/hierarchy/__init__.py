@@ -1,7 +1,8 @@
 """Level 2 of the world model: a slow predictor over chunks of level-1 steps, its macro-action
 encoder, its (optionally JEPA-pretrained) slow state, and their training."""
 
-from worldmodel.hierarchy.model import SLOW_DIR, SlowConfig, SlowModel, TemporalEncoder, TemporalPredictor, load_slow
+from worldmodel.hierarchy.model import (ATLAS, SLOW_DIR, Atlas, SlowConfig, SlowModel, TemporalEncoder, TemporalPredictor,
+                                        load_slow, save_atlas)
 from worldmodel.hierarchy.objective import (
     SlowObjective,
     SlowTrainConfig,
@@ -13,6 +14,9 @@ from worldmodel.hierarchy.objective import (
 )
 
 __all__ = [
+    "ATLAS",
+    "Atlas",
+    "save_atlas",
     "SLOW_DIR",
     "SlowConfig",
     "SlowModel",

@@ -35,11 +35,13 @@ import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from worldmodel.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
 from worldmodel.dynamics.layout import StateLayout
+from worldmodel.files import verified, write_verified
 
 SLOW_FORMAT = 1
 SLOW_STATES = ("latent", "jepa")
@@ -304,3 +306,31 @@ def load_slow(path: str | Path, layout: StateLayout, device: str | torch.device 
     if slow.layout != layout:
         raise CheckpointError(f"{path} was trained on a level-1 layout {slow.layout}, the model has {layout}")
     return slow
+
+
+ATLAS = "atlas.npz"  # training frames and their level-1 latents, for showing what a subgoal looks like
+
+
+def save_atlas(slow_dir: str | Path, latents: torch.Tensor, images: np.ndarray) -> Path:
+    """Write ``<slow_dir>/atlas.npz`` (with its sha256 record): ``latents (N, latent_dim)`` and the
+    ``images (N, H, W, C)`` uint8 they are the level-1 latents of."""
+    if len(latents) != len(images) or images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"need N latents and N (H, W, C) uint8 images, got {tuple(latents.shape)} and "
+                         f"{images.dtype} {images.shape}")
+    return write_verified(Path(slow_dir) / ATLAS, lambda tmp: np.savez_compressed(
+        tmp, latents=latents.float().cpu().numpy(), images=images))
+
+
+class Atlas:
+    """The training frames of a slow level's atlas, looked up by level-1 latent."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not verified(path):
+            raise CheckpointError(f"{path} is missing or does not match its sha256 record")
+        with np.load(path) as f:
+            self.latents, self.images = torch.from_numpy(f["latents"]), f["images"]
+
+    def nearest(self, latent: torch.Tensor) -> np.ndarray:
+        """The image ``(H, W, C)`` whose level-1 latent is nearest to ``latent (latent_dim,)``."""
+        return self.images[int(((self.latents - latent.float().cpu()) ** 2).sum(-1).argmin())]

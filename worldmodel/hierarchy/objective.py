@@ -89,7 +89,7 @@ class SlowWindows:
         if not bool(torch.isfinite(latents).all()):
             raise ValueError("the level-1 latents hold NaN or inf values")
         self.layout, self.n = L, boundaries
-        self.sampler = WindowSampler(episodes, window=(boundaries - 1) * L.action_block + 1)
+        self.sampler = WindowSampler(episodes, window=L.boundary_span(boundaries) + 1)
         self.latents = latents
         self.actions = torch.from_numpy(np.array(episodes.actions, dtype=np.float32))
         self.offsets = np.arange(boundaries) * L.action_block
