@@ -7,7 +7,9 @@ previous run left), then exports the world model without its training state to
 
 1. ``collect.py``: the dataset (Reacher: uniform random torques; maze: the mixed policy; seeds 0 / 1000);
 2. ``pretrain_encoder.py``: JEPA pretraining of the small ViT encoder;
-3. ``train_dynamics.py``: the action-conditioned predictor on the frozen encoder.
+3. ``train_dynamics.py``: the action-conditioned predictor on the frozen encoder;
+4. ``train_slow.py``: the slow level (level 2) on the exported model's latents, installed in
+   ``models/<env>/slow`` (what ``mpc.hierarchy=true`` plans with).
 
 Arguments are Hydra overrides applied to every stage (e.g. ``env.image_size=96``).
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from experiments import pretrain_encoder, train_dynamics
+from experiments import pretrain_encoder, train_dynamics, train_slow
 from experiments.conf import load
 from experiments.provenance import git_commit
 from worldmodel.checkpoint import load_config
@@ -54,8 +56,11 @@ def main(overrides: list[str]) -> Path:
     }
     # Shipped in fp16 (half the bytes; loading casts back to fp32).
     target = model.save_pretrained(EXPORT_ROOT / pre.env.model_name, extra=config, dtype=torch.float16)
-    size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
-    print(f"default world model exported to {target} ({size:.1f} MiB)")
+    slow = load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={target}",
+                                           "install=true"])
+    train_slow.run(slow)
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
+    print(f"default world model (with its slow level) exported to {target} ({size:.1f} MiB)")
     return target
 
 

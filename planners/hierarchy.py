@@ -1,13 +1,15 @@
 """Hierarchical latent planning: the slow level chooses subgoals, the level-1 MPC reaches them.
 
-Every ``slow.every`` env steps (one chunk by default) the agent encodes its recent frames into a
-slow state and plans ``slow.horizon`` macro-actions with the same kind of planner as level 1
-(CEM or MPPI), in the slow model's plan coordinates, to bring the level-1 latents that the slow
-states stand for closest to the goal image's (the ``min`` over the plan). The first predicted
-slow state is the subgoal: its level-1 frame latents become the level-1 planner's goal until the
-next slow replan. When the slow plan comes closest to the goal within its first chunk (or the
-agent is there already), the goal image itself is the level-1 goal. Between slow replans the
-level-1 MPC replans at its own cadence, as the flat agent does.
+Every ``slow.every`` env steps (one chunk by default) the agent encodes its newest frames once,
+plans ``slow.horizon`` macro-actions with the same kind of planner as level 1 (CEM or MPPI), in
+the slow model's plan coordinates, toward the goal image: the cost is the distance of the level-1
+latents the predicted slow states stand for from the goal's, reduced over the chunks by ``min``
+(so a detour that ends at the goal beats stopping at a wall) plus ``progress`` times the mean (so
+of two such plans the quicker wins). The predicted chunk boundary number ``slow.subgoal`` of the
+best plan is the subgoal: its level-1 latents are the level-1 planner's goal until the next slow
+replan. When the slow plan comes closest to the goal no later than that chunk (or the agent is
+there already), the goal image itself is the level-1 goal. Between slow replans the level-1 MPC
+replans at its own cadence, as the flat agent does.
 
 Planners still know nothing about models: both levels are plain cost functions over boxes.
 """
@@ -54,6 +56,10 @@ class HierarchicalMPCAgent(LatentMPCAgent):
                  action_high: np.ndarray, generator: torch.Generator, name: str = "hierarchical-mpc"):
         sc = cfg.slow
         low = replace(cfg, horizon=sc.low_horizon or cfg.horizon)
+        if sc.low_iterations < 1:
+            fewer = lambda n: max(1, round(sc.low_iterations * n))  # noqa: E731
+            low = replace(low, cem=replace(cfg.cem, iterations=fewer(cfg.cem.iterations)),
+                          mppi=replace(cfg.mppi, iterations=fewer(cfg.mppi.iterations)))
         super().__init__(model, low, action_low, action_high, generator, name)
         self.slow, self.slow_cfg = slow, sc
         self.every = sc.every or slow.chunk_steps
@@ -78,19 +84,25 @@ class HierarchicalMPCAgent(LatentMPCAgent):
         return action
 
     def _replan(self) -> float:
-        flops = 0.0
         if self.since_slow is None or self.since_slow >= self.every:
-            flops += self.counted("slow", self._plan_slow)
             self.since_slow = 0
-        return flops + self.counted("plan", lambda: self._plan_toward(self.target))
+            return self.counted("slow+plan", self._plan_both)
+        return self.counted("plan", lambda: self._plan_toward(self.target))
 
     @torch.no_grad()
-    def _plan_slow(self) -> None:
-        """Plan macro-actions toward the goal; set ``self.target``, the level-1 goal frames."""
+    def _plan_both(self) -> None:
+        """Encode the newest frames once; plan the slow level, then level 1 toward the subgoal."""
+        L, h = self.model.layout, self.model.layout.history
+        x, a = self._window(max(self.slow.state_window, h))
+        z, blocks = self.model.latents(x), L.blocks(a)  # (1, n, latent_dim), (1, n - 1, block_dim)
+        self._plan_slow(z[:, -self.slow.state_window :], blocks[:, blocks.shape[1] + 1 - self.slow.state_window :])
+        self._plan_toward(self.target, L.compose(z[:, -h:], blocks[:, blocks.shape[1] + 1 - h :]))
+
+    def _plan_slow(self, z: torch.Tensor, blocks: torch.Tensor) -> None:
+        """Plan macro-actions toward the goal from the level-1 latents ``z (1, W, d)`` of the newest
+        boundaries and the blocks between them; set ``self.target``, the level-1 goal frames."""
         slow, L = self.slow, self.model.layout
-        x, a = self._window(slow.state_window)
-        z = self.model.latents(x)  # (1, W, latent_dim)
-        s2 = slow.encode(z, L.blocks(a))
+        s2 = slow.encode(z, blocks)
         goal = self.goal_frames.flatten(1)
 
         def reached(s2_0: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

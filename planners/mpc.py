@@ -35,6 +35,10 @@ class LayoutLike(Protocol):
 
     def boundary_span(self, boundaries: int) -> int: ...  # env steps spanned by that many block boundaries
 
+    def compose(self, latents: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor: ...  # frame latents, blocks -> s
+
+    def blocks(self, actions: torch.Tensor) -> torch.Tensor: ...  # (..., n*k, A) -> (..., n, block_dim)
+
 
 class LatentModel(Protocol):
     layout: LayoutLike
@@ -65,6 +69,9 @@ class SlowPlanConfig:
         box: half-width of the box of plan coordinates searched, in standard deviations of the
             macro-actions the encoder produces on the training chunks.
         low_horizon: the level-1 plan's horizon under a subgoal (0: ``MPCConfig.horizon``).
+        low_iterations: the level-1 planner's iterations (CEM, MPPI) under a subgoal, as a fraction of
+            its own setting (rounded, at least 1); fewer pay for the slow plans, so that the
+            hierarchy costs no more per control step than flat planning.
         subgoal: which predicted chunk boundary of the slow plan is the level-1 goal (1: the first,
             as HWM). The level-1 planner heads for a far subgoal at full speed and reaches a near one
             and waits, so a later one is faster as long as the path to it has no corner to cut.
@@ -81,6 +88,7 @@ class SlowPlanConfig:
     every: int = 0
     box: float = 2.0
     low_horizon: int = 0
+    low_iterations: float = 1.0
     subgoal: int = 1
     reduce: str = "min"
     progress: float = 0.1
@@ -92,8 +100,10 @@ class SlowPlanConfig:
             raise ValueError(f"slow.reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
         if not 1 <= self.subgoal <= self.horizon:
             raise ValueError(f"slow.subgoal must be a chunk of the slow plan, 1..{self.horizon}, got {self.subgoal}")
-        if self.horizon < 1 or self.every < 0 or self.box <= 0 or self.low_horizon < 0 or self.progress < 0:
-            raise ValueError(f"need slow horizon >= 1, every >= 0, box > 0, low_horizon >= 0, got {self}")
+        if min(self.every, self.low_horizon, self.progress) < 0 or self.horizon < 1 or self.box <= 0:
+            raise ValueError(f"need slow horizon >= 1, box > 0 and every, low_horizon, progress >= 0, got {self}")
+        if not 0 < self.low_iterations <= 1:
+            raise ValueError(f"slow.low_iterations is a fraction in (0, 1], got {self.low_iterations}")
 
 
 @dataclass
@@ -268,9 +278,10 @@ class LatentMPCAgent:
         """Plan from the newest frame toward ``self.goal``; fill the action queue; the model FLOPs spent."""
         return self.counted("plan", lambda: self._plan_toward(self.goal))
 
-    def _plan_toward(self, goal: torch.Tensor) -> None:
+    def _plan_toward(self, goal: torch.Tensor, s0: torch.Tensor | None = None) -> None:
+        """Plan from the state ``s0`` (default: the newest frame's) toward ``goal``; fill the action queue."""
         cfg = self.cfg
-        s0 = self._encode()
+        s0 = self._encode() if s0 is None else s0
         model = self.model
         cost = goal_cost(model, s0, goal, cfg)
         if cfg.action_penalty:
