@@ -81,9 +81,9 @@ def test_plan_coordinates_cover_the_macro_actions_of_the_data():
     g = torch.Generator().manual_seed(2)
     chunks = torch.randn(4000, slow.chunk_dim, generator=g) * 0.3 + 0.1
     slow.fit_macro_prior(chunks)
-    m = slow.macro(chunks)
+    m = slow.macro(chunks).detach()
     u = torch.randn(20000, slow.macro_dim, generator=g)
-    drawn = slow.macro_from_plan(u)  # standard normal plan coordinates give the data's mean and covariance
+    drawn = slow.macro_from_plan(u).detach()  # standard normal plan coordinates give the data's mean and covariance
     assert torch.allclose(drawn.mean(0), m.mean(0), atol=0.03 * float(m.std(0).max()) + 1e-3)
     assert torch.allclose(torch.cov(drawn.T), torch.cov(m.T), rtol=0.1, atol=0.05 * float(m.var(0).max()))
 
@@ -93,6 +93,8 @@ def test_time_masks_hide_contiguous_blocks_and_keep_a_context():
     assert keep.shape == (500, 8) and (keep.sum(1) >= 2).all() and (~keep).any(1).all()
     hidden_runs = [(torch.diff(torch.cat([torch.tensor([1]), k.int(), torch.tensor([1])])) == -1).sum() for k in keep]
     assert max(hidden_runs) <= 2  # at most the two blocks (they may touch or overlap)
+    small = time_masks(500, 3, num_targets=2, longest=2, generator=torch.Generator().manual_seed(1))
+    assert ((~small).sum(1) == 1).all()  # a window of 3: one hidden, two visible, always
 
 
 def test_slow_losses_are_finite_and_reach_every_trained_part():

@@ -179,9 +179,9 @@ def test_plan_entry_point_runs_the_maze_protocol_end_to_end(tmp_path):
     save_atlas(tmp_path / "model" / "slow", torch.randn(5, model.latent_dim),
                np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8))
     cmd = [sys.executable, str(ROOT / "experiments" / "plan.py"), "env=pointmaze", f"model={tmp_path}/model",
-           "episodes=2", "baselines=[random,zero]", "bins.near.budget=5", "bins.mid.budget=5", "bins.far.budget=5",
-           "mpc.horizon=2", "mpc.receding_horizon=2", "mpc.cem.samples=8", "mpc.cem.elites=2", "mpc.cem.iterations=1",
-           "mpc.mppi.samples=8", "mpc.mppi.iterations=1", "mpc.slow.horizon=2", "mpc.slow.subgoal=1",
+           "episodes=2", "planners=[cem,mppi]", "baselines=[random,zero]", "bins.near.budget=5", "bins.mid.budget=5",
+           "bins.far.budget=5", "mpc.horizon=2", "mpc.receding_horizon=2", "mpc.cem.samples=8", "mpc.cem.elites=2",
+           "mpc.cem.iterations=1", "mpc.mppi.samples=8", "mpc.mppi.iterations=1", "mpc.slow.horizon=2", "mpc.slow.subgoal=1",
            "mpc.slow.cem.samples=8", "mpc.slow.cem.elites=2", "mpc.slow.cem.iterations=1", "mpc.slow.mppi.samples=8",
            "mpc.slow.mppi.iterations=1", "videos=1", "progress=false",
            f"output_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/hydra"]

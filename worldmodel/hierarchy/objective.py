@@ -108,18 +108,20 @@ class SlowWindows:
 
 
 def time_masks(batch: int, window: int, num_targets: int, longest: int, generator: torch.Generator) -> torch.Tensor:
-    """``keep (B, W) bool``: False on ``num_targets`` contiguous blocks of 1..``longest`` boundaries per
-    window (positions and lengths drawn per sample), True on the context. At least two boundaries
-    stay visible."""
+    """``keep (B, W) bool``: False on up to ``num_targets`` contiguous blocks of 1..``longest`` boundaries
+    per window (positions and lengths drawn per sample), True on the context. The first block is
+    always hidden; a later one only where it leaves at least two boundaries visible."""
+    if window < 3:
+        raise ValueError(f"a JEPA over time needs windows of at least 3 boundaries (2 visible, 1 hidden), got {window}")
+    longest = min(longest, window - 2)
     keep = torch.ones(batch, window, dtype=torch.bool)
+    t = torch.arange(window)
     for _ in range(num_targets):
         length = torch.randint(1, longest + 1, (batch,), generator=generator)
         start = (torch.rand(batch, generator=generator) * (window - length + 1)).long()
-        t = torch.arange(window)
-        keep &= ~((t >= start[:, None]) & (t < (start + length)[:, None]))
-    short = keep.sum(1) < 2
-    keep[short, -2:] = True  # rare: the blocks covered almost everything
-    keep[short, :2] = True
+        hidden = (t >= start[:, None]) & (t < (start + length)[:, None])
+        candidate = keep & ~hidden
+        keep = torch.where((candidate.sum(1) >= 2)[:, None], candidate, keep)
     return keep
 
 
