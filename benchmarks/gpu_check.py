@@ -150,7 +150,7 @@ def latency(model: WorldModel, replans: int) -> dict:
             if i == 3:
                 agent.plan_seconds.clear()
             agent.frames, agent.actions = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8)], []
-            agent._replan()
+            agent.replan()
         out[f"cem_{samples}x{cfg.cem.iterations}_ms"] = 1000 * float(np.median(agent.plan_seconds))
     return out
 

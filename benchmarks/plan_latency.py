@@ -65,7 +65,7 @@ def main() -> None:
 
     def replan(obs):
         agent.frames, agent.actions = [obs], []
-        agent._replan()
+        agent.replan()
 
     for _ in range(3):  # warm-up
         replan(image())
@@ -74,7 +74,8 @@ def main() -> None:
     for _ in range(args.replans):
         obs = image()
         t = time.perf_counter()
-        agent._encode([obs], [])
+        agent.frames, agent.actions = [obs], []
+        agent._encode()
         encode_s.append(time.perf_counter() - t)
         replan(obs)
     plan_s = float(np.mean(agent.plan_seconds))

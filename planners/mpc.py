@@ -255,13 +255,17 @@ class LatentMPCAgent:
         self.check_image(obs, "observation")
         self.frames = (self.frames + [np.array(obs, copy=True)])[-self.keep - 1 :]
         if not self.queue:
-            start = time.perf_counter()
-            flops = self._replan()
-            self.plan_seconds.append(time.perf_counter() - start)
-            self.plan_flops.append(flops)
+            self.replan()
         action = self.queue.pop(0)
         self.actions = (self.actions + [action])[-self.keep :] if self.keep else []  # since the oldest frame kept
         return action
+
+    def replan(self) -> None:
+        """Plan from the frames seen so far; refill the action queue; record the time and model FLOPs."""
+        start = time.perf_counter()
+        flops = self._replan()
+        self.plan_seconds.append(time.perf_counter() - start)
+        self.plan_flops.append(flops)
 
     def counted(self, what: str, fn: Callable[[], None]) -> float:
         """Run ``fn``; its model FLOPs, counted on its first call (a plan's FLOPs do not depend on the
