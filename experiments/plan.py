@@ -43,7 +43,7 @@ from worldmodel.evaluation import (TaskJournal, episode_video, evaluate_agent, m
                                    sample_goal_tasks, summarize_groups, task_seed)
 from worldmodel.dynamics import WorldModel
 from worldmodel.files import config_hash, file_sha256, writable_dir
-from worldmodel.hierarchy import ATLAS, SLOW_DIR, Atlas, SlowModel, load_slow
+from worldmodel.hierarchy import ATLAS, Atlas, SlowModel, load_slow
 from worldmodel.training import resolve_device
 
 
@@ -99,7 +99,7 @@ def atlas_of(cfg: PlanConfig, slow: SlowModel | None) -> Atlas | None:
     """The slow level's atlas of training frames (to show subgoals in videos), when it has one."""
     if slow is None:
         return None
-    path = Path(cfg.slow_model or Path(cfg.model) / SLOW_DIR) / ATLAS
+    path = Path(cfg.slow_path) / ATLAS
     return Atlas(path) if path.exists() else None
 
 
@@ -120,7 +120,7 @@ def protocol_header(cfg: PlanConfig, dataset) -> dict:
     """Every setting that decides an evaluation's per-task results."""
     model = {"weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS)} if cfg.model else None
     if model is not None and cfg.mpc.hierarchy:
-        model["slow_weights_sha256"] = file_sha256(Path(cfg.slow_model or Path(cfg.model) / SLOW_DIR) / WEIGHTS)
+        model["slow_weights_sha256"] = file_sha256(Path(cfg.slow_path) / WEIGHTS)
     tasks = ({"protocol": "maze", "bins": {k: asdict(b) for k, b in cfg.bins.items()}} if cfg.protocol == "maze" else
              {"dataset_checksum": dataset.manifest["checksum"], "goal_offset": cfg.goal_offset, "budget": cfg.budget})
     return {"env": asdict(cfg.env), **tasks, "task_seed": cfg.task_seed, "episodes": cfg.episodes, "model": model,
@@ -152,7 +152,7 @@ def run(cfg: PlanConfig) -> dict:
     spec = envs.get_spec(cfg.env.name)
     out = writable_dir(cfg.output_dir, "output_dir")
     model = load_model(cfg) if cfg.model else None
-    slow = (load_slow(cfg.slow_model or Path(cfg.model) / SLOW_DIR, model.layout, model.device)
+    slow = (load_slow(cfg.slow_path, model.layout, model.device)
             if model is not None and cfg.mpc.hierarchy else None)
     env = cfg.env.make(max_episode_steps=cfg.max_budget)
     try:

@@ -14,7 +14,7 @@ from worldmodel.data.config import CollectConfig
 from worldmodel.dynamics import DynamicsConfig, DynamicsTrainConfig
 from worldmodel.evaluation import BASELINES, REFERENCE_AGENTS
 from worldmodel.files import flatten
-from worldmodel.hierarchy import SlowConfig, SlowTrainConfig
+from worldmodel.hierarchy import SLOW_DIR, SlowConfig, SlowTrainConfig
 from worldmodel.jepa import JEPAConfig, JEPATrainConfig
 from worldmodel.training.distributed import check_device_name
 
@@ -158,6 +158,11 @@ class PlanConfig(CollectConfig):
     def planner_names(self) -> list[str]:
         """The planners this evaluation runs, in order."""
         return list(self.planners) or [self.mpc.planner]
+
+    @property
+    def slow_path(self) -> str:
+        """The slow level the hierarchical agents plan with: ``slow_model``, else ``<model>/slow``."""
+        return self.slow_model or f"{self.model}/{SLOW_DIR}"
 
     @property
     def max_budget(self) -> int:

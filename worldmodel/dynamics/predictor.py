@@ -8,6 +8,22 @@ from torch import nn
 from worldmodel.dynamics.layout import StateLayout
 
 
+def mlp(inp: int, hidden: int, out: int, layers: int, zero_last: bool = False, dropout: float = 0.0) -> nn.Sequential:
+    """``layers`` hidden layers of Linear, LayerNorm, GELU (and dropout when given), then a linear
+    output, zeroed on request (an untrained residual predictor then says "nothing moves")."""
+    mods: list[nn.Module] = []
+    width = inp
+    for _ in range(layers):
+        mods += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU()]
+        mods += [nn.Dropout(dropout)] if dropout else []
+        width = hidden
+    last = nn.Linear(width, out)
+    if zero_last:
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    return nn.Sequential(*mods, last)
+
+
 class BlockPredictor(nn.Module):
     """``f`` in ``z_{t+k} = z_t + f([s_t, A_t])``: the change of the newest frame latent over one
     action block, from the state and the block.
@@ -18,16 +34,8 @@ class BlockPredictor(nn.Module):
 
     def __init__(self, layout: StateLayout, hidden: int, depth: int, dropout: float = 0.0):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = layout.state_dim + layout.block_dim
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU()]
-            layers += [nn.Dropout(dropout)] if dropout else []
-            width = hidden
-        last = nn.Linear(width, layout.latent_dim)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
+        self.net = mlp(layout.state_dim + layout.block_dim, hidden, layout.latent_dim, depth, zero_last=True,
+                       dropout=dropout)
 
     def forward(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """``s (..., state_dim)``, ``a (..., block_dim)`` -> the latent's change ``(..., latent_dim)``."""

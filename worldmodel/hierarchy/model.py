@@ -41,6 +41,7 @@ from torch import nn
 
 from worldmodel.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
 from worldmodel.dynamics.layout import StateLayout
+from worldmodel.dynamics.predictor import mlp
 from worldmodel.files import verified, write_verified
 
 SLOW_FORMAT = 1
@@ -91,20 +92,6 @@ class SlowConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def mlp(inp: int, hidden: int, out: int, layers: int, zero_last: bool = False) -> nn.Sequential:
-    """``layers`` hidden layers of Linear, LayerNorm, GELU, then a linear output (zeroed on request)."""
-    mods: list[nn.Module] = []
-    width = inp
-    for _ in range(layers):
-        mods += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU()]
-        width = hidden
-    last = nn.Linear(width, out)
-    if zero_last:
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-    return nn.Sequential(*mods, last)
 
 
 class TemporalEncoder(nn.Module):
