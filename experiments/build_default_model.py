@@ -11,7 +11,8 @@ previous run left), then exports the world model without its training state to
 4. ``train_slow.py``: the slow level (level 2) on the exported model's latents, installed in
    ``models/<env>/slow`` (what ``mpc.hierarchy=true`` plans with).
 
-Arguments are Hydra overrides applied to every stage (e.g. ``env.image_size=96``).
+Arguments are Hydra overrides applied to every stage (e.g. ``env.image_size=96``), and
+``slow=false``, which skips stage 4 (DMC reacher's goals lie within one level-1 plan).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ EXPORT_ROOT = Path(__file__).resolve().parents[1] / "models"
 
 
 def main(overrides: list[str]) -> Path:
+    with_slow = "slow=false" not in overrides
+    overrides = [o for o in overrides if o != "slow=false"]
     pre = load("pretrain", overrides + ["resume=true"])
     ensure_dataset(pre)
     if not (Path(pre.out_dir) / "summary.json").exists():
@@ -56,11 +59,12 @@ def main(overrides: list[str]) -> Path:
     }
     # Shipped in fp16 (half the bytes; loading casts back to fp32).
     target = model.save_pretrained(EXPORT_ROOT / pre.env.model_name, extra=config, dtype=torch.float16)
-    slow = load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={target}",
-                                           "install=true"])
-    train_slow.run(slow)
+    if with_slow:
+        slow = load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={target}",
+                                               "install=true"])
+        train_slow.run(slow)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
-    print(f"default world model (with its slow level) exported to {target} ({size:.1f} MiB)")
+    print(f"default world model{' (with its slow level)' if with_slow else ''} exported to {target} ({size:.1f} MiB)")
     return target
 
 

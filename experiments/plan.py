@@ -83,6 +83,13 @@ def planner_agents(cfg: PlanConfig, model: WorldModel, slow: SlowModel | None, e
     return agents
 
 
+def variant_agent(cfg: PlanConfig, model: WorldModel, env, name: str) -> LatentMPCAgent:
+    """A flat agent with the MPC settings of ``cfg.variants[name]``, seeded like the others."""
+    space = env.action_space
+    return LatentMPCAgent(model, cfg.variants[name], space.low, space.high,
+                          torch.Generator().manual_seed(cfg.task_seed), name=cfg.variant_name(name))
+
+
 def reference_agent(name: str, cfg: PlanConfig, env, spec):
     """``random``, ``zero``, or ``oracle``: CEM with the true simulator (``cfg.oracle``; by default the
     settings PROTOCOL.md reports 20/20 with: 200 samples, 5 iterations, horizon 10, replanning every 2
@@ -125,6 +132,7 @@ def protocol_header(cfg: PlanConfig, dataset) -> dict:
              {"dataset_checksum": dataset.manifest["checksum"], "goal_offset": cfg.goal_offset, "budget": cfg.budget})
     return {"env": asdict(cfg.env), **tasks, "task_seed": cfg.task_seed, "episodes": cfg.episodes, "model": model,
             "mpc": asdict(cfg.mpc), "planners": cfg.planner_names, "baselines": list(cfg.baselines),
+            **({"variants": {k: asdict(v) for k, v in cfg.variants.items()}} if cfg.variants else {}),
             **({"oracle": asdict(cfg.oracle)} if "oracle" in cfg.baselines else {}),
             **({"only_tasks": list(cfg.only_tasks)} if cfg.only_tasks else {})}
 
@@ -168,6 +176,7 @@ def run(cfg: PlanConfig) -> dict:
         env.close()
         raise
     agents = [a for p in cfg.planner_names for a in planner_agents(cfg, model, slow, env, p)] if model else []
+    agents += [variant_agent(cfg, model, env, name) for name in cfg.variants] if model else []
     agents += [reference_agent(n, cfg, env, spec) for n in cfg.baselines]
     results, videos = [], []
     atlas = atlas_of(cfg, slow)
@@ -223,6 +232,7 @@ def run(cfg: PlanConfig) -> dict:
         "protocol": protocol,
         "task_journal": str(out / f"{stem}.tasks.jsonl"),
         "model": cfg.model, "mpc": OmegaConf.to_container(OmegaConf.structured(cfg.mpc)),
+        "variants": {k: asdict(v) for k, v in cfg.variants.items()},
         "device": device_description(), "commit": git_commit(), "results": results, "videos": videos,
     }
     summary["result"] = str(write_json(out / f"{stem}.json", summary))

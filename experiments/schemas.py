@@ -77,6 +77,10 @@ class PlanConfig(CollectConfig):
         flat: run the flat agents (``false``: only the hierarchical ones, e.g. in ablations).
         planners: planners compared side by side with the same model and ``mpc`` settings
             (``cem``, ``mppi``, ``gradient``); empty: only ``mpc.planner``.
+        variants: further flat agents with whole other MPC settings, by name, run on the same
+            tasks after the planners (``<planner>-<name>``; e.g. ``peers``: the CEM settings the
+            published numbers were measured with). Each is an ``MPCConfig`` (unset keys take its
+            defaults, not ``mpc``'s).
         protocol: ``recorded`` (tasks from the held-out episodes: the goal ``goal_offset`` steps
             after the start) or ``maze`` (start and goal at rest in cells whose shortest-path
             distance falls in one of ``bins``; ``episodes`` tasks per bin).
@@ -103,6 +107,7 @@ class PlanConfig(CollectConfig):
     slow_model: str = ""
     flat: bool = True
     planners: list[str] = field(default_factory=list)
+    variants: dict[str, MPCConfig] = field(default_factory=dict)
     protocol: str = "recorded"
     bins: dict[str, DistanceBin] = field(default_factory=dict)
     oracle: OracleConfig = field(default_factory=OracleConfig)
@@ -153,6 +158,14 @@ class PlanConfig(CollectConfig):
         for name in self.baselines:
             if name not in REFERENCE_AGENTS:
                 raise ValueError(f"unknown baseline {name!r}; expected a subset of {list(REFERENCE_AGENTS)}")
+        names = [self.variant_name(v) for v in self.variants] + [f"{p}-{kind}" for p in self.planner_names
+                                                                 for kind in ("mpc", "hier")]
+        if len(set(names)) != len(names) or set(names) & set(self.baselines):
+            raise ValueError(f"variants {list(self.variants)} would give two agents one name ({names})")
+
+    def variant_name(self, name: str) -> str:
+        """The agent name of MPC variant ``name``: ``<its planner>-<name>``."""
+        return f"{self.variants[name].planner}-{name}"
 
     @property
     def planner_names(self) -> list[str]:

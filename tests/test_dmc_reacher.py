@@ -1,0 +1,59 @@
+"""DMC reacher under the peers' protocol: its configs, the peers' CEM as a side-by-side variant, and
+the peer-scale (224 px, 10k trajectories) configuration checked to start on CPU."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from experiments.conf import load
+from planners.mpc import MPCConfig
+from worldmodel.jepa import JEPA, jepa_loss, sample_masks
+
+
+def test_dmc_configs_compose_on_one_dataset():
+    stages = {name: load(name, ["env=dmc_reacher"]) for name in ("collect", "pretrain", "train_dynamics", "plan")}
+    names = {cfg.dataset_name for cfg in stages.values()}
+    assert len(names) == 1, f"every stage must read the same dataset, got {names}"
+    pre = stages["pretrain"]
+    assert pre.model.encoder.image_size == pre.env.image_size and pre.env.image_size % pre.patch_size == 0
+    assert stages["train_dynamics"].encoder_checkpoint == pre.out_dir + "/checkpoint"
+    plan = stages["plan"]
+    assert plan.model == "models/dmc_reacher" and (plan.goal_offset, plan.budget) == (25, 50)
+    assert set(plan.baselines) == {"random", "zero", "oracle"}
+
+
+def test_peers_cem_runs_beside_ours_with_its_own_settings():
+    plan = load("plan", ["env=dmc_reacher"])
+    peers = plan.variants["peers"]
+    assert (peers.cem.samples, peers.cem.elites, peers.cem.iterations) == (300, 30, 30)
+    assert (peers.horizon, peers.receding_horizon, peers.goal_reduce, peers.settle) == (5, 25, "terminal", 0.0)
+    assert plan.variant_name("peers") == "cem-peers"
+    assert plan.mpc.cem.iterations == 10 and plan.mpc.receding_horizon == 5  # ours is untouched
+
+
+def test_a_variant_may_not_take_another_agents_name():
+    plan = load("plan", ["env=dmc_reacher"])
+    with pytest.raises(ValueError, match="two agents one name"):
+        replace(plan, variants={"mpc": MPCConfig()})  # cem-mpc is the flat CEM agent's name
+
+
+def test_peer_scale_starts():
+    """The peers' data size and resolution (data=dmc_reacher_peers): every stage's config composes,
+    and the encoder takes a training step on 224 px frames."""
+    over = ["env=dmc_reacher", "data=dmc_reacher_peers"]
+    collect = load("collect", over)
+    assert (collect.env.image_size, collect.env.episode_steps, collect.train_episodes) == (224, 200, 10000)
+    pre = load("pretrain", over)
+    dyn = load("train_dynamics", over)
+    plan = load("plan", over)
+    assert pre.dataset_name == dyn.dataset_name == plan.dataset_name == collect.dataset_name
+    grid = pre.env.image_size // pre.patch_size
+    assert grid % dyn.dynamics.pool == 0
+    torch.manual_seed(0)
+    jepa = JEPA(pre.model)
+    frames = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
+    context, targets = sample_masks(torch.Generator().manual_seed(0), 2, pre.model.encoder.grid, pre.model.masks)
+    loss = jepa_loss(jepa, frames, context, targets)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
