@@ -43,7 +43,7 @@ def render_frames(env_name: str, sizes: list[int], n: int, seed: int) -> tuple[d
                 spec.set_state(env, state)
             frames[s][i] = env.unwrapped.render()
         angles[i] = state[:2]
-    for env in made.values():
+    for env in reversed(list(made.values())):
         env.close()
     return frames, angles
 
