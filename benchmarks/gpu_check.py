@@ -9,7 +9,8 @@ Stages (each timed; a failing stage is recorded and the next one still runs):
 3. ``dynamics``: the world model on that encoder (features computed on the GPU), bf16 + compile;
 4. ``plan``: the goal-image protocol on its first tasks (task seed 0) with the shipped model
    on the GPU, next to random torques; and the freshly trained model on the same tasks;
-5. ``latency``: ms per replan of the default CEM, and with 10x the samples.
+5. ``latency``: ms per replan of the default CEM, and with 10x the samples;
+6. ``dmc_latency``: the shipped DMC reacher model, ms per replan of our CEM and of the peers'.
 
 Writes ``gpu_check.json`` (every number, the device, the errors) and prints a table.
 ``--tiny`` shrinks every stage to run on a CPU in about a minute (a smoke test of the script).
@@ -134,16 +135,22 @@ def plan(args, dataset, models: dict[str, WorldModel]) -> dict:
     return out
 
 
-def latency(model: WorldModel, replans: int) -> dict:
-    env = envs.make_env("reacher", max_episode_steps=1)
+def latency(model: WorldModel, replans: int, env_name: str = "reacher",
+            configs: dict[str, MPCConfig] | None = None) -> dict:
+    """Median ms per replan of each MPC setting (default: our CEM with 300 and with 3000 samples)."""
+    env = envs.make_env(env_name, max_episode_steps=1)
     low, high = env.action_space.low, env.action_space.high
     env.close()
+    if configs is None:
+        configs = {}
+        for samples in (300, 3000):
+            cfg = MPCConfig()
+            cfg.cem.samples, cfg.cem.elites = samples, samples // 10
+            configs[f"cem_{samples}x{cfg.cem.iterations}_ms"] = cfg
     rng = np.random.default_rng(0)
     size = model.image_shape[-1]
     out = {}
-    for samples in (300, 3000):
-        cfg = MPCConfig()
-        cfg.cem.samples, cfg.cem.elites = samples, samples // 10
+    for name, cfg in configs.items():
         agent = LatentMPCAgent(model, cfg, low, high, torch.Generator().manual_seed(0))
         agent.reset(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
         for i in range(replans + 3):
@@ -151,8 +158,17 @@ def latency(model: WorldModel, replans: int) -> dict:
                 agent.plan_seconds.clear()
             agent.frames, agent.actions = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8)], []
             agent.replan()
-        out[f"cem_{samples}x{cfg.cem.iterations}_ms"] = 1000 * float(np.median(agent.plan_seconds))
+        out[name] = 1000 * float(np.median(agent.plan_seconds))
     return out
+
+
+def dmc_latency(replans: int, device: torch.device) -> dict:
+    """DMC reacher's shipped model: ms per replan of our CEM and of the peers' (300 x 30, their
+    LeWM comparison: under a second per plan on a GPU)."""
+    model = WorldModel.from_pretrained(ROOT / "models" / "dmc_reacher", device)
+    peers = MPCConfig(receding_horizon=25, goal_reduce="terminal", settle=0.0)
+    peers.cem.iterations = 30
+    return latency(model, replans, "dmc_reacher", {"ours_cem_300x10_ms": MPCConfig(), "peers_cem_300x30_ms": peers})
 
 
 def main() -> None:
@@ -202,6 +218,7 @@ def main() -> None:
         models = {"shipped": shipped, **({"fresh": state["dynamics"]} if state.get("dynamics") is not None else {})}
         stage("plan", lambda: plan(args, dataset, models))
     stage("latency", lambda: latency(shipped, args.replans))
+    stage("dmc_latency", lambda: dmc_latency(args.replans, device))
     write_json(out / "gpu_check.json", result)
     report(result)
     print(f"written to {out / 'gpu_check.json'}")
@@ -234,6 +251,8 @@ def report(result: dict) -> None:
                       f"ms per replan (random torques: {p['random']['successes']}/{p['tasks']})")
     if "latency" in s:
         print("latency: " + ", ".join(f"{k} {v:.1f}" for k, v in s["latency"].items()))
+    if "dmc_latency" in s:
+        print("DMC reacher latency: " + ", ".join(f"{k} {v:.1f}" for k, v in s["dmc_latency"].items()))
     print(f"errors: {list(result['errors']) or 'none'}")
 
 

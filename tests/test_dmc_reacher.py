@@ -1,7 +1,11 @@
 """DMC reacher under the peers' protocol: its configs, the peers' CEM as a side-by-side variant, and
 the peer-scale (224 px, 10k trajectories) configuration checked to start on CPU."""
 
+import json
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,3 +61,23 @@ def test_peer_scale_starts():
     loss = jepa_loss(jepa, frames, context, targets)["loss"]
     loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_plan_on_dmc_reacher_runs_ours_and_the_peers_cem_side_by_side(tmp_path):
+    """The shipped DMC model through ``plan.py env=dmc_reacher``: our CEM, the peers' CEM and the three
+    reference agents on the same tasks from a freshly collected held-out split."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "experiments" / "plan.py"), "env=dmc_reacher", f"root={tmp_path}/data",
+           "heldout_episodes=2", "env.episode_steps=30", "episodes=2", "budget=6", "goal_offset=10", "num_envs=1",
+           "progress=false", "videos=1", f"output_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/hydra"]
+    out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (result,) = (tmp_path / "results").glob("plan-dmc_reacher-*.json")
+    summary = json.loads(result.read_text())
+    assert [r["agent"] for r in summary["results"]] == ["cem-mpc", "cem-peers", "random", "zero", "oracle-cem"]
+    assert all(r["episodes"] == 2 for r in summary["results"])
+    assert summary["variants"]["peers"]["cem"]["iterations"] == 30
+    peers = next(r for r in summary["results"] if r["agent"] == "cem-peers")
+    assert 1 <= len(peers["tasks"]) and "cem-peers" in out.stdout
+    assert any("cem-peers" in v for v in summary["videos"])
