@@ -33,7 +33,7 @@ def test_peers_cem_runs_beside_ours_with_its_own_settings():
     assert (peers.cem.samples, peers.cem.elites, peers.cem.iterations) == (300, 30, 30)
     assert (peers.horizon, peers.receding_horizon, peers.goal_reduce, peers.settle) == (5, 25, "terminal", 0.0)
     assert plan.variant_name("peers") == "cem-peers"
-    assert plan.mpc.cem.iterations == 10 and plan.mpc.receding_horizon == 5  # ours is untouched
+    assert plan.mpc.cem.iterations == 5 and plan.mpc.receding_horizon == 5 and plan.mpc.settle == 0.5  # ours
 
 
 def test_a_variant_may_not_take_another_agents_name():
