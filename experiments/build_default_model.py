@@ -34,6 +34,7 @@ EXPORT_ROOT = Path(__file__).resolve().parents[1] / "models"
 
 
 def main(overrides: list[str]) -> Path:
+    built_by = "python experiments/build_default_model.py " + " ".join(overrides)
     with_slow = "slow=false" not in overrides
     overrides = [o for o in overrides if o != "slow=false"]
     pre = load("pretrain", overrides + ["resume=true"])
@@ -47,7 +48,7 @@ def main(overrides: list[str]) -> Path:
     model = WorldModel.from_pretrained(source)
     config = {k: v for k, v in load_config(source).items() if k not in model.config()}  # training, dataset
     config["provenance"] = {
-        "built_by": "python experiments/build_default_model.py " + " ".join(overrides),
+        "built_by": built_by,
         "commit": git_commit(),
         "dataset": config.get("dataset"),
         "dataset_checksum": config.get("dataset_checksum"),
