@@ -29,7 +29,7 @@ import numpy as np
 from gymnasium.spaces import Box
 
 from envs.reacher import QUANTITIES, SUCCESS_TOLERANCE_RAD, joint_angle_error
-from envs.registry import EnvSpec, register_env
+from envs.registry import EnvSpec, checked_action, checked_state, register_env
 
 GYM_ID = "hjepa/DMCReacher-v0"
 STATE_DIM = 6
@@ -104,12 +104,7 @@ class DMCReacherEnv(gymnasium.Env):
         return self.render(), self._info()
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != self.action_space.shape:
-            raise ValueError(f"action must have shape {self.action_space.shape}, got {action.shape}")
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action contains non-finite values: {action}")
-        step = self._env.step(action)
+        step = self._env.step(checked_action(action, self.action_space))
         return self.render(), float(step.reward or 0.0), False, False, self._info()
 
     def close(self):
@@ -124,12 +119,7 @@ class DMCReacherEnv(gymnasium.Env):
 
     def set_state(self, state: np.ndarray) -> None:
         """Set the flat simulator state from :meth:`get_state`."""
-        state = np.asarray(state, dtype=np.float64)
-        if state.shape != (STATE_DIM,):
-            raise ValueError(f"state must have shape ({STATE_DIM},) = [qpos(2), target_xy(2), qvel(2)], "
-                             f"got {state.shape}")
-        if not np.all(np.isfinite(state)):
-            raise ValueError(f"state contains non-finite values: {state}")
+        state = checked_state(state, "[qpos(2), target_xy(2), qvel(2)]", STATE_DIM)
         with self.physics.reset_context():  # recomputes positions (mj_forward) on exit
             self.data.qpos[:] = state[:2]
             self.model.geom_pos[self._target, :2] = state[2:4]

@@ -32,7 +32,7 @@ import mujoco
 import numpy as np
 from gymnasium.spaces import Box
 
-from envs.registry import EnvSpec, Quantity, register_env
+from envs.registry import EnvSpec, Quantity, checked_action, checked_state, register_env
 
 # The package prints a notice about unrelated (Adroit) envs to stderr at import; keep it quiet.
 with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
@@ -219,11 +219,7 @@ class PixelPointMazeEnv(gymnasium.Env):
         return self.render(), self._info()
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != self.action_space.shape:
-            raise ValueError(f"action must have shape {self.action_space.shape}, got {action.shape}")
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action contains non-finite values: {action}")
+        action = checked_action(action, self.action_space)
         for _ in range(self.action_repeat):
             self._sim.point_env.step(action)  # clips the action and the velocity, one raw step
         # mj_step leaves positions at the start of its last substep; recompute them from the new
@@ -238,11 +234,7 @@ class PixelPointMazeEnv(gymnasium.Env):
 
     def set_state(self, state: np.ndarray) -> None:
         """Set the flat simulator state; the next image is exactly the one recorded with it."""
-        state = np.asarray(state, dtype=np.float64)
-        if state.shape != (4,):
-            raise ValueError(f"state must have shape (4,) = [x, y, vx, vy], got {state.shape}")
-        if not np.all(np.isfinite(state)):
-            raise ValueError(f"state contains non-finite values: {state}")
+        state = checked_state(state, "[x, y, vx, vy]", 4)
         self._sim.point_env.set_state(state[:2], state[2:])
         self.data.qacc_warmstart[:] = 0
 

@@ -194,6 +194,26 @@ def make_env(name: str, max_episode_steps: int | None = None, **kwargs: Any) -> 
     return gymnasium.make(spec.gym_id, max_episode_steps=steps, **kwargs)
 
 
+def checked_action(action, space: gymnasium.spaces.Box) -> np.ndarray:
+    """``action`` as float64, or a clear error for a wrong shape or a non-finite value."""
+    action = np.asarray(action, dtype=np.float64)
+    if action.shape != space.shape:
+        raise ValueError(f"action must have shape {space.shape}, got {action.shape}")
+    if not np.all(np.isfinite(action)):
+        raise ValueError(f"action contains non-finite values: {action}")
+    return action
+
+
+def checked_state(state, layout: str, size: int) -> np.ndarray:
+    """A flat simulator state as float64, or a clear error naming ``layout`` (its entries)."""
+    state = np.asarray(state, dtype=np.float64)
+    if state.shape != (size,):
+        raise ValueError(f"state must have shape ({size},) = {layout}, got {state.shape}")
+    if not np.all(np.isfinite(state)):
+        raise ValueError(f"state contains non-finite values: {state}")
+    return state
+
+
 def wrap_angle(x: np.ndarray) -> np.ndarray:
     """Map angles (radians) to ``[-pi, pi)``."""
     return (np.asarray(x) + math.pi) % (2 * math.pi) - math.pi
