@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import envs
+from experiments.conf import load
 from experiments.provenance import device_description, git_commit, write_json
 from planners.mpc import LatentMPCAgent, MPCConfig
 from worldmodel.data import CollectConfig, open_dataset
@@ -163,14 +164,13 @@ def latency(model: WorldModel, replans: int, env_name: str = "reacher",
 
 
 def dmc_latency(replans: int, device: torch.device) -> dict:
-    """DMC reacher's shipped model: ms per replan of our CEM and of the peers' (300 x 30, their
-    LeWM comparison: under a second per plan on a GPU)."""
+    """DMC reacher's shipped model: ms per replan of our CEM and of the peers' (LeWM: under a second
+    per plan on a GPU), with the settings ``plan.py env=dmc_reacher`` uses."""
+    cfg = load("plan", ["env=dmc_reacher"])
     model = WorldModel.from_pretrained(ROOT / "models" / "dmc_reacher", device)
-    ours = MPCConfig()
-    ours.cem.iterations = 5  # plan_env/dmc_reacher.yaml
-    peers = MPCConfig(receding_horizon=25, goal_reduce="terminal", settle=0.0)
-    peers.cem.iterations = 30
-    return latency(model, replans, "dmc_reacher", {"ours_cem_300x5_ms": ours, "peers_cem_300x30_ms": peers})
+    configs = {"ours": cfg.mpc, **cfg.variants}
+    return latency(model, replans, "dmc_reacher",
+                   {f"{k}_cem_{m.cem.samples}x{m.cem.iterations}_ms": m for k, m in configs.items()})
 
 
 def main() -> None:

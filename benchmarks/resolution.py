@@ -48,7 +48,7 @@ def render_frames(env_name: str, sizes: list[int], n: int, seed: int) -> tuple[d
     return frames, angles
 
 
-def reader(size: int) -> nn.Module:
+def reader() -> nn.Module:
     layers, c = [], 3
     for width in (32, 64, 64, 128):
         layers += [nn.Conv2d(c, width, 3, stride=2, padding=1), nn.GELU()]
@@ -63,7 +63,7 @@ def measure(frames: np.ndarray, angles: np.ndarray, steps: int, tol: float, seed
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(np.concatenate([np.sin(angles), np.cos(angles)], 1)).float()
     xt, yt, xv, av = x[n_val:], y[n_val:], x[:n_val], angles[:n_val]
-    net = reader(frames.shape[1])
+    net = reader()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)

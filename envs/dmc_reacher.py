@@ -53,7 +53,6 @@ class DMCReacherEnv(gymnasium.Env):
     def __init__(self, image_size: int = 64, antialias: bool = True, shadows: bool = False,
                  target_size: float = 0.015):
         from dm_control import suite  # imported here: only this env needs dm_control
-        from dm_control.suite import reacher
 
         if not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
@@ -62,7 +61,6 @@ class DMCReacherEnv(gymnasium.Env):
         # Gymnasium's TimeLimit ends episodes; dm_control's own limit (20 s) is lifted.
         self._env = suite.load("reacher", "hard", task_kwargs={"random": 0, "time_limit": float("inf")})
         self._env.task._target_size = float(target_size)  # what reacher.easy / reacher.hard differ in
-        self._reacher = reacher
         self.physics = self._env.physics
         self.model, self.data = self.physics.model.ptr, self.physics.data.ptr
         self.image_size = image_size
@@ -70,7 +68,9 @@ class DMCReacherEnv(gymnasium.Env):
         if not antialias:
             self.model.vis.quality.offsamples = 0
         self._renderer = mujoco.Renderer(self.model, image_size, image_size)
-        self._flags = {} if shadows else {mujoco.mjtRndFlag.mjRND_SHADOW: 0, mujoco.mjtRndFlag.mjRND_REFLECTION: 0}
+        if not shadows:  # scene flags persist across update_scene
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         self.observation_space = Box(0, 255, (image_size, image_size, 3), np.uint8)
         self.action_space = Box(-1.0, 1.0, (2,), np.float32)
         self._target = self.physics.model.name2id("target", "geom")
@@ -79,8 +79,6 @@ class DMCReacherEnv(gymnasium.Env):
     # --- observation and info ------------------------------------------------
     def render(self) -> np.ndarray:
         self._renderer.update_scene(self.data, camera=CAMERA)
-        for flag, value in self._flags.items():
-            self._renderer.scene.flags[flag] = value
         return self._renderer.render()
 
     def physics_quantities(self) -> dict[str, np.ndarray]:
@@ -120,17 +118,11 @@ class DMCReacherEnv(gymnasium.Env):
     def set_state(self, state: np.ndarray) -> None:
         """Set the flat simulator state from :meth:`get_state`."""
         state = checked_state(state, "[qpos(2), target_xy(2), qvel(2)]", STATE_DIM)
-        with self.physics.reset_context():  # recomputes positions (mj_forward) on exit
+        # mj_resetData on entry (zero warm start, controls, activations), positions recomputed on exit
+        with self.physics.reset_context():
             self.data.qpos[:] = state[:2]
             self.model.geom_pos[self._target, :2] = state[2:4]
             self.data.qvel[:] = state[4:]
-            self.data.qacc_warmstart[:] = 0
-            self.data.ctrl[:] = 0
-            self.data.act[:] = 0
-
-    def success(self, goal_state: np.ndarray) -> bool:
-        """The protocol's success test between the current state and ``goal_state``."""
-        return joint_angle_error(self.get_state(), goal_state) <= SUCCESS_TOLERANCE_RAD
 
 
 SPEC = register_env(
