@@ -1,4 +1,4 @@
-"""JEPA pretraining throughput (images/s) per encoder size, on this machine's device.
+"""JEPA pretraining throughput (images/s) per encoder size, on the local device.
 
     python benchmarks/pretrain.py [--sizes tiny small] [--steps 10] [--batch 64] [--device auto]
 

@@ -1,6 +1,6 @@
 """How precisely frames of a given size pin down the arm: a supervised CNN reads the joint
 angles from rendered frames, per image size, and the held-out errors say which resolution the
-0.05 rad success test needs (shared/PROTOCOL.md, "How precisely 64x64 frames pin down the arm").
+0.05 rad success test needs (docs/protocol.md, "How precisely frames pin down the arm").
 
     python benchmarks/resolution.py [--env dmc_reacher] [--sizes 64 96] [--frames 12000] [--steps 3000]
 

@@ -1,7 +1,7 @@
 """DeepMind Control's ``reacher`` (task ``hard``) as a Gymnasium pixel environment.
 
-The task the peers (LeWorldModel, DINO-WM, PLDM; stable-worldmodel's ``docs/baselines.md``)
-report goal-image planning on. Physics, actions, target placement and reward are exactly
+The task the peers (LeWorldModel, DINO-WM, PLDM: stable-worldmodel's published baselines, restated
+in docs/protocol.md) report goal-image planning on. Physics, actions, target placement and reward are exactly
 dm_control's ``suite.load("reacher", "hard")``: a two-link planar arm (links 0.12 m and
 0.1 m), torques in ``[-1, 1]^2`` with gear 0.05, physics step 0.02 s, one physics step per
 control step, target radius 0.015 m placed uniformly at 0.05-0.20 m from the base. Only the

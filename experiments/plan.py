@@ -92,8 +92,8 @@ def variant_agent(cfg: PlanConfig, model: WorldModel, env, name: str) -> LatentM
 
 def reference_agent(name: str, cfg: PlanConfig, env, spec):
     """``random``, ``zero``, or ``oracle``: CEM with the true simulator (``cfg.oracle``; by default the
-    settings PROTOCOL.md reports 20/20 with: 200 samples, 5 iterations, horizon 10, replanning every 2
-    steps), aiming at the env's privileged waypoints where it has them (the maze's shortest path)."""
+    settings docs/protocol.md gives for Reacher: 200 samples, 5 iterations, horizon 10, replanning every
+    2 steps), aiming at the env's privileged waypoints where it has them (the maze's shortest path)."""
     if name == "oracle":
         o = cfg.oracle
         cem = CEMConfig(samples=o.samples, elites=o.elites, iterations=o.iterations)

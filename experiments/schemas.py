@@ -55,7 +55,7 @@ class DistanceBin:
 @dataclass
 class OracleConfig:
     """The privileged oracle's CEM on the true simulator (``baselines: [oracle]``). The defaults are
-    the settings PROTOCOL.md reports 20/20 with on Reacher."""
+    the Reacher oracle's settings in docs/protocol.md."""
 
     samples: int = 200
     elites: int = 20

@@ -32,7 +32,7 @@ def tiny_collect_config(root, **overrides) -> CollectConfig:
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
-    """A real (tiny) Reacher dataset, collected once per test session with 2 subprocess envs."""
+    """A real (tiny) Reacher dataset, collected once per pytest run with 2 subprocess envs."""
     root = tmp_path_factory.mktemp("data")
     return open_dataset(build_dataset(tiny_collect_config(root)))
 

@@ -1,4 +1,4 @@
-"""The layers and words of the repository, checked on its source (see the README's architecture section)."""
+"""The layers and words of the repository, checked on its source (docs/architecture.md)."""
 
 import ast
 from pathlib import Path

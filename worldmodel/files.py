@@ -54,7 +54,7 @@ def changed_keys(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]
 
 
 def pid_alive(pid: int | str) -> bool:
-    """Whether process ``pid`` runs on this machine (a name's suffix may be passed as a string)."""
+    """Whether process ``pid`` runs on this host (a name's suffix may be passed as a string)."""
     if isinstance(pid, str):
         if not pid.isdigit():
             return False

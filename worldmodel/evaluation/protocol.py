@@ -1,4 +1,4 @@
-"""The goal-image protocols: ``recorded`` (``shared/PROTOCOL.md``) and ``maze``.
+"""The goal-image protocols, ``recorded`` and ``maze`` (docs/protocol.md).
 
 ``recorded``: a task takes a held-out episode and a start index ``t``; the simulator is reset to
 the exact recorded state at ``t`` and the goal is the recorded image (and state) at
