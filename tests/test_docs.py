@@ -54,7 +54,7 @@ OUTSIDE_TOP = {"runs", "data", "results", "outputs"}  # written by the entry poi
 
 def slug(heading: str) -> str:
     """GitHub's anchor for a Markdown heading."""
-    text = re.sub(r"[`*_]|<[^>]+>", "", heading.strip().lower())
+    text = re.sub(r"[`*]|<[^>]+>", "", heading.strip().lower())
     text = re.sub(r"[^\w\- ]", "", text)
     return text.replace(" ", "-")
 
