@@ -28,8 +28,10 @@ ALLOWED = re.compile(r"""scope\s*=\s*["']session["']""")
 
 
 def tracked_text_files() -> list[Path]:
-    """The tracked Markdown, Python, YAML and TOML files (those of a fresh clone)."""
-    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    """The Markdown, Python, YAML and TOML files of the repository: tracked ones, and new ones that
+    git does not ignore (so that a page is checked before it is committed)."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
     return [ROOT / p for p in out.splitlines() if p.endswith(TEXT_SUFFIXES) and (ROOT / p).is_file()]
 
 
