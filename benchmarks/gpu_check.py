@@ -157,7 +157,8 @@ def latency(model: WorldModel, replans: int, env_name: str = "reacher",
         for i in range(replans + 3):
             if i == 3:
                 agent.plan_seconds.clear()
-            agent.frames, agent.actions = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8)], []
+            agent.history.clear()
+            agent.history.add_frame(rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8))
             agent.replan()
         out[name] = 1000 * float(np.median(agent.plan_seconds))
     return out

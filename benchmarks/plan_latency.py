@@ -64,7 +64,8 @@ def main() -> None:
     agent.reset(image())
 
     def replan(obs):
-        agent.frames, agent.actions = [obs], []
+        agent.history.clear()
+        agent.history.add_frame(obs[None])
         agent.replan()
 
     for _ in range(3):  # warm-up
@@ -74,8 +75,9 @@ def main() -> None:
     for _ in range(args.replans):
         obs = image()
         t = time.perf_counter()
-        agent.frames, agent.actions = [obs], []
-        agent._encode()
+        agent.history.clear()
+        agent.history.add_frame(obs[None])
+        agent.encode()
         encode_s.append(time.perf_counter() - t)
         replan(obs)
     plan_s = float(np.mean(agent.plan_seconds))

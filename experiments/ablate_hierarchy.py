@@ -27,8 +27,8 @@ VARIANTS: dict[str, list[str]] = {
     "default: K=4, macro encoder (8), level-1 latent": [],
     "concatenated actions (no macro encoder)": ["slow.macro=concat"],
     "JEPA-pretrained temporal encoder": ["slow.state=jepa"],
-    "K=2 (chunks of 10 env steps)": ["slow.chunk=2", "train.rollout_chunks=5", "plan.mpc.slow.horizon=10",
-                                     "plan.mpc.slow.subgoal=6"],
+    "K=2 (chunks of 10 env steps)": ["slow.chunk=2", "train.rollout_chunks=5", "plan.slow.horizon=10",
+                                     "plan.slow.subgoal=6"],
 }
 TRAIN_ONLY = ("slow.", "train.", "jepa_train.", "macro_prior_chunks=")
 PLAN_DEFAULTS = ["planners=[cem]", "baselines=[]", "episodes=30", "videos=0", "~bins.near", "~bins.mid"]

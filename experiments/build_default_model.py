@@ -9,7 +9,7 @@ previous run left), then exports the world model without its training state to
 2. ``pretrain_encoder.py``: JEPA pretraining of the small ViT encoder;
 3. ``train_dynamics.py``: the action-conditioned predictor on the frozen encoder;
 4. ``train_slow.py``: the slow level (level 2) on the exported model's latents, installed in
-   ``models/<env>/slow`` (what ``mpc.hierarchy=true`` plans with).
+   ``models/<env>/slow`` (what ``hierarchy=true`` plans with).
 
 Arguments are Hydra overrides applied to every stage (e.g. ``env.image_size=96``), and
 ``slow=false``, which skips stage 4 (DMC reacher's goals lie within one level-1 plan).

@@ -34,7 +34,7 @@ from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.schemas import PlanConfig
 from planners.cem import CEMConfig
-from planners.hierarchy import HierarchicalMPCAgent
+from planners.hierarchy import HierarchicalAgent, hierarchical_agent
 from planners.mpc import LatentMPCAgent
 from planners.oracle import OracleAgent
 from worldmodel.data import load_dataset
@@ -78,8 +78,8 @@ def planner_agents(cfg: PlanConfig, model: WorldModel, slow: SlowModel | None, e
     agents = [LatentMPCAgent(model, mpc, space.low, space.high, torch.Generator().manual_seed(cfg.task_seed),
                              name=f"{planner}-mpc")] if cfg.flat else []
     if slow is not None:
-        agents.append(HierarchicalMPCAgent(model, slow, mpc, space.low, space.high,
-                                           torch.Generator().manual_seed(cfg.task_seed), name=f"{planner}-hier"))
+        agents.append(hierarchical_agent(model, slow, mpc, cfg.slow, space.low, space.high,
+                                         torch.Generator().manual_seed(cfg.task_seed), name=f"{planner}-hier"))
     return agents
 
 
@@ -119,19 +119,20 @@ def subgoal_panels(atlas: Atlas | None, subgoals: list | None, frames: int) -> l
     for t in range(frames):  # frame t is seen before action t; the subgoal chosen at step s acts from s on
         while k + 1 < len(subgoals) and subgoals[k + 1][0] <= t:
             k += 1
-        panels.append(atlas.nearest(subgoals[k][1]))
+        panels.append(atlas.nearest(subgoals[k][1][0]))
     return panels
 
 
 def protocol_header(cfg: PlanConfig, dataset) -> dict:
     """Every setting that decides an evaluation's per-task results."""
     model = {"weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS)} if cfg.model else None
-    if model is not None and cfg.mpc.hierarchy:
+    if model is not None and cfg.hierarchy:
         model["slow_weights_sha256"] = file_sha256(Path(cfg.slow_path) / WEIGHTS)
     tasks = ({"protocol": "maze", "bins": {k: asdict(b) for k, b in cfg.bins.items()}} if cfg.protocol == "maze" else
              {"dataset_checksum": dataset.manifest["checksum"], "goal_offset": cfg.goal_offset, "budget": cfg.budget})
     return {"env": asdict(cfg.env), **tasks, "task_seed": cfg.task_seed, "episodes": cfg.episodes, "model": model,
-            "mpc": asdict(cfg.mpc), "planners": cfg.planner_names, "baselines": list(cfg.baselines),
+            "mpc": asdict(cfg.mpc), **({"slow": asdict(cfg.slow)} if cfg.hierarchy else {}),
+            "planners": cfg.planner_names, "baselines": list(cfg.baselines),
             **({"variants": {k: asdict(v) for k, v in cfg.variants.items()}} if cfg.variants else {}),
             **({"oracle": asdict(cfg.oracle)} if "oracle" in cfg.baselines else {}),
             **({"only_tasks": list(cfg.only_tasks)} if cfg.only_tasks else {})}
@@ -161,7 +162,7 @@ def run(cfg: PlanConfig) -> dict:
     out = writable_dir(cfg.output_dir, "output_dir")
     model = load_model(cfg) if cfg.model else None
     slow = (load_slow(cfg.slow_path, model.layout, model.device)
-            if model is not None and cfg.mpc.hierarchy else None)
+            if model is not None and cfg.hierarchy else None)
     env = cfg.env.make(max_episode_steps=cfg.max_budget)
     try:
         tasks, dataset = draw_tasks(cfg, spec, env)
@@ -183,7 +184,7 @@ def run(cfg: PlanConfig) -> dict:
     try:
         for agent in agents:
             record = ((set(range(len(tasks))) if cfg.only_tasks else recorded_tasks(tasks, cfg.videos))
-                      if isinstance(agent, LatentMPCAgent) else set())
+                      if isinstance(agent, (LatentMPCAgent, HierarchicalAgent)) else set())
             subgoals: dict[int, list] = {}  # per recorded task: the (step, latent) of each subgoal
 
             def finished(i, r, agent=agent, record=record, subgoals=subgoals):
@@ -232,6 +233,7 @@ def run(cfg: PlanConfig) -> dict:
         "protocol": protocol,
         "task_journal": str(out / f"{stem}.tasks.jsonl"),
         "model": cfg.model, "mpc": OmegaConf.to_container(OmegaConf.structured(cfg.mpc)),
+        **({"slow": asdict(cfg.slow)} if cfg.hierarchy else {}),
         "variants": {k: asdict(v) for k, v in cfg.variants.items()},
         "device": device_description(), "commit": git_commit(), "results": results, "videos": videos,
     }

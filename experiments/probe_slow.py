@@ -61,14 +61,14 @@ def main(argv: list[str]) -> None:
     model = WorldModel.from_pretrained(cfg.model)
     slow = load_slow(opts.get("slow_dir", Path(cfg.model) / SLOW_DIR), model.layout)
     dataset = load_dataset(cfg)
-    W, K = slow.state_window, slow.cfg.chunk
+    L, W, K = model.layout, slow.state_window, slow.cfg.chunk
     data = {}
     for split, count in (("train", 4 * n), ("val", n)):
         episodes = dataset.split(split)
         windows = SlowWindows(slow, episodes, level1_latents(model, dataset, split, cfg.feature_cache, False),
-                              W + R * K)
+                              L.chunk_window(W, K, R))
         index = np.random.default_rng(0 if split == "train" else 1).choice(len(windows.sampler), count)
-        frames = boundary_frames(windows, index)[:, W - 1 :: K]  # (N, R+1) the chunk boundaries
+        frames = boundary_frames(windows, index)[:, L.chunk_ends(W, K, R)]  # (N, R+1) the chunk boundaries
         true, pred = slow_states(slow, windows, index)
         data[split] = (true, pred, {k: v.reshape(count, R + 1, -1) for k, v in
                                     targets_of(episodes, frames.ravel(), cfg.env).items()})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from planners.hierarchy import SlowPlanConfig
 from planners.mpc import MPCConfig
 from worldmodel.data.config import CollectConfig
 from worldmodel.dynamics import DynamicsConfig, DynamicsTrainConfig
@@ -71,8 +72,10 @@ class PlanConfig(CollectConfig):
     Attributes:
         model: world-model checkpoint directory to plan with; ``default``: the env's shipped model
             ``models/<env.model_name>``; empty = baselines only.
-        mpc: the planner and its receding horizon; ``mpc.hierarchy=true`` adds a hierarchical agent
-            (``<planner>-hier``) next to each flat one (``<planner>-mpc``).
+        mpc: the planner and its receding horizon.
+        hierarchy: add a hierarchical agent (``<planner>-hier``: the slow level's subgoal planner over a
+            flat agent with the ``mpc`` settings) next to each flat one (``<planner>-mpc``).
+        slow: the slow level's planning settings (with ``hierarchy``).
         slow_model: the slow level the hierarchical agents plan with (empty: ``<model>/slow``).
         flat: run the flat agents (``false``: only the hierarchical ones, e.g. in ablations).
         planners: planners compared side by side with the same model and ``mpc`` settings
@@ -104,6 +107,8 @@ class PlanConfig(CollectConfig):
 
     model: str = DEFAULT_MODEL
     mpc: MPCConfig = field(default_factory=MPCConfig)
+    hierarchy: bool = False
+    slow: SlowPlanConfig = field(default_factory=SlowPlanConfig)
     slow_model: str = ""
     flat: bool = True
     planners: list[str] = field(default_factory=list)
@@ -131,8 +136,8 @@ class PlanConfig(CollectConfig):
                 f"goal_offset must be in [1, env.episode_steps={self.env.episode_steps}], got {self.goal_offset}"
             )
         self.model = default_model(self)
-        if not self.flat and not self.mpc.hierarchy:
-            raise ValueError("flat=false runs only the hierarchical agents: it needs mpc.hierarchy=true")
+        if not self.flat and not self.hierarchy:
+            raise ValueError("flat=false runs only the hierarchical agents: it needs hierarchy=true")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         for name in self.planners:

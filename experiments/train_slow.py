@@ -70,9 +70,8 @@ def train(cfg: SlowExperimentConfig, model: WorldModel, dataset, device: torch.d
     meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"], "level1": cfg.model,
             "commit": git_commit(), "env": cfg.env.name, "env_kwargs": cfg.env.env_kwargs(), RUN_KEY: asdict(cfg)}
     summary: dict = {"device": device_description()}
-    W, K = slow.state_window, cfg.slow.chunk
-    if slow.encoder is not None:  # stage 1: the temporal encoder as a JEPA on block-masked time
-        windows = {s: SlowWindows(slow, dataset.split(s), latents[s], W) for s in latents}
+    if slow.state.pretrainable:  # stage 1: the temporal encoder as a JEPA on block-masked time
+        windows = {s: SlowWindows(slow, dataset.split(s), latents[s], slow.state_window) for s in latents}
         predictor = TemporalPredictor(cfg.slow, max(8, cfg.slow.width // 2)).to(device)
         objective = TemporalJEPAObjective(slow, predictor, cfg.jepa_train, windows["train"], windows["val"])
         trainer = Trainer(objective, cfg.jepa_train, out / "jepa", meta)
@@ -83,10 +82,10 @@ def train(cfg: SlowExperimentConfig, model: WorldModel, dataset, device: torch.d
         summary["jepa"] = {k: log[-1][k] for k in ("jepa", "val_jepa", "val_slow_std")}
     elif cfg.resume and (out / "jepa").exists():
         raise ValueError(f"{out}/jepa holds a JEPA stage but slow.state={cfg.slow.state!r}")
-    if slow.encoder is not None:  # stage 2 starts from the pretrained encoder (also when stage 1 was resumed)
+    if slow.state.pretrainable:  # stage 2 starts from the pretrained encoder (also when stage 1 was resumed)
         weights = load_weights(out / "jepa" / "checkpoint")
         slow.load_state_dict({k[len("slow."):]: v for k, v in weights.items() if k.startswith("slow.")})
-    boundaries = W + cfg.train.rollout_chunks * K
+    boundaries = model.layout.chunk_window(slow.state_window, cfg.slow.chunk, cfg.train.rollout_chunks)
     windows = {s: SlowWindows(slow, dataset.split(s), latents[s], boundaries) for s in latents}
     objective = SlowObjective(slow, cfg.train, windows["train"], windows["val"])
     trainer = Trainer(objective, cfg.train, out / "dynamics", meta)

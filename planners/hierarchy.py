@@ -1,32 +1,83 @@
-"""Hierarchical latent planning: the slow level chooses subgoals, the level-1 MPC reaches them.
+"""Hierarchical latent planning as a composition: a subgoal planner over a slower model, and below it
+any agent that plans toward the goal it is given.
 
-Every ``slow.every`` env steps (one chunk by default) the agent encodes its newest frames once,
-plans ``slow.horizon`` macro-actions with the same kind of planner as level 1 (CEM or MPPI), in
-the slow model's plan coordinates, toward the goal image: the cost is the distance of the level-1
-latents the predicted slow states stand for from the goal's, reduced over the chunks by ``min``
-(so a detour that ends at the goal beats stopping at a wall) plus ``progress`` times the mean (so
-of two such plans the quicker wins). The predicted chunk boundary number ``slow.subgoal`` of the
-best plan is the subgoal: its level-1 latents are the level-1 planner's goal until the next slow
-replan. When the slow plan comes closest to the goal no later than that chunk (or the agent is
-there already), the goal image itself is the level-1 goal. Between slow replans the level-1 MPC
-replans at its own cadence, as the flat agent does.
+:class:`HierarchicalAgent` ``(high, low)`` has the interface of the agent below it (``reset``,
+``set_goal``, ``act``), so it stacks: level k proposes subgoals for level k - 1.
 
-Planners still know nothing about models: both levels are plain cost functions over boxes.
+:class:`SubgoalPlanner` is the ``high`` part. Every ``every`` env steps (one chunk by default), when
+the level below replans, it encodes the newest frames, plans ``horizon`` macro-actions with CEM or
+MPPI in the slow model's plan coordinates toward its goal: the cost is the distance of the level-1
+latents the predicted slow states stand for from the goal's, reduced over the chunks by ``min`` (so
+a detour that ends at the goal beats stopping at a wall) plus ``progress`` times the mean (so of two
+such plans the quicker wins). The predicted chunk boundary number ``subgoal`` of the best plan is
+the next goal of the level below, until the next slow plan. When the slow plan comes closest to the
+goal no later than that chunk (or the agent is there already), the goal itself is handed down.
+
+Planners still know nothing about models: every level is a plain cost function over a box.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from planners.base import Bounds, shift_plan
-from planners.cem import CEM
-from planners.mpc import LatentMPCAgent, LatentModel, MPCConfig
-from planners.mppi import MPPI
-from planners.objectives import GoalDistance
+from planners.cem import CEMConfig
+from planners.frames import FrameHistory
+from planners.mpc import FlopCounter, LatentMPCAgent, LatentModel, MPCConfig, as_batch, goal_frames, make_planner
+from planners.mppi import MPPIConfig
+from planners.objectives import REDUCTIONS, GoalDistance
+
+
+@dataclass
+class SlowPlanConfig:
+    """A slow level's planning.
+
+    Attributes:
+        horizon: slow steps (chunks) per plan.
+        every: env steps between slow plans (0: one chunk).
+        box: half-width of the box of plan coordinates searched, in standard deviations of the
+            macro-actions the encoder produces on the training chunks.
+        low_horizon: the level-below plan's horizon (0: its own setting).
+        low_iterations: the level-below planner's iterations (CEM, MPPI), as a fraction of its own
+            setting (rounded, at least 1); fewer pay for the slow plans, so that the hierarchy costs
+            no more per control step than flat planning.
+        subgoal: which predicted chunk boundary of the slow plan is the level-below goal (1: the first,
+            as HWM). The level below heads for a far subgoal at full speed and reaches a near one and
+            waits, so a later one is faster as long as the path to it has no corner to cut.
+        reduce: how the goal distance is reduced over the slow plan's chunks (``min``: the closest
+            approach, which finds detours; ``mean`` would rather wait at a wall than go around it).
+        progress: weight of the mean distance over the chunks added to that: with ``min`` alone any
+            plan that comes close at some chunk is as good however it begins, and the first chunk
+            is the subgoal.
+        cem, mppi: the slow planner's settings (the same kind as the level below; ``gradient`` below
+            plans the slow level with CEM).
+    """
+
+    horizon: int = 5
+    every: int = 0
+    box: float = 2.0
+    low_horizon: int = 0
+    low_iterations: float = 1.0
+    subgoal: int = 1
+    reduce: str = "min"
+    progress: float = 0.1
+    cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
+    mppi: MPPIConfig = field(default_factory=MPPIConfig)
+
+    def __post_init__(self):
+        if self.reduce not in REDUCTIONS:
+            raise ValueError(f"slow.reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
+        if not 1 <= self.subgoal <= self.horizon:
+            raise ValueError(f"slow.subgoal must be a chunk of the slow plan, 1..{self.horizon}, got {self.subgoal}")
+        if min(self.every, self.low_horizon, self.progress) < 0 or self.horizon < 1 or self.box <= 0:
+            raise ValueError(f"need slow horizon >= 1, box > 0 and every, low_horizon, progress >= 0, got {self}")
+        if not 0 < self.low_iterations <= 1:
+            raise ValueError(f"slow.low_iterations is a fraction in (0, 1], got {self.low_iterations}")
 
 
 class SlowLevel(Protocol):
@@ -43,80 +94,163 @@ class SlowLevel(Protocol):
     def subgoal(self, s2: torch.Tensor) -> torch.Tensor: ...  # (..., d2) -> (..., h, latent_dim)
 
 
-class HierarchicalMPCAgent(LatentMPCAgent):
-    """A :class:`LatentMPCAgent` whose goal between slow replans is the slow level's subgoal.
+class SubgoalPlanner:
+    """Plans a slow level toward a goal and proposes the next goal of the level below.
 
     Args:
-        model: the level-1 world model.
-        slow: its slow level.
-        cfg: level-1 settings; ``cfg.slow`` the level-2 ones.
+        model: the level-1 world model (its frame latents are the goals' space).
+        slow: the slow level.
+        cfg: its planning settings.
+        planner: the level below's planner kind (``cem``, ``mppi``; ``gradient`` gives CEM here).
+        generator: the random draws (shared with the level below, so one seed fixes both).
     """
 
-    def __init__(self, model: LatentModel, slow: SlowLevel, cfg: MPCConfig, action_low: np.ndarray,
-                 action_high: np.ndarray, generator: torch.Generator, name: str = "hierarchical-mpc"):
-        sc = cfg.slow
-        low = replace(cfg, horizon=sc.low_horizon or cfg.horizon)
-        if sc.low_iterations < 1:
-            fewer = lambda n: max(1, round(sc.low_iterations * n))  # noqa: E731
-            low = replace(low, cem=replace(cfg.cem, iterations=fewer(cfg.cem.iterations)),
-                          mppi=replace(cfg.mppi, iterations=fewer(cfg.mppi.iterations)))
-        super().__init__(model, low, action_low, action_high, generator, name)
-        self.slow, self.slow_cfg = slow, sc
-        self.every = sc.every or slow.chunk_steps
-        box = torch.full((slow.macro_dim,), float(sc.box))
-        self.macro_bounds = Bounds(-box, box).to(self.device, self.dtype)
-        kind = cfg.planner if cfg.planner in ("cem", "mppi") else "cem"
-        self.slow_planner = (CEM if kind == "cem" else MPPI)(getattr(sc, kind), sc.horizon, self.macro_bounds)
-        self.keep = max(self.span, model.layout.boundary_span(slow.state_window))
-        self.subgoals: list[tuple[int, torch.Tensor]] = []  # (env step, newest level-1 goal latent) per slow replan
+    def __init__(self, model: LatentModel, slow: SlowLevel, cfg: SlowPlanConfig, planner: str,
+                 generator: torch.Generator):
+        self.model, self.slow, self.cfg, self.gen = model, slow, cfg, generator
+        self.device, self.dtype = model.device, model.dtype
+        self.every = cfg.every or slow.chunk_steps
+        box = torch.full((slow.macro_dim,), float(cfg.box))
+        self.bounds = Bounds(-box, box).to(self.device, self.dtype)
+        kind = planner if planner in ("cem", "mppi") else "cem"
+        self.planner = make_planner(kind, getattr(cfg, kind), cfg.horizon, self.bounds)
+        self.history = FrameHistory(model.layout, keep=model.layout.boundary_span(slow.state_window))
+        self.goal: torch.Tensor | None = None
+        self.warm, self.since = None, None
 
-    def reset(self, goal_obs: np.ndarray) -> None:
-        super().reset(goal_obs)
-        h = self.model.layout.history
-        self.goal_frames = self.goal[:, None].expand(-1, h, -1)  # (1, h, latent_dim): the goal, still
-        self.target, self.slow_warm, self.since_slow, self.subgoals = self.goal_frames, None, None, []
-        self.steps = 0
+    def seed(self, seed: int) -> None:
+        self.gen.manual_seed(seed)
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        action = super().act(obs)
-        self.since_slow += 1
-        self.steps += 1
-        return action
+    def set_goal(self, goal: torch.Tensor) -> None:
+        """The goal the slow plans aim at: level-1 frame latents ``(B, h, latent_dim)`` (or one latent
+        ``(B, latent_dim)``, a still scene)."""
+        self.goal = goal_frames(goal, self.model.layout.history)
 
-    def _replan(self) -> float:
-        if self.since_slow is None or self.since_slow >= self.every:
-            self.since_slow = 0
-            return self.counted("slow+plan", self._plan_both)
-        return self.counted("plan", lambda: self._plan_toward(self.target))
+    def reset(self, goal: torch.Tensor) -> None:
+        """A new task toward ``goal``: no frames seen, no plan to warm-start from, a slow plan due."""
+        self.set_goal(goal)
+        self.history.clear()
+        self.warm, self.since = None, None
+
+    def observe(self, obs: np.ndarray) -> None:
+        """The newest observations ``(B, H, W, C)``."""
+        self.history.add_frame(obs)
+
+    def record(self, action: np.ndarray) -> None:
+        """The actions ``(B, A)`` taken at the newest observations."""
+        self.history.add_action(action)
+        self.since += 1
+
+    @property
+    def due(self) -> bool:
+        """Whether a slow plan is due: none yet, or ``every`` env steps since the last."""
+        return self.since is None or self.since >= self.every
 
     @torch.no_grad()
-    def _plan_both(self) -> None:
-        """Encode the newest frames once; plan the slow level, then level 1 toward the subgoal."""
-        L, h = self.model.layout, self.model.layout.history
-        x, a = self._window(max(self.slow.state_window, h))
-        z, blocks = self.model.latents(x), L.blocks(a)  # (1, n, latent_dim), (1, n - 1, block_dim)
-        self._plan_slow(z[:, -self.slow.state_window :], blocks[:, blocks.shape[1] + 1 - self.slow.state_window :])
-        self._plan_toward(self.target, L.compose(z[:, -h:], blocks[:, blocks.shape[1] + 1 - h :]))
-
-    def _plan_slow(self, z: torch.Tensor, blocks: torch.Tensor) -> None:
-        """Plan macro-actions toward the goal from the level-1 latents ``z (1, W, d)`` of the newest
-        boundaries and the blocks between them; set ``self.target``, the level-1 goal frames."""
-        slow, L = self.slow, self.model.layout
+    def propose(self) -> torch.Tensor:
+        """Plan the slow level from the newest frames; the goal of the level below ``(B, h, latent_dim)``."""
+        slow, L, cfg = self.slow, self.model.layout, self.cfg
+        x, a = self.history.window(slow.state_window, self.device, self.dtype)
+        z, blocks = self.model.latents(x), L.blocks(a)  # (B, W, latent_dim), (B, W - 1, block_dim)
         s2 = slow.encode(z, blocks)
-        goal = self.goal_frames.flatten(1)
+        goal = self.goal.flatten(1)
 
         def reached(s2_0: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
             return slow.subgoal(slow.rollout(s2_0, slow.macro_from_plan(u))).flatten(-2)
 
-        cost = GoalDistance(reached, s2, goal, self.slow_cfg.reduce, self.slow_cfg.progress)
-        result = self.slow_planner.plan(cost, 1, self.gen, warm_start=self.slow_warm)
-        frames = slow.subgoal(slow.rollout(s2, slow.macro_from_plan(result.actions)))  # (1, H, h, d)
-        now = ((z[:, -L.history :].flatten(1) - goal) ** 2).mean(-1)  # (1,)
-        ahead = ((frames.flatten(-2) - goal[:, None]) ** 2).mean(-1)  # (1, H)
-        closest = int(torch.cat([now[:, None], ahead], 1).argmin(1))  # 0: here, j: after chunk j
-        j = self.slow_cfg.subgoal
-        self.target = self.goal_frames if closest <= j else frames[:, j - 1]
-        self.subgoals.append((self.steps, self.target[0, -1].detach().float().cpu()))
+        cost = GoalDistance(reached, s2, goal, cfg.reduce, cfg.progress)
+        result = self.planner.plan(cost, len(s2), self.gen, warm_start=self.warm)
+        frames = slow.subgoal(slow.rollout(s2, slow.macro_from_plan(result.actions)))  # (B, H, h, d)
+        here = L.newest_boundaries(z, blocks, L.history)[0]  # (B, h, latent_dim)
+        now = ((here.flatten(1) - goal) ** 2).mean(-1)  # (B,)
+        ahead = ((frames.flatten(-2) - goal[:, None]) ** 2).mean(-1)  # (B, H)
+        closest = torch.cat([now[:, None], ahead], 1).argmin(1)  # 0: here, j: after chunk j
+        j = cfg.subgoal
+        target = torch.where((closest <= j)[:, None, None], self.goal.to(frames), frames[:, j - 1])
         shift = self.every // slow.chunk_steps
-        self.slow_warm = (shift_plan(result.actions, min(shift, self.slow_planner.horizon), self.macro_bounds)
-                          if shift else result.actions)
+        self.warm = (shift_plan(result.actions, min(shift, self.planner.horizon), self.bounds)
+                     if shift else result.actions)
+        self.since = 0
+        return target
+
+
+class HierarchicalAgent:
+    """A subgoal planner ``high`` over an agent ``low`` that plans toward the goal it is given.
+
+    ``low`` is any agent with :class:`planners.mpc.LatentMPCAgent`'s interface (``reset``,
+    ``set_goal``, ``act``, ``seed``, ``goal``, ``replans_next``, ``plan_seconds``, ``plan_flops``);
+    this class has that interface too, so hierarchies stack. Before each replan of the level below
+    at which a slow plan is due, ``high`` proposes the goal of the level below.
+
+    Attributes:
+        subgoals: ``(env step, newest frame latent (B, latent_dim))`` of each goal handed down.
+        plan_seconds, plan_flops: per replan of the level below, its time and model FLOPs with those
+            of the slow plan made for it.
+    """
+
+    def __init__(self, high: SubgoalPlanner, low, name: str = "hierarchical-mpc"):
+        self.high, self.low, self.name = high, low, name
+        self.flops = FlopCounter()
+        self.plan_seconds: list[float] = []
+        self.plan_flops: list[float] = []
+        self.subgoals: list[tuple[int, torch.Tensor]] = []
+        self.steps = 0
+
+    @property
+    def goal(self) -> torch.Tensor | None:
+        return self.high.goal
+
+    @property
+    def replans_next(self) -> bool:
+        return self.low.replans_next
+
+    def seed(self, seed: int) -> None:
+        self.high.seed(seed)
+        self.low.seed(seed)
+
+    def reset(self, goal_obs: np.ndarray) -> None:
+        """Start tasks toward goal images ``(H, W, C)`` or ``(B, H, W, C)``."""
+        self.low.reset(goal_obs)
+        self.high.reset(self.low.goal)
+        self.subgoals, self.steps = [], 0
+
+    def set_goal(self, goal: torch.Tensor) -> None:
+        """A new goal for the slow plans (a subgoal from a level above)."""
+        self.high.set_goal(goal)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        batch, single = as_batch(obs, "observation")
+        self.high.observe(batch)
+        seconds, flops = 0.0, 0.0
+        if self.low.replans_next and self.high.due:
+            start = time.perf_counter()
+            flops = self.flops.run("subgoal", self._hand_down)
+            seconds = time.perf_counter() - start
+        replans = len(self.low.plan_seconds)
+        action = self.low.act(batch)
+        if len(self.low.plan_seconds) > replans:
+            self.plan_seconds.append(seconds + self.low.plan_seconds[-1])
+            self.plan_flops.append(flops + self.low.plan_flops[-1])
+        self.high.record(action)
+        self.steps += 1
+        return action[0] if single else action
+
+    def _hand_down(self) -> None:
+        target = self.high.propose()
+        self.low.set_goal(target)
+        self.subgoals.append((self.steps, target[:, -1].detach().float().cpu()))
+
+
+def hierarchical_agent(model: LatentModel, slow: SlowLevel, mpc: MPCConfig, cfg: SlowPlanConfig,
+                       action_low: np.ndarray, action_high: np.ndarray, generator: torch.Generator,
+                       name: str = "hierarchical-mpc") -> HierarchicalAgent:
+    """Two levels: a :class:`SubgoalPlanner` over ``slow`` above a flat :class:`LatentMPCAgent` with the
+    settings ``mpc``, its horizon and iterations as ``cfg.low_horizon`` and ``cfg.low_iterations`` say."""
+    low = replace(mpc, horizon=cfg.low_horizon or mpc.horizon)
+    if cfg.low_iterations < 1:
+        fewer = lambda n: max(1, round(cfg.low_iterations * n))  # noqa: E731
+        low = replace(low, cem=replace(mpc.cem, iterations=fewer(mpc.cem.iterations)),
+                      mppi=replace(mpc.mppi, iterations=fewer(mpc.mppi.iterations)))
+    return HierarchicalAgent(SubgoalPlanner(model, slow, cfg, mpc.planner, generator),
+                             LatentMPCAgent(model, low, action_low, action_high, generator, name=f"{name}/level-1"),
+                             name)

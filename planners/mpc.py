@@ -18,6 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from planners.base import Bounds, shift_plan
+from planners.frames import FrameHistory
 from planners.cem import CEM, CEMConfig
 from planners.gradient import GradientConfig, GradientPlanner
 from planners.mppi import MPPI, MPPIConfig
@@ -60,53 +61,6 @@ class LatentModel(Protocol):
 
 
 @dataclass
-class SlowPlanConfig:
-    """The slow level's planning (with ``MPCConfig.hierarchy``).
-
-    Attributes:
-        horizon: slow steps (chunks) per level-2 plan.
-        every: env steps between level-2 replans (0: one chunk).
-        box: half-width of the box of plan coordinates searched, in standard deviations of the
-            macro-actions the encoder produces on the training chunks.
-        low_horizon: the level-1 plan's horizon under a subgoal (0: ``MPCConfig.horizon``).
-        low_iterations: the level-1 planner's iterations (CEM, MPPI) under a subgoal, as a fraction of
-            its own setting (rounded, at least 1); fewer pay for the slow plans, so that the
-            hierarchy costs no more per control step than flat planning.
-        subgoal: which predicted chunk boundary of the slow plan is the level-1 goal (1: the first,
-            as HWM). The level-1 planner heads for a far subgoal at full speed and reaches a near one
-            and waits, so a later one is faster as long as the path to it has no corner to cut.
-        reduce: how the goal distance is reduced over the slow plan's chunks (``min``: the closest
-            approach, which finds detours; ``mean`` would rather wait at a wall than go around it).
-        progress: weight of the mean distance over the chunks added to that: with ``min`` alone any
-            plan that comes close at some chunk is as good however it begins, and the first chunk
-            is the subgoal.
-        cem, mppi: the level-2 planner's settings (the same kind as the level-1 planner;
-            ``gradient`` plans level 2 with CEM).
-    """
-
-    horizon: int = 5
-    every: int = 0
-    box: float = 2.0
-    low_horizon: int = 0
-    low_iterations: float = 1.0
-    subgoal: int = 1
-    reduce: str = "min"
-    progress: float = 0.1
-    cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
-    mppi: MPPIConfig = field(default_factory=MPPIConfig)
-
-    def __post_init__(self):
-        if self.reduce not in REDUCTIONS:
-            raise ValueError(f"slow.reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
-        if not 1 <= self.subgoal <= self.horizon:
-            raise ValueError(f"slow.subgoal must be a chunk of the slow plan, 1..{self.horizon}, got {self.subgoal}")
-        if min(self.every, self.low_horizon, self.progress) < 0 or self.horizon < 1 or self.box <= 0:
-            raise ValueError(f"need slow horizon >= 1, box > 0 and every, low_horizon, progress >= 0, got {self}")
-        if not 0 < self.low_iterations <= 1:
-            raise ValueError(f"slow.low_iterations is a fraction in (0, 1], got {self.low_iterations}")
-
-
-@dataclass
 class MPCConfig:
     """Receding-horizon planning.
 
@@ -125,9 +79,6 @@ class MPCConfig:
             is cheapest where the arm reaches the goal and stays, not where it swings
             through.
         cem, mppi, gradient: the planners' settings.
-        hierarchy: plan with the model's slow level too (:class:`planners.hierarchy.HierarchicalMPCAgent`):
-            it chooses subgoals that this level-1 planner reaches.
-        slow: the slow level's planning settings.
     """
 
     planner: str = "cem"
@@ -139,11 +90,9 @@ class MPCConfig:
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
     gradient: GradientConfig = field(default_factory=GradientConfig)
-    hierarchy: bool = False
-    slow: SlowPlanConfig = field(default_factory=lambda: SlowPlanConfig())
 
     def __post_init__(self):
-        if self.planner not in ("cem", "mppi", "gradient"):
+        if self.planner not in PLANNERS:
             raise ValueError(f"planner must be 'cem', 'mppi' or 'gradient', got {self.planner!r}")
         if self.goal_reduce not in REDUCTIONS:
             raise ValueError(f"goal_reduce must be one of {REDUCTIONS}, got {self.goal_reduce!r}")
@@ -153,27 +102,36 @@ class MPCConfig:
             raise ValueError(f"horizon and receding_horizon must be >= 1, got {self.horizon}, {self.receding_horizon}")
 
 
-def make_planner(cfg: MPCConfig, bounds: Bounds):
-    cls, settings = {"cem": (CEM, cfg.cem), "mppi": (MPPI, cfg.mppi), "gradient": (GradientPlanner, cfg.gradient)}[
-        cfg.planner
-    ]
-    return cls(settings, cfg.horizon, bounds)
+PLANNERS = {"cem": CEM, "mppi": MPPI, "gradient": GradientPlanner}
+
+
+def make_planner(name: str, settings, horizon: int, bounds: Bounds):
+    """The planner ``name`` (``cem``, ``mppi``, ``gradient``) with its ``settings`` over plans of ``horizon``
+    steps in ``bounds``."""
+    if name not in PLANNERS:
+        raise ValueError(f"planner must be 'cem', 'mppi' or 'gradient', got {name!r}")
+    return PLANNERS[name](settings, horizon, bounds)
+
+
+def goal_frames(goal: torch.Tensor, history: int) -> torch.Tensor:
+    """A goal as frame latents ``(B, h, latent_dim)``, oldest first: ``goal`` itself, or, for one latent
+    ``(B, latent_dim)``, a still scene (that latent at every block boundary)."""
+    if goal.ndim == 2:
+        goal = goal[:, None].expand(-1, history, -1)
+    if goal.ndim != 3 or goal.shape[1] != history:
+        raise ValueError(f"a goal must be (B, latent_dim) or (B, {history}, latent_dim), got {tuple(goal.shape)}")
+    return goal
 
 
 def goal_cost(model: LatentModel, start: torch.Tensor, goal: torch.Tensor, cfg: MPCConfig) -> GoalDistance:
-    """Distance of the predicted frame latents from the goal latent ``(B, latent_dim)``, reduced
-    over the plan as ``cfg.goal_reduce`` says. With ``cfg.settle > 0`` each predicted state is
-    scored by its newest latent plus ``settle`` times the latent one block before it, so a
-    plan that reaches the goal and stays there beats one that swings through it.
-
-    ``goal`` may also be frame latents ``(B, h, latent_dim)``, oldest first (a moving subgoal: the
-    newest is the goal, the one before it what ``settle`` compares with); ``(B, latent_dim)`` is a
-    still goal."""
-    previous = goal[:, -2] if goal.ndim == 3 and goal.shape[1] > 1 else None
-    goal = goal[:, -1] if goal.ndim == 3 else goal
-    previous = goal if previous is None else previous
+    """Distance of the predicted frame latents from the goal's (:func:`goal_frames`), reduced over the
+    plan as ``cfg.goal_reduce`` says. The newest predicted latent is compared with the newest goal
+    latent; with ``cfg.settle > 0`` the latent one block before it is compared, with weight ``settle``,
+    with the goal latent before the newest, so a plan that reaches a still goal and stays there beats
+    one that swings through it."""
+    goal = goal_frames(goal, model.layout.history)
     if not cfg.settle:
-        return GoalDistance(lambda s, a: model.newest(model.rollout(s, a, check_inputs=False)), start, goal,
+        return GoalDistance(lambda s, a: model.newest(model.rollout(s, a, check_inputs=False)), start, goal[:, -1],
                             cfg.goal_reduce)
     if model.layout.history < 2:
         raise ValueError(f"settle={cfg.settle} needs states of at least 2 frames, the model keeps "
@@ -184,116 +142,138 @@ def goal_cost(model: LatentModel, start: torch.Tensor, goal: torch.Tensor, cfg: 
         z = model.frame_latents(model.rollout(s0, actions, check_inputs=False))[..., -2:, :]  # (N, H, 2, latent_dim)
         return torch.cat([w * z[..., 0, :], z[..., 1, :]], -1)
 
-    return GoalDistance(last_two, start, torch.cat([w * previous, goal], -1), cfg.goal_reduce)
+    return GoalDistance(last_two, start, torch.cat([w * goal[:, -2], goal[:, -1]], -1), cfg.goal_reduce)
+
+
+class FlopCounter:
+    """Model FLOPs of named computations, counted on their first run (a plan's FLOPs do not depend on
+    the images: fixed samples, iterations and horizon) and reused after."""
+
+    def __init__(self):
+        self.flops: dict[str, float] = {}
+
+    def run(self, what: str, fn: Callable[[], object]) -> float:
+        """Run ``fn``; its model FLOPs."""
+        if what in self.flops:
+            fn()
+        else:
+            with FlopCounterMode(display=False) as counter:
+                fn()
+            self.flops[what] = float(counter.get_total_flops())
+        return self.flops[what]
+
+
+def as_batch(obs: np.ndarray, what: str = "image") -> tuple[np.ndarray, bool]:
+    """Images ``(B, H, W, C)``, and whether ``obs`` was one image ``(H, W, C)``."""
+    if not isinstance(obs, np.ndarray) or obs.dtype != np.uint8 or obs.ndim not in (3, 4):
+        raise ValueError(f"the {what} must be an (H, W, C) uint8 numpy image, got "
+                         f"{getattr(obs, 'dtype', type(obs).__name__)} {getattr(obs, 'shape', '')} (or a batch of "
+                         f"them, (B, H, W, C))")
+    return (obs[None], True) if obs.ndim == 3 else (obs, False)
 
 
 class LatentMPCAgent:
-    """Acts from images: encodes the current and goal images, plans, executes, replans."""
+    """Acts from images toward a goal in latent space: encodes its newest frames, plans, executes
+    ``receding_horizon`` env steps of the plan, replans.
+
+    Its goal is set by :meth:`reset` from a goal image, or by :meth:`set_goal` as frame latents, which
+    may change between calls (a waypoint set by a planner above). Everything works on ``B`` tasks at once: images
+    ``(B, H, W, C)`` and goals ``(B, h, latent_dim)``; one image ``(H, W, C)`` is a batch of one.
+    """
 
     def __init__(self, model: LatentModel, cfg: MPCConfig, action_low: np.ndarray, action_high: np.ndarray,
                  generator: torch.Generator, name: str = "latent-mpc"):
         layout = model.layout
-        k = layout.action_block
         if len(action_low) != layout.action_dim:
             raise ValueError(f"the env's actions have {len(action_low)} values, the model's {layout.action_dim}")
-        if cfg.receding_horizon > cfg.horizon * k:
+        if cfg.receding_horizon > layout.env_steps(cfg.horizon):
             raise ValueError(f"receding_horizon {cfg.receding_horizon} must be at most the plan's "
-                             f"{cfg.horizon * k} env steps")
+                             f"{layout.env_steps(cfg.horizon)} env steps")
         self.model, self.cfg, self.gen, self.name = model, cfg, generator, name
-        self.span = layout.span  # env steps a state looks back
         self.action_dim = layout.action_dim
         self.device, self.dtype = model.device, model.dtype
         self.env_bounds = Bounds(action_low, action_high).to(self.device, self.dtype)
+        k = layout.action_block
         self.bounds = Bounds(np.tile(action_low, k), np.tile(action_high, k)).to(self.device, self.dtype)
-        self.planner = make_planner(cfg, self.bounds)
-        self.keep = self.span  # env steps of the past the agent keeps (its frames: one more)
+        self.planner = make_planner(cfg.planner, getattr(cfg, cfg.planner), cfg.horizon, self.bounds)
+        self.history = FrameHistory(layout, keep=layout.span)
+        self.flops = FlopCounter()
         self.plan_seconds: list[float] = []
         self.plan_flops: list[float] = []  # model FLOPs of each replan
-        self._flops: dict[str, float] = {}
+        self.goal: torch.Tensor | None = None
+        self.warm, self.queue = None, []
 
     @torch.no_grad()
-    def _window(self, boundaries: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The newest ``boundaries`` block-boundary images ``(1, n, C, H, W)`` uint8, one block apart back
-        from the newest frame, and the ``(1, (n - 1) * k, A)`` actions between them (before the
-        episode's first image: that image, still)."""
-        span = self.model.layout.boundary_span(boundaries)
-        pad = max(0, span + 1 - len(self.frames))
-        frames = [self.frames[0]] * pad + list(self.frames)
-        actions = [np.zeros(self.action_dim, np.float32)] * pad + list(self.actions)
-        newest = len(frames) - 1
-        offsets = np.arange(boundaries) * self.model.layout.action_block - span  # oldest first, newest at 0
-        x = torch.from_numpy(np.stack([frames[newest + i] for i in offsets])).permute(0, 3, 1, 2)[None]
-        a = np.asarray(actions[len(actions) - span :] if span else [], np.float32).reshape(1, span, self.action_dim)
-        return x.to(self.device), torch.from_numpy(a).to(device=self.device, dtype=self.dtype)
-
-    @torch.no_grad()
-    def _encode(self) -> torch.Tensor:
-        """The model's state at the newest frame."""
-        return self.model.encode(*self._window(self.model.layout.history))
+    def encode(self) -> torch.Tensor:
+        """The model's states ``(B, state_dim)`` at the newest frames."""
+        return self.model.encode(*self.history.window(self.model.layout.history, self.device, self.dtype))
 
     def seed(self, seed: int) -> None:
         """Reseed the planner's draws (the protocol does it before each task)."""
         self.gen.manual_seed(seed)
 
-    def check_image(self, obs: np.ndarray, what: str) -> None:
-        """``obs`` must be an ``(H, W, C)`` uint8 image of the model's size."""
-        if not isinstance(obs, np.ndarray) or obs.dtype != np.uint8 or obs.ndim != 3:
-            raise ValueError(f"the {what} must be an (H, W, C) uint8 numpy image, got "
-                             f"{getattr(obs, 'dtype', type(obs).__name__)} {getattr(obs, 'shape', '')}")
+    def check_images(self, obs: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
+        """``obs`` as a batch of images of the model's size, and whether it was one image."""
+        batch, single = as_batch(obs, what)
         shape = getattr(self.model, "image_shape", None)  # (C, H, W)
-        if shape is not None and obs.shape != (shape[1], shape[2], shape[0]):
+        if shape is not None and batch.shape[1:] != (shape[1], shape[2], shape[0]):
             raise ValueError(f"the {what} must have shape {(shape[1], shape[2], shape[0])} for this model, "
-                             f"got {obs.shape}")
+                             f"got {batch.shape[1:]}")
+        return batch, single
 
+    @torch.no_grad()
     def reset(self, goal_obs: np.ndarray) -> None:
-        self.check_image(goal_obs, "goal image")
-        self.frames, self.actions = [goal_obs], []
-        self.goal = self.model.newest(self._encode())  # the goal as a still scene
-        self.warm, self.queue, self.frames, self.actions = None, [], [], []
+        """Start tasks toward goal images ``(H, W, C)`` or ``(B, H, W, C)``, each a still scene."""
+        goal_obs, _ = self.check_images(goal_obs, "goal image")
+        self.history.clear()
+        self.history.add_frame(goal_obs)
+        self.set_goal(self.model.newest(self.encode()))
+        self.history.clear()
+        self.warm, self.queue = None, []
+
+    def set_goal(self, goal: torch.Tensor) -> None:
+        """Plan toward ``goal`` from the next replan on: frame latents ``(B, h, latent_dim)``, oldest
+        first, or one latent ``(B, latent_dim)`` (a still scene: itself at every boundary)."""
+        self.goal = goal_frames(goal, self.model.layout.history)
+
+    @property
+    def replans_next(self) -> bool:
+        """Whether the next :meth:`act` plans (its action queue is empty)."""
+        return not self.queue
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        self.check_image(obs, "observation")
-        self.frames = (self.frames + [np.array(obs, copy=True)])[-self.keep - 1 :]
+        """The next actions ``(B, A)`` for observations ``(B, H, W, C)`` (``(A,)`` for one ``(H, W, C)``)."""
+        obs, single = self.check_images(obs, "observation")
+        if self.goal is None:
+            raise RuntimeError("no goal: call reset(goal_obs) or set_goal(latents) before act")
+        if len(obs) != len(self.goal):
+            raise ValueError(f"{len(obs)} observations for {len(self.goal)} goals")
+        self.history.add_frame(obs)
         if not self.queue:
             self.replan()
         action = self.queue.pop(0)
-        self.actions = (self.actions + [action])[-self.keep :] if self.keep else []  # since the oldest frame kept
-        return action
+        self.history.add_action(action)
+        return action[0] if single else action
 
     def replan(self) -> None:
         """Plan from the frames seen so far; refill the action queue; record the time and model FLOPs."""
         start = time.perf_counter()
-        flops = self._replan()
+        self.plan_flops.append(self.flops.run("plan", self._plan))
         self.plan_seconds.append(time.perf_counter() - start)
-        self.plan_flops.append(flops)
 
-    def counted(self, what: str, fn: Callable[[], None]) -> float:
-        """Run ``fn``; its model FLOPs, counted on its first call (a plan's FLOPs do not depend on the
-        images: fixed samples, iterations and horizon) and reused after."""
-        if what in self._flops:
-            fn()
-        else:
-            with FlopCounterMode(display=False) as counter:
-                fn()
-            self._flops[what] = float(counter.get_total_flops())
-        return self._flops[what]
-
-    def _replan(self) -> float:
-        """Plan from the newest frame toward ``self.goal``; fill the action queue; the model FLOPs spent."""
-        return self.counted("plan", lambda: self._plan_toward(self.goal))
-
-    def _plan_toward(self, goal: torch.Tensor, s0: torch.Tensor | None = None) -> None:
-        """Plan from the state ``s0`` (default: the newest frame's) toward ``goal``; fill the action queue."""
+    def _plan(self) -> None:
+        """Plan from the newest frames toward ``self.goal``; fill the action queue."""
         cfg = self.cfg
-        s0 = self._encode() if s0 is None else s0
-        model = self.model
-        cost = goal_cost(model, s0, goal, cfg)
+        s0 = self.encode()
+        cost = goal_cost(self.model, s0, self.goal.to(s0), cfg)
         if cfg.action_penalty:
             cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])
         grad = cfg.planner == "gradient"
         with torch.enable_grad() if grad else torch.no_grad():
-            result = self.planner.plan(cost, 1, self.gen, warm_start=self.warm)
-        env_actions = result.actions.detach().reshape(1, -1, self.action_dim)  # (1, H*k, A)
-        self.queue = list(env_actions[0, : cfg.receding_horizon].float().cpu().numpy())
+            result = self.planner.plan(cost, len(s0), self.gen, warm_start=self.warm)
+        env_actions = result.actions.detach().reshape(len(s0), -1, self.action_dim)  # (B, H*k, A)
+        executed = env_actions[:, : cfg.receding_horizon].float().cpu().numpy()  # (B, r, A)
+        self.queue = [executed[:, t] for t in range(executed.shape[1])]
         # warm start: the rest of this plan, shifted by the env steps executed (states hold at any step)
-        self.warm = shift_plan(env_actions, cfg.receding_horizon, self.env_bounds).reshape(1, self.planner.horizon, -1)
+        self.warm = shift_plan(env_actions, cfg.receding_horizon, self.env_bounds).reshape(
+            len(s0), self.planner.horizon, -1)

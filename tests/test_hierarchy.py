@@ -106,9 +106,9 @@ def test_slow_losses_are_finite_and_reach_every_trained_part():
     terms = slow_losses(slow, z, a)
     sum(terms.values()).backward()
     assert all(torch.isfinite(v) for v in terms.values())
-    for part in (slow.macro_encoder, slow.predictor, slow.readout):
+    for part in (slow.macro_encoder, slow.predictor, slow.state.readout):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
-    assert all(p.grad is None for p in slow.target_encoder.parameters())  # the targets get no gradient
+    assert all(p.grad is None for p in slow.state.target_encoder.parameters())  # the targets get no gradient
 
 
 def test_slow_checkpoint_round_trip_and_bad_checkpoints(tmp_path):
@@ -125,6 +125,45 @@ def test_slow_checkpoint_round_trip_and_bad_checkpoints(tmp_path):
     tiny_world_model().save_pretrained(tmp_path / "wm")
     with pytest.raises(CheckpointError, match="no slow-level checkpoint"):
         load_slow(tmp_path / "wm", LAYOUT)
+
+
+def test_checkpoints_from_before_the_slow_state_was_a_part_load_into_it(tmp_path):
+    """A JEPA slow level written with its temporal encoder, EMA target and readout at the top level
+    (``encoder.*``, ``target_encoder.*``, ``readout.*``) loads into ``state.*`` unchanged."""
+    from worldmodel.checkpoint import save_checkpoint
+    slow = slow_model(state="jepa")
+    old = {k.removeprefix("state."): v for k, v in slow.state_dict().items()}
+    assert "target_encoder.norm.weight" in old and not any(k.startswith("state.") for k in old)
+    save_checkpoint(tmp_path / "slow", slow.config(), old)
+    back = load_slow(tmp_path / "slow", LAYOUT)
+    assert back.state_dict().keys() == slow.state_dict().keys()
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in slow.state_dict().items())
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*/slow")), ids=lambda p: p.parent.name)
+def test_shipped_slow_levels_load(path):
+    slow = SlowModel.from_pretrained(path)
+    z = torch.zeros(1, slow.state_window, slow.layout.latent_dim)
+    s2 = slow.encode(z, torch.zeros(1, slow.state_window - 1, slow.layout.block_dim))
+    assert s2.shape == (1, slow.state_dim) and slow.subgoal(s2).shape == (1, slow.layout.history, slow.layout.latent_dim)
+
+
+def test_nothing_outside_the_slow_model_asks_which_kind_of_state_it_has():
+    """The ``latent`` and ``jepa`` slow states are two parts behind one interface; code elsewhere asks a
+    capability (``state.pretrainable``), never the kind."""
+    import ast
+    kinds = {"latent", "jepa"}
+    found = []
+    for package in ("worldmodel", "planners", "experiments", "benchmarks"):
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name == "model.py" and path.parent.name == "hierarchy":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                sides = [node.left, *node.comparators] if isinstance(node, ast.Compare) else []
+                if (any(isinstance(c, ast.Constant) and c.value in kinds for c in sides)
+                        and any(isinstance(c, ast.Attribute) and c.attr == "state" for c in sides)):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "\n".join(found)
 
 
 @pytest.mark.slow
@@ -149,8 +188,8 @@ def test_train_slow_resumes_installs_and_plan_runs_flat_and_hierarchical(tiny_da
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert len(summary["val"]["rollout_mse_by_chunk"]) == 2 and summary["jepa"]["val_slow_std"] > 0
     assert (model / "slow" / "config.json").is_file()
-    plan = [sys.executable, str(ROOT / "experiments" / "plan.py"), *data, f"model={model}", "mpc.hierarchy=true",
-            "mpc.slow.horizon=2", "mpc.slow.cem.samples=10", "mpc.slow.cem.elites=2", "mpc.slow.cem.iterations=1",
+    plan = [sys.executable, str(ROOT / "experiments" / "plan.py"), *data, f"model={model}", "hierarchy=true",
+            "slow.horizon=2", "slow.cem.samples=10", "slow.cem.elites=2", "slow.cem.iterations=1",
             "episodes=2", "goal_offset=10", "budget=6", "mpc.cem.samples=10", "mpc.cem.elites=2",
             "mpc.cem.iterations=1", "videos=1", "baselines=[]", f"output_dir={tmp_path}/out",
             f"hydra.run.dir={tmp_path}/h2"]

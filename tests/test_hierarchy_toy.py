@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from planners.cem import CEMConfig
-from planners.hierarchy import HierarchicalMPCAgent
-from planners.mpc import LatentMPCAgent, MPCConfig, SlowPlanConfig
+from planners.hierarchy import HierarchicalAgent, SlowPlanConfig, SubgoalPlanner, hierarchical_agent as two_levels
+from planners.mpc import LatentMPCAgent, MPCConfig
 from worldmodel.dynamics import StateLayout
 
 DOOR, WALL, SIZE, K = 4.0, 10.0, 20.0, 5
@@ -108,10 +108,10 @@ def flat_agent(horizon: int) -> LatentMPCAgent:
     return LatentMPCAgent(ExactRooms(), cfg, LOW, HIGH, torch.Generator())
 
 
-def hierarchical_agent(slow_horizon: int = 8) -> HierarchicalMPCAgent:
-    cfg = MPCConfig(planner="cem", horizon=K, receding_horizon=K, settle=0.0, cem=CEM_SETTINGS, hierarchy=True,
-                    slow=SlowPlanConfig(horizon=slow_horizon, box=1.0, cem=CEM_SETTINGS))
-    return HierarchicalMPCAgent(ExactRooms(), ExactChunks(), cfg, LOW, HIGH, torch.Generator())
+def hierarchical_agent(slow_horizon: int = 8) -> HierarchicalAgent:
+    cfg = MPCConfig(planner="cem", horizon=K, receding_horizon=K, settle=0.0, cem=CEM_SETTINGS)
+    slow = SlowPlanConfig(horizon=slow_horizon, box=1.0, cem=CEM_SETTINGS)
+    return two_levels(ExactRooms(), ExactChunks(), cfg, slow, LOW, HIGH, torch.Generator())
 
 
 def test_the_toy_is_what_it_claims():
@@ -125,7 +125,7 @@ def test_hierarchical_planner_goes_through_the_door_where_flat_planning_at_the_s
     hier = hierarchical_agent()
     ok, best = run(hier)
     assert ok, f"the hierarchical planner came no closer than {best:.2f}"
-    assert len(hier.subgoals) >= 2 and any(float(s[1]) < 12 for _, s in hier.subgoals)  # a subgoal toward the door
+    assert len(hier.subgoals) >= 2 and any(float(s[0, 1]) < 12 for _, s in hier.subgoals)  # a subgoal toward the door
     # the flat planner gets the hierarchy's model steps per plan (its K level-1 steps plus the slow
     # plan's 8 chunks of K steps) as one long horizon, and the same samples and iterations
     flat = flat_agent(horizon=K + 8 * K)
@@ -133,3 +133,78 @@ def test_hierarchical_planner_goes_through_the_door_where_flat_planning_at_the_s
     assert not ok and best > 4.0, f"the flat planner reached {best:.2f}"
     ok, best = run(flat_agent(horizon=K))
     assert not ok and best > 4.0  # a short flat plan stops at the wall, 5 units from the goal
+
+
+# --- three levels, stacked -----------------------------------------------------------------------
+
+
+def open_step(p: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """One exact step on the open floor (no wall): ``p + clamp(a)``, kept in the room."""
+    return (p + a.clamp(-1, 1)).clamp(0, SIZE)
+
+
+class OpenFloor(ExactRooms):
+    """Level 1 without the wall."""
+
+    def rollout(self, s0: torch.Tensor, actions: torch.Tensor, check_inputs: bool = True) -> torch.Tensor:
+        states, p = [], s0
+        for t in range(actions.shape[1]):
+            p = open_step(p, actions[:, t])
+            states.append(p)
+        return torch.stack(states, 1)
+
+
+class HeldActions(ExactChunks):
+    """A slow level over the open floor whose macro-action is one action held for ``chunk`` steps."""
+
+    def __init__(self, chunk: int):
+        self.chunk_steps = chunk
+
+    def rollout(self, s2: torch.Tensor, macros: torch.Tensor) -> torch.Tensor:
+        states = []
+        for t in range(macros.shape[1]):
+            for _ in range(self.chunk_steps):
+                s2 = open_step(s2, macros[:, t])
+            states.append(s2)
+        return torch.stack(states, 1)
+
+
+def between(q: torch.Tensor, p: torch.Tensor, g: torch.Tensor) -> bool:
+    """Whether ``q`` lies on the way from ``p`` to ``g``, up to half a unit of noise: its projection on
+    the segment falls within it, and it is off the segment by at most a quarter of the segment's length."""
+    d = g - p
+    length = float(d.norm())
+    if length < 0.5:
+        return float((q - g).norm()) <= 0.5
+    along = float((q - p) @ d) / length
+    off = float((q - p - along * d / length).norm())
+    return -0.5 <= along <= length + 0.5 and off <= 0.25 * length + 0.5
+
+
+def test_three_stacked_levels_each_hand_down_a_subgoal_between_its_goal_and_the_state():
+    """Level 3 (macro-actions held for 6 steps) proposes subgoals to level 2 (held for 2 steps), which
+    proposes them to the flat level 1: one class, stacked. Every subgoal lies on the way from the
+    current state to the goal of the level that proposed it, and the stack reaches the goal."""
+    gen = torch.Generator()
+    mpc = MPCConfig(planner="cem", horizon=2, receding_horizon=1, settle=0.0, cem=CEM_SETTINGS)
+    slow = SlowPlanConfig(horizon=3, box=1.0, cem=CEM_SETTINGS)
+    level1 = LatentMPCAgent(OpenFloor(), mpc, LOW, HIGH, gen, name="level-1")
+    level2 = HierarchicalAgent(SubgoalPlanner(OpenFloor(), HeldActions(2), slow, "cem", gen), level1, "level-2")
+    level3 = HierarchicalAgent(SubgoalPlanner(OpenFloor(), HeldActions(6), slow, "cem", gen), level2, "level-3")
+    start, goal = torch.tensor([1.0, 10.0]), torch.tensor([19.0, 10.0])
+    level3.seed(0)
+    level3.reset(image(goal))
+    p, checked = start, {2: 0, 3: 0}
+    for t in range(30):
+        a = torch.as_tensor(level3.act(image(p.numpy())))
+        new = {level: [s for step, s in agent.subgoals if step == t] for level, agent in ((3, level3), (2, level2))}
+        parent = {3: goal, 2: level3.subgoals[-1][1][0]}  # level 3 plans first: its newest subgoal is level 2's goal
+        for level, proposed in new.items():
+            for q in proposed:
+                assert between(q[0], p, parent[level]), (level, t, q[0].tolist(), p.tolist(), parent[level].tolist())
+                checked[level] += 1
+        p = open_step(p, a)
+        if float((p - goal).norm()) < 0.5:
+            break
+    assert float((p - goal).norm()) < 0.5, f"the stack stopped at {p.tolist()}"
+    assert checked[3] >= 3 and checked[2] >= 9, checked  # level 3 every 6 steps, level 2 every 2

@@ -181,9 +181,9 @@ def test_plan_entry_point_runs_the_maze_protocol_end_to_end(tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "plan.py"), "env=pointmaze", f"model={tmp_path}/model",
            "episodes=2", "planners=[cem,mppi]", "baselines=[random,zero]", "bins.near.budget=5", "bins.mid.budget=5",
            "bins.far.budget=5", "mpc.horizon=2", "mpc.receding_horizon=2", "mpc.cem.samples=8", "mpc.cem.elites=2",
-           "mpc.cem.iterations=1", "mpc.mppi.samples=8", "mpc.mppi.iterations=1", "mpc.slow.horizon=2", "mpc.slow.subgoal=1",
-           "mpc.slow.cem.samples=8", "mpc.slow.cem.elites=2", "mpc.slow.cem.iterations=1", "mpc.slow.mppi.samples=8",
-           "mpc.slow.mppi.iterations=1", "videos=1", "progress=false",
+           "mpc.cem.iterations=1", "mpc.mppi.samples=8", "mpc.mppi.iterations=1", "slow.horizon=2", "slow.subgoal=1",
+           "slow.cem.samples=8", "slow.cem.elites=2", "slow.cem.iterations=1", "slow.mppi.samples=8",
+           "slow.mppi.iterations=1", "videos=1", "progress=false",
            f"output_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/hydra"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -72,9 +72,17 @@ class StateLayout:
         of them has one frame more)."""
         return (boundaries - 1) * self.action_block
 
+    def env_steps(self, steps: int) -> int:
+        """Env steps of ``steps`` model steps (action blocks)."""
+        return steps * self.action_block
+
+    def boundary_positions(self, boundaries: int) -> np.ndarray:
+        """Offsets of ``boundaries`` consecutive block-boundary frames from the first: ``0, k, 2k, ...``."""
+        return np.arange(boundaries) * self.action_block
+
     def boundaries(self, steps: int) -> np.ndarray:
         """Offsets of the ``steps + h`` block-boundary frames within such a window."""
-        return np.arange(steps + self.history) * self.action_block
+        return self.boundary_positions(steps + self.history)
 
     def steps_in(self, frames: int) -> int:
         """Model steps of a window of ``frames`` frames; a clear error unless it is a whole window."""
@@ -89,13 +97,50 @@ class StateLayout:
         inside model step ``step``: halfway through that step's action block."""
         return (step + self.history - 1) * self.action_block + self.action_block // 2
 
+    def boundary_offsets(self, boundaries: int) -> np.ndarray:
+        """Offsets of the newest ``boundaries`` block-boundary frames from the newest frame, oldest first:
+        ``-(n - 1) * k, ..., -k, 0``."""
+        return self.boundary_positions(boundaries) - self.boundary_span(boundaries)
+
     def state_offsets(self) -> np.ndarray:
         """Offsets of a state's ``h`` frames from its newest frame, oldest first: ``-span, ..., -k, 0``."""
-        return np.arange(self.history) * self.action_block - self.span
+        return self.boundary_offsets(self.history)
+
+    def state_action_offsets(self) -> np.ndarray:
+        """Offsets of the ``span`` env actions inside a state from the step of its newest frame, oldest
+        first: ``-span, ..., -1``."""
+        return np.arange(self.span) - self.span
 
     def newest_frames(self, steps: int) -> np.ndarray:
         """Offsets of the newest frame of each of a window's ``steps + 1`` states."""
         return self.boundaries(steps)[self.history - 1 :]
+
+    # --- windows of chunks (a slower level's steps) ---------------------------------------------
+    def chunk_window(self, window: int, chunk: int, chunks: int) -> int:
+        """Block boundaries in a window of ``chunks = R`` chunks of ``chunk = K`` model steps, when a slow
+        state reads the last ``window = W`` boundaries: ``W + R * K``."""
+        return window + chunks * chunk
+
+    def chunk_ends(self, window: int, chunk: int, chunks: int) -> np.ndarray:
+        """Indices, among such a window's boundaries, of its ``R + 1`` chunk boundaries: ``W - 1 + j * K``."""
+        return window - 1 + np.arange(chunks + 1) * chunk
+
+    def chunk_windows(self, latents: torch.Tensor, blocks: torch.Tensor, window: int, chunk: int):
+        """Of windows of ``W + R * K`` block-boundary latents ``(B, W + R*K, latent_dim)`` and the blocks
+        between them: the ``R + 1`` slow-state inputs ``(B, R+1, W, latent_dim)`` and ``(B, R+1, W-1,
+        block_dim)`` ending at the chunk boundaries, the ``R`` chunks' blocks ``(B, R, K * block_dim)``, and
+        the level-1 frame latents of the state at each chunk boundary ``(B, R+1, h, latent_dim)``."""
+        n = latents.shape[1]
+        chunks = (n - window) // chunk
+        if chunks < 1 or n != self.chunk_window(window, chunk, chunks) or blocks.shape[1] != n - 1:
+            raise ValueError(f"a window of R >= 1 chunks has {window} + R * {chunk} boundaries and one "
+                             f"block fewer, got {n} and {blocks.shape[1]}")
+        ends = self.chunk_ends(window, chunk, chunks)
+        zs = torch.stack([latents[:, e + 1 - window : e + 1] for e in ends], 1)
+        bs = torch.stack([blocks[:, e + 1 - window : e] for e in ends], 1)
+        steps = torch.stack([blocks[:, a:b].flatten(1) for a, b in zip(ends[:-1], ends[1:])], 1)
+        frames = zs[:, :, window - self.history :]
+        return zs, bs, steps, frames
 
     # --- tensors ----------------------------------------------------------------------------
     def blocks(self, actions: torch.Tensor) -> torch.Tensor:
@@ -104,6 +149,24 @@ class StateLayout:
             raise ValueError(f"actions must be (..., n * {self.action_block}, {self.action_dim}), got "
                              f"{tuple(actions.shape)}")
         return actions.reshape(*actions.shape[:-2], actions.shape[-2] // self.action_block, self.block_dim)
+
+    def check_boundaries(self, latents: torch.Tensor, blocks: torch.Tensor, boundaries: int) -> None:
+        """A clear error unless ``latents`` are ``(B, boundaries, latent_dim)`` block-boundary latents and
+        ``blocks`` the ``(B, boundaries - 1, block_dim)`` action blocks between them."""
+        if latents.ndim != 3 or latents.shape[1:] != (boundaries, self.latent_dim):
+            raise ValueError(f"z must be level-1 latents (B, {boundaries}, {self.latent_dim}), got "
+                             f"{tuple(latents.shape)}")
+        if blocks.shape != (latents.shape[0], boundaries - 1, self.block_dim):
+            raise ValueError(f"blocks must be (B, {boundaries - 1}, {self.block_dim}), got {tuple(blocks.shape)}")
+
+    def newest_boundaries(self, latents: torch.Tensor, blocks: torch.Tensor, boundaries: int):
+        """Of block-boundary latents ``(B, N, ...)`` and the ``(B, N - 1, ...)`` action blocks between them:
+        the newest ``boundaries`` latents and the blocks between those."""
+        n = latents.shape[1]
+        if blocks.shape[1] != n - 1 or not 1 <= boundaries <= n:
+            raise ValueError(f"need N latents and N - 1 blocks with 1 <= boundaries <= N, got {n}, "
+                             f"{blocks.shape[1]} and boundaries={boundaries}")
+        return latents[:, n - boundaries :], blocks[:, n - boundaries :]
 
     def compose(self, latents: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """A state of frame latents ``(..., h, latent_dim)`` and the action blocks ``(..., h-1, block_dim)``

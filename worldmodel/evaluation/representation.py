@@ -36,10 +36,9 @@ def state_frames(episodes: Episodes, layout: StateLayout) -> np.ndarray:
 def stack_states(features: np.ndarray, episodes: Episodes, rows: np.ndarray, layout: StateLayout) -> np.ndarray:
     """Per-frame ``features`` stacked like the world model's states: the features of frames
     ``row - (h-1)k, ..., row - k, row`` and the ``(h-1)k`` actions between them."""
-    span = layout.span
     steps = rows - np.searchsorted(episodes.frame_starts, rows, side="right") + 1  # step index of frame ``row``
     parts = [features[rows + offset] for offset in layout.state_offsets()]
-    parts += [np.asarray(episodes.actions[steps - span + j]) for j in range(span)]
+    parts += [np.asarray(episodes.actions[steps + offset]) for offset in layout.state_action_offsets()]
     return np.concatenate(parts, 1)
 
 
@@ -115,7 +114,7 @@ def rollout_probes(model: WorldModel, probes: dict, targets: Targets, test: Epis
     true = L.window_states(model.encoder.latents(x, target=True), a)  # (B, R+1, state_dim)
     pred = torch.cat([true[:, :1], model.rollout(true[:, 0], L.step_blocks(a))], 1)
     frames = batches.sampler.rows(index)[0][:, L.newest_frames(horizon)]  # (B, R+1): each state's newest frame
-    out = {"horizon_env_steps": (np.arange(horizon + 1) * L.action_block).tolist(), "windows": len(index),
+    out = {"horizon_env_steps": L.boundary_positions(horizon + 1).tolist(), "windows": len(index),
            "latent_mse": ((pred - true) ** 2).mean((0, 2)).tolist(), "probes": {}}
     pred, true = pred.double().cpu().numpy(), true.double().cpu().numpy()
     for kind, probe in probes.items():

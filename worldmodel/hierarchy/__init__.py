@@ -1,8 +1,8 @@
 """Level 2 of the world model: a slow predictor over chunks of level-1 steps, its macro-action
 encoder, its (optionally JEPA-pretrained) slow state, and their training."""
 
-from worldmodel.hierarchy.model import (ATLAS, SLOW_DIR, Atlas, SlowConfig, SlowModel, TemporalEncoder, TemporalPredictor,
-                                        load_slow, save_atlas)
+from worldmodel.hierarchy.model import (ATLAS, SLOW_DIR, Atlas, JEPAState, LatentState, SlowConfig, SlowModel,
+                                        TemporalEncoder, TemporalPredictor, load_slow, save_atlas)
 from worldmodel.hierarchy.objective import (
     SlowObjective,
     SlowTrainConfig,
@@ -18,6 +18,8 @@ __all__ = [
     "Atlas",
     "save_atlas",
     "SLOW_DIR",
+    "JEPAState",
+    "LatentState",
     "SlowConfig",
     "SlowModel",
     "SlowObjective",

@@ -45,7 +45,6 @@ from worldmodel.dynamics.predictor import mlp
 from worldmodel.files import verified, write_verified
 
 SLOW_FORMAT = 1
-SLOW_STATES = ("latent", "jepa")
 MACROS = ("encoder", "concat")
 
 
@@ -81,7 +80,7 @@ class SlowConfig:
 
     def __post_init__(self):
         if self.state not in SLOW_STATES:
-            raise ValueError(f"slow state must be one of {SLOW_STATES}, got {self.state!r}")
+            raise ValueError(f"slow state must be one of {tuple(SLOW_STATES)}, got {self.state!r}")
         if self.macro not in MACROS:
             raise ValueError(f"macro must be one of {MACROS}, got {self.macro!r}")
         if min(self.chunk, self.macro_dim, self.window, self.width, self.depth, self.heads, self.hidden,
@@ -141,34 +140,95 @@ class TemporalPredictor(nn.Module):
         return self.out(self.blocks(x + self.position[: x.shape[1]]))
 
 
+class LatentState(nn.Module):
+    """HWM's slow state: the level-1 frame latents of the state at the chunk boundary, as they are.
+
+    Nothing in it trains; :meth:`subgoal` is the identity."""
+
+    pretrainable = False
+
+    def __init__(self, layout: StateLayout, cfg: SlowConfig):
+        super().__init__()
+        self.layout = layout
+
+    @property
+    def window(self) -> int:
+        return self.layout.history
+
+    @property
+    def state_dim(self) -> int:
+        return self.layout.latent_part
+
+    def forward(self, z: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        return z.flatten(1)
+
+    def subgoal(self, s2: torch.Tensor) -> torch.Tensor:
+        return self.layout.frame_latents(s2)
+
+    def freeze(self) -> None:
+        pass
+
+
+class JEPAState(nn.Module):
+    """A slow state from a temporal transformer over the last ``window`` level-1 latents, pretrained as a
+    JEPA on block-masked time: the EMA ``target_encoder``'s output at the newest boundary; a readout head
+    maps it back to the level-1 frame latents it stands for (:meth:`subgoal`)."""
+
+    pretrainable = True
+
+    def __init__(self, layout: StateLayout, cfg: SlowConfig):
+        super().__init__()
+        if cfg.window < layout.history:
+            raise ValueError(f"the temporal encoder's window {cfg.window} must hold the level-1 history "
+                             f"{layout.history}")
+        self.layout, self.window, self.state_dim = layout, cfg.window, cfg.width
+        self.encoder = TemporalEncoder(layout, cfg)
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.readout = mlp(cfg.width, cfg.hidden, layout.latent_part, 2)
+
+    def forward(self, z: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        return self.target_encoder(z, blocks)[:, -1]
+
+    def subgoal(self, s2: torch.Tensor) -> torch.Tensor:
+        return self.layout.frame_latents(self.readout(s2))
+
+    def freeze(self) -> None:
+        """Fix the pretrained encoder (the readout head still trains with the slow predictor)."""
+        self.encoder.requires_grad_(False)
+
+
+SLOW_STATES = {"latent": LatentState, "jepa": JEPAState}
+
+
+def _moved_state_keys(module, state_dict, prefix, *args):
+    """Checkpoints written before the slow state became a part of its own kept the temporal encoder, its
+    EMA target and the readout head at the top level; they load into ``state.*``."""
+    for old in [k for k in state_dict if k.startswith(prefix) and
+                k[len(prefix):].split(".")[0] in ("encoder", "target_encoder", "readout")]:
+        state_dict[prefix + "state." + old[len(prefix):]] = state_dict.pop(old)
+
+
 class SlowModel(nn.Module):
     """The slow level on top of a level-1 model with state layout ``layout``."""
 
     def __init__(self, layout: StateLayout, cfg: SlowConfig):
         super().__init__()
         self.layout, self.cfg = layout, cfg
-        d, h = layout.latent_dim, layout.history
         chunk_dim = cfg.chunk * layout.block_dim
         if cfg.macro == "encoder":
             self.macro_encoder: nn.Module = mlp(chunk_dim, cfg.hidden // 2, cfg.macro_dim, 2)
         else:
             self.macro_encoder = nn.Identity()
-        if cfg.state == "jepa":
-            if cfg.window < h:
-                raise ValueError(f"the temporal encoder's window {cfg.window} must hold the level-1 history {h}")
-            self.encoder: TemporalEncoder | None = TemporalEncoder(layout, cfg)
-            self.target_encoder: TemporalEncoder | None = copy.deepcopy(self.encoder).requires_grad_(False)
-            self.readout: nn.Module | None = mlp(cfg.width, cfg.hidden, h * d, 2)
-        else:
-            self.encoder = self.target_encoder = self.readout = None
+        self.state: LatentState | JEPAState = SLOW_STATES[cfg.state](layout, cfg)
         self.predictor = mlp(self.state_dim + self.macro_dim, cfg.hidden, self.state_dim, cfg.layers, zero_last=True)
         self.register_buffer("macro_mean", torch.zeros(self.macro_dim))
         self.register_buffer("macro_scale", torch.eye(self.macro_dim))
+        self.register_load_state_dict_pre_hook(_moved_state_keys)
 
     # --- sizes ---------------------------------------------------------------------------------
     @property
     def state_dim(self) -> int:
-        return self.cfg.width if self.cfg.state == "jepa" else self.layout.latent_part
+        return self.state.state_dim
 
     @property
     def macro_dim(self) -> int:
@@ -182,12 +242,12 @@ class SlowModel(nn.Module):
     @property
     def chunk_steps(self) -> int:
         """Env steps per slow step: ``K * action_block``."""
-        return self.cfg.chunk * self.layout.action_block
+        return self.layout.env_steps(self.cfg.chunk)
 
     @property
     def state_window(self) -> int:
         """Level-1 block boundaries :meth:`encode` reads (the newest last)."""
-        return self.cfg.window if self.cfg.state == "jepa" else self.layout.history
+        return self.state.window
 
     @property
     def device(self) -> torch.device:
@@ -201,14 +261,8 @@ class SlowModel(nn.Module):
     def encode(self, z: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """Slow states ``(B, state_dim)`` from the level-1 latents of the last ``state_window`` block
         boundaries ``(B, W, latent_dim)`` and the ``(B, W - 1, block_dim)`` action blocks between them."""
-        W, L = self.state_window, self.layout
-        if z.ndim != 3 or z.shape[1] != W or z.shape[2] != L.latent_dim:
-            raise ValueError(f"z must be level-1 latents (B, {W}, {L.latent_dim}), got {tuple(z.shape)}")
-        if blocks.shape != (z.shape[0], W - 1, L.block_dim):
-            raise ValueError(f"blocks must be (B, {W - 1}, {L.block_dim}), got {tuple(blocks.shape)}")
-        if self.target_encoder is None:
-            return z[:, -L.history :].flatten(1)
-        return self.target_encoder(z, blocks)[:, -1]
+        self.layout.check_boundaries(z, blocks, self.state_window)
+        return self.state(z, blocks)
 
     def macro(self, chunks: torch.Tensor) -> torch.Tensor:
         """Macro-actions ``(..., macro_dim)`` of chunks of actions ``(..., K * block_dim)``."""
@@ -238,9 +292,7 @@ class SlowModel(nn.Module):
 
     def subgoal(self, s2: torch.Tensor) -> torch.Tensor:
         """The level-1 frame latents ``(..., h, latent_dim)`` a slow state stands for."""
-        L = self.layout
-        out = s2 if self.readout is None else self.readout(s2)
-        return out.unflatten(-1, (L.history, L.latent_dim))
+        return self.state.subgoal(s2)
 
     @torch.no_grad()
     def fit_macro_prior(self, chunks: torch.Tensor) -> None:
@@ -288,7 +340,7 @@ def load_slow(path: str | Path, layout: StateLayout, device: str | torch.device 
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no slow level at {path}; train one with `python experiments/train_slow.py "
-                                f"model={path.parent} install=true`, or plan with mpc.hierarchy=false")
+                                f"model={path.parent} install=true`, or plan with hierarchy=false")
     slow = SlowModel.from_pretrained(path, device)
     if slow.layout != layout:
         raise CheckpointError(f"{path} was trained on a level-1 layout {slow.layout}, the model has {layout}")

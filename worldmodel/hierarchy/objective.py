@@ -92,7 +92,7 @@ class SlowWindows:
         self.sampler = WindowSampler(episodes, window=L.boundary_span(boundaries) + 1)
         self.latents = latents
         self.actions = torch.from_numpy(np.array(episodes.actions, dtype=np.float32))
-        self.offsets = np.arange(boundaries) * L.action_block
+        self.offsets = L.boundary_positions(boundaries)
 
     def get(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents ``(B, n, latent_dim)`` and blocks ``(B, n - 1, block_dim)`` of windows ``index``."""
@@ -126,13 +126,15 @@ def time_masks(batch: int, window: int, num_targets: int, longest: int, generato
 
 
 class TemporalJEPAObjective:
-    """Stage 1: the slow encoder as a JEPA on block-masked time (the model is the :class:`SlowModel`;
-    its ``encoder`` trains, its ``target_encoder`` follows by EMA, ``jepa_predictor`` is the narrow predictor)."""
+    """Stage 1: the slow state's encoder as a JEPA on block-masked time (the model is the
+    :class:`SlowModel`; its state's ``encoder`` trains, its ``target_encoder`` follows by EMA,
+    ``jepa_predictor`` is the narrow predictor)."""
 
     def __init__(self, slow: SlowModel, predictor: torch.nn.Module, cfg: SlowTrainConfig, train: SlowWindows,
                  val: SlowWindows):
-        if slow.encoder is None:
-            raise ValueError("only a slow level with state='jepa' has an encoder to pretrain")
+        if not slow.state.pretrainable:
+            raise ValueError(f"slow state {slow.cfg.state!r} has no encoder to pretrain")
+        self.part = slow.state  # the slow state being pretrained
         self.model = torch.nn.ModuleDict({"slow": slow, "jepa_predictor": predictor})
         self.slow, self.predictor, self.cfg, self.train_windows, self.val_windows = slow, predictor, cfg, train, val
         self.generators = {"windows": torch.Generator().manual_seed(cfg.seed),
@@ -140,7 +142,7 @@ class TemporalJEPAObjective:
         self.val = val.fixed(min(cfg.val_windows, len(val.sampler)))
 
     def optimizer(self) -> torch.optim.Optimizer:
-        params = list(self.slow.encoder.parameters()) + list(self.predictor.parameters())
+        params = list(self.part.encoder.parameters()) + list(self.predictor.parameters())
         return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def batch(self, rank: int, world: int, device: torch.device):
@@ -151,8 +153,8 @@ class TemporalJEPAObjective:
 
     def losses(self, z: torch.Tensor, a: torch.Tensor, keep: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            target = self.slow.target_encoder(z, a)
-        pred = self.predictor(self.slow.encoder(z, a, keep), keep)
+            target = self.part.target_encoder(z, a)
+        pred = self.predictor(self.part.encoder(z, a, keep), keep)
         hidden = (~keep).float()[..., None]
         jepa = (((pred - target) ** 2) * hidden).sum() / (hidden.sum() * target.shape[-1])
         return {"jepa": jepa}
@@ -162,7 +164,7 @@ class TemporalJEPAObjective:
         return {"loss": terms["jepa"], **terms}
 
     def after_step(self, step: int) -> dict[str, float]:
-        ema_update(self.slow.target_encoder, self.slow.encoder, self.cfg.ema)
+        ema_update(self.part.target_encoder, self.part.encoder, self.cfg.ema)
         return {}
 
     @torch.no_grad()
@@ -173,7 +175,7 @@ class TemporalJEPAObjective:
         keep = time_masks(len(z), z.shape[1], self.cfg.num_targets, self.cfg.target_length,
                           torch.Generator().manual_seed(0)).to(z.device)
         val = self.losses(z, a, keep)["jepa"].item()
-        s2 = self.slow.target_encoder(z, a)[:, -1]
+        s2 = self.part(z, a)
         self.model.train(was)
         return {"val_jepa": val, "val_slow_std": s2.std(0).mean().item()}
 
@@ -193,17 +195,8 @@ class TemporalJEPAObjective:
 
 
 def chunk_windows(slow: SlowModel, z: torch.Tensor, a: torch.Tensor):
-    """Of windows of ``W + R * K`` boundaries: the ``R + 1`` encoder inputs ``(B, R+1, W, ...)``
-    ending at the chunk boundaries, the ``R`` chunks' actions ``(B, R, K * block_dim)``, and the level-1
-    latents ``(B, R+1, h, latent_dim)`` at each boundary (what :meth:`SlowModel.subgoal` should give)."""
-    W, K, h = slow.state_window, slow.cfg.chunk, slow.layout.history
-    R = (z.shape[1] - W) // K
-    if R < 1 or z.shape[1] != W + R * K:
-        raise ValueError(f"a window of R chunks has {W} + R * {K} boundaries, got {z.shape[1]}")
-    zs = torch.stack([z[:, j * K : j * K + W] for j in range(R + 1)], 1)
-    bs = torch.stack([a[:, j * K : j * K + W - 1] for j in range(R + 1)], 1)
-    chunks = torch.stack([a[:, W - 1 + j * K : W - 1 + (j + 1) * K].flatten(1) for j in range(R)], 1)
-    return zs, bs, chunks, zs[:, :, W - h :]
+    """:meth:`StateLayout.chunk_windows` for ``slow``'s state window and chunk."""
+    return slow.layout.chunk_windows(z, a, slow.state_window, slow.cfg.chunk)
 
 
 def slow_losses(slow: SlowModel, z: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -216,8 +209,7 @@ def slow_losses(slow: SlowModel, z: torch.Tensor, a: torch.Tensor) -> dict[str, 
     rollout = F.mse_loss(slow.rollout(s2[:, 0], m), s2[:, 1:])
     terms = {"one_step": one_step, "rollout": rollout}
     terms["vc"] = variance_covariance(m.flatten(0, 1)) if slow.cfg.macro == "encoder" else one_step.new_zeros(())
-    terms["readout"] = (F.mse_loss(slow.subgoal(s2), frames) if slow.readout is not None
-                        else one_step.new_zeros(()))
+    terms["readout"] = F.mse_loss(slow.subgoal(s2), frames)  # 0 where the slow state is the latents
     return terms
 
 
@@ -250,8 +242,7 @@ class SlowObjective:
 
     def __init__(self, slow: SlowModel, cfg: SlowTrainConfig, train: SlowWindows, val: SlowWindows):
         self.model, self.cfg, self.train_windows = slow, cfg, train
-        if slow.encoder is not None:
-            slow.encoder.requires_grad_(False)
+        slow.state.freeze()
         self.generators = {"windows": torch.Generator().manual_seed(cfg.seed)}
         self.weights = {"one_step": 1.0, "rollout": cfg.rollout_weight, "vc": cfg.vc_weight,
                         "readout": cfg.readout_weight}
