@@ -12,7 +12,8 @@ previous run left), then exports the world model without its training state to
    ``models/<env>/slow`` (what ``hierarchy=true`` plans with).
 
 Arguments are Hydra overrides applied to every stage (e.g. ``env.image_size=96``), and
-``slow=false``, which skips stage 4 (DMC reacher's goals lie within one level-1 plan).
+``slow=false``, which skips stage 4, or ``slow_only=true``, which runs only stage 4 on the model
+already exported to ``models/<env>/`` (collecting its dataset again where it is missing).
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ EXPORT_ROOT = Path(__file__).resolve().parents[1] / "models"
 
 def main(overrides: list[str]) -> Path:
     built_by = "python experiments/build_default_model.py " + " ".join(overrides)
-    with_slow = "slow=false" not in overrides
-    overrides = [o for o in overrides if o != "slow=false"]
+    with_slow, slow_only = "slow=false" not in overrides, "slow_only=true" in overrides
+    if slow_only and not with_slow:
+        raise ValueError("slow=false and slow_only=true ask for nothing to be built")
+    overrides = [o for o in overrides if o not in ("slow=false", "slow_only=true")]
     pre = load("pretrain", overrides + ["resume=true"])
+    if slow_only:
+        target = EXPORT_ROOT / pre.env.model_name
+        if not (target / "config.json").exists():
+            raise FileNotFoundError(f"slow_only=true trains the slow level of {target}, which holds no model")
+        return install_slow(overrides, target)
     ensure_dataset(pre)
     if not (Path(pre.out_dir) / "summary.json").exists():
         pretrain_encoder.run(pre)
@@ -61,11 +69,17 @@ def main(overrides: list[str]) -> Path:
     # Shipped in fp16 (half the bytes; loading casts back to fp32).
     target = model.save_pretrained(EXPORT_ROOT / pre.env.model_name, extra=config, dtype=torch.float16)
     if with_slow:
-        slow = load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={target}",
-                                               "install=true"])
-        train_slow.run(slow)
+        install_slow(overrides, target)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
     print(f"default world model{' (with its slow level)' if with_slow else ''} exported to {target} ({size:.1f} MiB)")
+    return target
+
+
+def install_slow(overrides: list[str], target: Path) -> Path:
+    """Stage 4: the slow level of the exported model ``target``, installed in ``target/slow``."""
+    slow = load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={target}",
+                                           "install=true"])
+    train_slow.run(slow)
     return target
 
 

@@ -41,6 +41,7 @@ from worldmodel.data import load_dataset
 from worldmodel.checkpoint import WEIGHTS, load_config
 from worldmodel.evaluation import (TaskJournal, episode_video, evaluate_agent, make_baseline, sample_distance_tasks,
                                    sample_goal_tasks, summarize_groups, task_seed)
+from worldmodel.evaluation.reach import reach_threshold
 from worldmodel.dynamics import WorldModel
 from worldmodel.files import config_hash, file_sha256, writable_dir
 from worldmodel.hierarchy import ATLAS, Atlas, SlowModel, load_slow
@@ -71,15 +72,17 @@ def load_model(cfg: PlanConfig) -> WorldModel:
     return model
 
 
-def planner_agents(cfg: PlanConfig, model: WorldModel, slow: SlowModel | None, env, planner: str) -> list:
+def planner_agents(cfg: PlanConfig, model: WorldModel, slow: SlowModel | None, env, planner: str,
+                   reach: float | None = None) -> list:
     """The flat agent of ``planner`` (``<planner>-mpc``) and, with a slow level, the hierarchical one
-    (``<planner>-hier``), each with its own generator seeded alike."""
+    (``<planner>-hier``, handing the goal down within ``reach``), each with its own generator seeded alike."""
     space, mpc = env.action_space, replace(cfg.mpc, planner=planner)
     agents = [LatentMPCAgent(model, mpc, space.low, space.high, torch.Generator().manual_seed(cfg.task_seed),
                              name=f"{planner}-mpc")] if cfg.flat else []
     if slow is not None:
         agents.append(hierarchical_agent(model, slow, mpc, cfg.slow, space.low, space.high,
-                                         torch.Generator().manual_seed(cfg.task_seed), name=f"{planner}-hier"))
+                                         torch.Generator().manual_seed(cfg.task_seed), name=f"{planner}-hier",
+                                         reach=reach))
     return agents
 
 
@@ -176,7 +179,17 @@ def run(cfg: PlanConfig) -> dict:
     except BaseException:
         env.close()
         raise
-    agents = [a for p in cfg.planner_names for a in planner_agents(cfg, model, slow, env, p)] if model else []
+    reach = None
+    if slow is not None and cfg.slow.hand_down != "slow":
+        calibration = cfg.env.make(max_episode_steps=cfg.max_budget)
+        try:
+            reach = reach_threshold(calibration, spec, model, cfg.slow.reach_quantile)
+        finally:
+            calibration.close()
+        print(f"reach threshold {reach['threshold']:.4g}: the {reach['quantile']:.0%} quantile of the latent "
+              f"distance of {reach['pairs']} image pairs within the success tolerance")
+    agents = [a for p in cfg.planner_names
+              for a in planner_agents(cfg, model, slow, env, p, reach and reach["threshold"])] if model else []
     agents += [variant_agent(cfg, model, env, name) for name in cfg.variants] if model else []
     agents += [reference_agent(n, cfg, env, spec) for n in cfg.baselines]
     results, videos = [], []
@@ -234,6 +247,7 @@ def run(cfg: PlanConfig) -> dict:
         "task_journal": str(out / f"{stem}.tasks.jsonl"),
         "model": cfg.model, "mpc": OmegaConf.to_container(OmegaConf.structured(cfg.mpc)),
         **({"slow": asdict(cfg.slow)} if cfg.hierarchy else {}),
+        **({"reach": {k: v for k, v in reach.items() if k != "distances"}} if reach else {}),
         "variants": {k: asdict(v) for k, v in cfg.variants.items()},
         "device": device_description(), "commit": git_commit(), "results": results, "videos": videos,
     }

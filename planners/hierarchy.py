@@ -33,6 +33,9 @@ from planners.mppi import MPPIConfig
 from planners.objectives import REDUCTIONS, GoalDistance
 
 
+HAND_DOWN = ("level1", "slow", "either")  # who judges that the goal itself goes down (SlowPlanConfig.hand_down)
+
+
 @dataclass
 class SlowPlanConfig:
     """A slow level's planning.
@@ -54,6 +57,12 @@ class SlowPlanConfig:
         progress: weight of the mean distance over the chunks added to that: with ``min`` alone any
             plan that comes close at some chunk is as good however it begins, and the first chunk
             is the subgoal.
+        hand_down: when the level below gets the true goal rather than the subgoal. ``level1``: when the
+            level below, planning toward the goal, predicts its best plan to come within ``reach`` of
+            it (the level that will act judges); ``slow``: when the slow plan comes closest to the goal
+            no later than the subgoal's chunk; ``either``: when one of the two says so.
+        reach_quantile: ``reach`` is this quantile of the latent distance between images whose states
+            are within the success tolerance of each other (see :mod:`worldmodel.evaluation.reach`).
         cem, mppi: the slow planner's settings (the same kind as the level below; ``gradient`` below
             plans the slow level with CEM).
     """
@@ -66,6 +75,8 @@ class SlowPlanConfig:
     subgoal: int = 1
     reduce: str = "min"
     progress: float = 0.1
+    hand_down: str = "level1"
+    reach_quantile: float = 0.9
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
 
@@ -76,6 +87,10 @@ class SlowPlanConfig:
             raise ValueError(f"slow.subgoal must be a chunk of the slow plan, 1..{self.horizon}, got {self.subgoal}")
         if min(self.every, self.low_horizon, self.progress) < 0 or self.horizon < 1 or self.box <= 0:
             raise ValueError(f"need slow horizon >= 1, box > 0 and every, low_horizon, progress >= 0, got {self}")
+        if self.hand_down not in HAND_DOWN:
+            raise ValueError(f"slow.hand_down must be one of {HAND_DOWN}, got {self.hand_down!r}")
+        if not 0 < self.reach_quantile <= 1:
+            raise ValueError(f"slow.reach_quantile is a quantile in (0, 1], got {self.reach_quantile}")
         if not 0 < self.low_iterations <= 1:
             raise ValueError(f"slow.low_iterations is a fraction in (0, 1], got {self.low_iterations}")
 
@@ -139,7 +154,8 @@ class SubgoalPlanner:
     def record(self, action: np.ndarray) -> None:
         """The actions ``(B, A)`` taken at the newest observations."""
         self.history.add_action(action)
-        self.since += 1
+        if self.since is not None:
+            self.since += 1
 
     @property
     def due(self) -> bool:
@@ -147,8 +163,10 @@ class SubgoalPlanner:
         return self.since is None or self.since >= self.every
 
     @torch.no_grad()
-    def propose(self) -> torch.Tensor:
-        """Plan the slow level from the newest frames; the goal of the level below ``(B, h, latent_dim)``."""
+    def propose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plan the slow level from the newest frames: the subgoal ``(B, h, latent_dim)`` (the predicted
+        chunk boundary number ``subgoal``), and whether the slow plan comes closest to the goal no later
+        than that ``(B,)`` (or the agent is there already)."""
         slow, L, cfg = self.slow, self.model.layout, self.cfg
         x, a = self.history.window(slow.state_window, self.device, self.dtype)
         z, blocks = self.model.latents(x), L.blocks(a)  # (B, W, latent_dim), (B, W - 1, block_dim)
@@ -165,31 +183,37 @@ class SubgoalPlanner:
         now = ((here.flatten(1) - goal) ** 2).mean(-1)  # (B,)
         ahead = ((frames.flatten(-2) - goal[:, None]) ** 2).mean(-1)  # (B, H)
         closest = torch.cat([now[:, None], ahead], 1).argmin(1)  # 0: here, j: after chunk j
-        j = cfg.subgoal
-        target = torch.where((closest <= j)[:, None, None], self.goal.to(frames), frames[:, j - 1])
         shift = self.every // slow.chunk_steps
         self.warm = (shift_plan(result.actions, min(shift, self.planner.horizon), self.bounds)
                      if shift else result.actions)
         self.since = 0
-        return target
+        return frames[:, cfg.subgoal - 1], closest <= cfg.subgoal
 
 
 class HierarchicalAgent:
     """A subgoal planner ``high`` over an agent ``low`` that plans toward the goal it is given.
 
-    ``low`` is any agent with :class:`planners.mpc.LatentMPCAgent`'s interface (``reset``,
-    ``set_goal``, ``act``, ``seed``, ``goal``, ``replans_next``, ``plan_seconds``, ``plan_flops``);
-    this class has that interface too, so hierarchies stack. Before each replan of the level below
-    at which a slow plan is due, ``high`` proposes the goal of the level below.
+    ``low`` is any agent with :class:`planners.mpc.LatentMPCAgent`'s interface (``reset``, ``set_goal``,
+    ``act`` = ``observe`` + ``next_action``, ``replan``, ``reach``, ``seed``, ``goal``, ``replans_next``,
+    ``plan_seconds``, ``plan_flops``); this class has that interface too, so hierarchies stack. Where
+    the level below is about to replan and a slow plan is due, the goal of the level below is decided
+    by ``hand_down`` (:class:`SlowPlanConfig`): with ``level1``, the level below first plans toward the
+    true goal; if its best plan is predicted to come within ``reach`` of it, that plan stands;
+    otherwise the slow level proposes a subgoal and the level below plans toward that instead.
 
     Attributes:
         subgoals: ``(env step, newest frame latent (B, latent_dim))`` of each goal handed down.
         plan_seconds, plan_flops: per replan of the level below, its time and model FLOPs with those
-            of the slow plan made for it.
+            of the slow plan and the goal plan made for it.
     """
 
-    def __init__(self, high: SubgoalPlanner, low, name: str = "hierarchical-mpc"):
-        self.high, self.low, self.name = high, low, name
+    def __init__(self, high: SubgoalPlanner, low, name: str = "hierarchical-mpc", hand_down: str = "slow",
+                 reach: float | None = None):
+        if hand_down not in HAND_DOWN:
+            raise ValueError(f"hand_down must be one of {HAND_DOWN}, got {hand_down!r}")
+        if hand_down != "slow" and (reach is None or not reach > 0):
+            raise ValueError(f"hand_down={hand_down!r} needs a reach threshold > 0 (a latent distance), got {reach}")
+        self.high, self.low, self.name, self.hand_down, self.reach_threshold = high, low, name, hand_down, reach
         self.flops = FlopCounter()
         self.plan_seconds: list[float] = []
         self.plan_flops: list[float] = []
@@ -199,6 +223,10 @@ class HierarchicalAgent:
     @property
     def goal(self) -> torch.Tensor | None:
         return self.high.goal
+
+    @property
+    def reach(self) -> torch.Tensor | None:
+        return self.low.reach
 
     @property
     def replans_next(self) -> bool:
@@ -215,35 +243,74 @@ class HierarchicalAgent:
         self.subgoals, self.steps = [], 0
 
     def set_goal(self, goal: torch.Tensor) -> None:
-        """A new goal for the slow plans (a subgoal from a level above)."""
+        """A new goal for the slow plans (a subgoal from a level above); a slow plan toward it is due."""
         self.high.set_goal(goal)
+        self.high.since = None
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         batch, single = as_batch(obs, "observation")
-        self.high.observe(batch)
-        seconds, flops = 0.0, 0.0
-        if self.low.replans_next and self.high.due:
-            start = time.perf_counter()
-            flops = self.flops.run("subgoal", self._hand_down)
-            seconds = time.perf_counter() - start
-        replans = len(self.low.plan_seconds)
-        action = self.low.act(batch)
-        if len(self.low.plan_seconds) > replans:
-            self.plan_seconds.append(seconds + self.low.plan_seconds[-1])
-            self.plan_flops.append(flops + self.low.plan_flops[-1])
-        self.high.record(action)
-        self.steps += 1
+        self.observe(batch)
+        action = self.next_action()
         return action[0] if single else action
 
-    def _hand_down(self) -> None:
-        target = self.high.propose()
+    def observe(self, obs: np.ndarray) -> None:
+        self.high.observe(obs)
+        self.low.observe(obs)
+
+    def next_action(self) -> np.ndarray:
+        replans = len(self.low.plan_seconds)
+        seconds = flops = 0.0
+        if self.low.replans_next and self.high.due:
+            seconds, flops = self._decide()
+        action = self.low.next_action()
+        if len(self.low.plan_seconds) > replans:
+            self.plan_seconds.append(seconds + sum(self.low.plan_seconds[replans:]))
+            self.plan_flops.append(flops + sum(self.low.plan_flops[replans:]))
+        self.high.record(action)
+        self.steps += 1
+        return action
+
+    def replan(self) -> None:
+        """Plan now (as the level above asks, to judge what this level reaches): decide the goal of the
+        level below where a slow plan is due, and let it plan."""
+        replans = len(self.low.plan_seconds)
+        seconds, flops = self._decide() if self.high.due else (0.0, 0.0)
+        if len(self.low.plan_seconds) == replans:
+            self.low.replan()
+        self.plan_seconds.append(seconds + sum(self.low.plan_seconds[replans:]))
+        self.plan_flops.append(flops + sum(self.low.plan_flops[replans:]))
+
+    def _decide(self) -> tuple[float, float]:
+        """Hand the goal or a subgoal down; the time and model FLOPs of the slow plan (the level
+        below's plans count on its own)."""
+        goal = self.high.goal
+        reachable = None
+        if self.hand_down != "slow":  # the level that will act plans toward the goal first
+            self.low.set_goal(goal)
+            self.low.replan()
+            reachable = self.low.reach <= self.reach_threshold  # (B,)
+            if bool(reachable.all()):
+                self.subgoals.append((self.steps, goal[:, -1].detach().float().cpu()))
+                return 0.0, 0.0
+        start = time.perf_counter()
+        out: list = []
+        flops = self.flops.run("subgoal", lambda: out.append(self.high.propose()))
+        seconds = time.perf_counter() - start
+        subgoal, slow_says = out[0]
+        down = {"slow": slow_says, "level1": reachable, "either": None}[self.hand_down]
+        if down is None:
+            down = slow_says | reachable
+        target = torch.where(down[:, None, None], goal.to(subgoal), subgoal)
         self.low.set_goal(target)
+        if self.hand_down != "slow":  # replace the plan made toward the goal
+            self.low.replan()
         self.subgoals.append((self.steps, target[:, -1].detach().float().cpu()))
+        return seconds, flops
 
 
 def hierarchical_agent(model: LatentModel, slow: SlowLevel, mpc: MPCConfig, cfg: SlowPlanConfig,
                        action_low: np.ndarray, action_high: np.ndarray, generator: torch.Generator,
-                       name: str = "hierarchical-mpc") -> HierarchicalAgent:
+                       name: str = "hierarchical-mpc", reach: float | None = None) -> HierarchicalAgent:
     """Two levels: a :class:`SubgoalPlanner` over ``slow`` above a flat :class:`LatentMPCAgent` with the
     settings ``mpc``, its horizon and iterations as ``cfg.low_horizon`` and ``cfg.low_iterations`` say."""
     low = replace(mpc, horizon=cfg.low_horizon or mpc.horizon)
@@ -253,4 +320,4 @@ def hierarchical_agent(model: LatentModel, slow: SlowLevel, mpc: MPCConfig, cfg:
                       mppi=replace(mpc.mppi, iterations=fewer(mpc.mppi.iterations)))
     return HierarchicalAgent(SubgoalPlanner(model, slow, cfg, mpc.planner, generator),
                              LatentMPCAgent(model, low, action_low, action_high, generator, name=f"{name}/level-1"),
-                             name)
+                             name, cfg.hand_down, reach)

@@ -201,6 +201,7 @@ class LatentMPCAgent:
         self.plan_seconds: list[float] = []
         self.plan_flops: list[float] = []  # model FLOPs of each replan
         self.goal: torch.Tensor | None = None
+        self.reach: torch.Tensor | None = None  # (B,) of the last plan: see replan
         self.warm, self.queue = None, []
 
     @torch.no_grad()
@@ -229,7 +230,7 @@ class LatentMPCAgent:
         self.history.add_frame(goal_obs)
         self.set_goal(self.model.newest(self.encode()))
         self.history.clear()
-        self.warm, self.queue = None, []
+        self.warm, self.queue, self.reach = None, [], None
 
     def set_goal(self, goal: torch.Tensor) -> None:
         """Plan toward ``goal`` from the next replan on: frame latents ``(B, h, latent_dim)``, oldest
@@ -242,21 +243,34 @@ class LatentMPCAgent:
         return not self.queue
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """The next actions ``(B, A)`` for observations ``(B, H, W, C)`` (``(A,)`` for one ``(H, W, C)``)."""
+        """The next actions ``(B, A)`` for observations ``(B, H, W, C)`` (``(A,)`` for one ``(H, W, C)``):
+        :meth:`observe`, then :meth:`next_action`."""
         obs, single = self.check_images(obs, "observation")
+        self.observe(obs)
+        action = self.next_action()
+        return action[0] if single else action
+
+    def observe(self, obs: np.ndarray) -> None:
+        """The newest observations ``(B, H, W, C)`` (the next replan starts from them)."""
+        obs, _ = self.check_images(obs, "observation")
         if self.goal is None:
             raise RuntimeError("no goal: call reset(goal_obs) or set_goal(latents) before act")
         if len(obs) != len(self.goal):
             raise ValueError(f"{len(obs)} observations for {len(self.goal)} goals")
         self.history.add_frame(obs)
+
+    def next_action(self) -> np.ndarray:
+        """The actions ``(B, A)`` to take at the newest observations: the next of the plan, replanning
+        first where the plan's executed part is used up."""
         if not self.queue:
             self.replan()
         action = self.queue.pop(0)
         self.history.add_action(action)
-        return action[0] if single else action
+        return action
 
     def replan(self) -> None:
-        """Plan from the frames seen so far; refill the action queue; record the time and model FLOPs."""
+        """Plan from the frames seen so far toward the goal; refill the action queue (what was left of
+        it is dropped); record the time and model FLOPs, and :attr:`reach`."""
         start = time.perf_counter()
         self.plan_flops.append(self.flops.run("plan", self._plan))
         self.plan_seconds.append(time.perf_counter() - start)
@@ -272,6 +286,9 @@ class LatentMPCAgent:
         with torch.enable_grad() if grad else torch.no_grad():
             result = self.planner.plan(cost, len(s0), self.gen, warm_start=self.warm)
         env_actions = result.actions.detach().reshape(len(s0), -1, self.action_dim)  # (B, H*k, A)
+        with torch.no_grad():  # how close the best plan is predicted to come to the goal's newest latent
+            z = self.model.newest(self.model.rollout(s0, result.actions.detach(), check_inputs=False))  # (B, H, d)
+            self.reach = ((z - self.goal[:, None, -1].to(z)) ** 2).mean(-1).min(-1).values
         executed = env_actions[:, : cfg.receding_horizon].float().cpu().numpy()  # (B, r, A)
         self.queue = [executed[:, t] for t in range(executed.shape[1])]
         # warm start: the rest of this plan, shifted by the env steps executed (states hold at any step)

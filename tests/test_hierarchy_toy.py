@@ -108,10 +108,13 @@ def flat_agent(horizon: int) -> LatentMPCAgent:
     return LatentMPCAgent(ExactRooms(), cfg, LOW, HIGH, torch.Generator())
 
 
-def hierarchical_agent(slow_horizon: int = 8) -> HierarchicalAgent:
+REACH = 0.5**2 / 2  # the latent is the position: within 0.5 units of the goal, the squared distance per dimension
+
+
+def hierarchical_agent(slow_horizon: int = 8, hand_down: str = "level1") -> HierarchicalAgent:
     cfg = MPCConfig(planner="cem", horizon=K, receding_horizon=K, settle=0.0, cem=CEM_SETTINGS)
-    slow = SlowPlanConfig(horizon=slow_horizon, box=1.0, cem=CEM_SETTINGS)
-    return two_levels(ExactRooms(), ExactChunks(), cfg, slow, LOW, HIGH, torch.Generator())
+    slow = SlowPlanConfig(horizon=slow_horizon, box=1.0, hand_down=hand_down, cem=CEM_SETTINGS)
+    return two_levels(ExactRooms(), ExactChunks(), cfg, slow, LOW, HIGH, torch.Generator(), reach=REACH)
 
 
 def test_the_toy_is_what_it_claims():
@@ -121,8 +124,9 @@ def test_the_toy_is_what_it_claims():
 
 
 @pytest.mark.slow
-def test_hierarchical_planner_goes_through_the_door_where_flat_planning_at_the_same_compute_does_not():
-    hier = hierarchical_agent()
+@pytest.mark.parametrize("hand_down", ["level1", "slow"])
+def test_hierarchical_planner_goes_through_the_door_where_flat_planning_at_the_same_compute_does_not(hand_down):
+    hier = hierarchical_agent(hand_down=hand_down)
     ok, best = run(hier)
     assert ok, f"the hierarchical planner came no closer than {best:.2f}"
     assert len(hier.subgoals) >= 2 and any(float(s[0, 1]) < 12 for _, s in hier.subgoals)  # a subgoal toward the door
@@ -133,6 +137,36 @@ def test_hierarchical_planner_goes_through_the_door_where_flat_planning_at_the_s
     assert not ok and best > 4.0, f"the flat planner reached {best:.2f}"
     ok, best = run(flat_agent(horizon=K))
     assert not ok and best > 4.0  # a short flat plan stops at the wall, 5 units from the goal
+
+
+def test_a_goal_within_reach_of_the_level_that_acts_goes_down_at_once_and_a_far_one_does_not():
+    """``level1``: level 1 plans toward the goal first; a goal its best plan is predicted to reach (here,
+    3 units away on the open floor, within its 5-step plan) goes down at once with no slow plan made; a
+    goal 15 units away gets a subgoal on the way instead."""
+    cfg = MPCConfig(planner="cem", horizon=K, receding_horizon=K, settle=0.0, cem=CEM_SETTINGS)
+    slow = SlowPlanConfig(horizon=4, box=1.0, hand_down="level1", cem=CEM_SETTINGS)
+    start = torch.tensor([2.0, 10.0])
+    for distance, goes_down in ((3.0, True), (15.0, False)):
+        goal = start + torch.tensor([distance, 0.0])
+        agent = two_levels(OpenFloor(), HeldActions(K), cfg, slow, LOW, HIGH, torch.Generator(), reach=REACH)
+        agent.seed(0)
+        agent.reset(image(goal))
+        agent.act(image(start.numpy()))
+        (step0, handed), = agent.subgoals
+        assert step0 == 0 and torch.equal(handed[0], goal) == goes_down, (distance, handed.tolist())
+        assert (agent.high.since is None) == goes_down  # no slow plan where the goal went down
+        if goes_down:
+            assert float(agent.low.reach[0]) <= REACH
+        else:
+            assert between(handed[0], start, goal) and float((handed[0] - start).norm()) > 2
+
+
+def test_hand_down_rules_without_a_reach_threshold_are_refused():
+    cfg = MPCConfig(planner="cem", horizon=K, receding_horizon=K, settle=0.0, cem=CEM_SETTINGS)
+    with pytest.raises(ValueError, match="needs a reach threshold"):
+        two_levels(OpenFloor(), HeldActions(K), cfg, SlowPlanConfig(hand_down="level1"), LOW, HIGH, torch.Generator())
+    with pytest.raises(ValueError, match="slow.hand_down must be one of"):
+        SlowPlanConfig(hand_down="always")
 
 
 # --- three levels, stacked -----------------------------------------------------------------------
@@ -189,8 +223,10 @@ def test_three_stacked_levels_each_hand_down_a_subgoal_between_its_goal_and_the_
     mpc = MPCConfig(planner="cem", horizon=2, receding_horizon=1, settle=0.0, cem=CEM_SETTINGS)
     slow = SlowPlanConfig(horizon=3, box=1.0, cem=CEM_SETTINGS)
     level1 = LatentMPCAgent(OpenFloor(), mpc, LOW, HIGH, gen, name="level-1")
-    level2 = HierarchicalAgent(SubgoalPlanner(OpenFloor(), HeldActions(2), slow, "cem", gen), level1, "level-2")
-    level3 = HierarchicalAgent(SubgoalPlanner(OpenFloor(), HeldActions(6), slow, "cem", gen), level2, "level-3")
+    level2 = HierarchicalAgent(SubgoalPlanner(OpenFloor(), HeldActions(2), slow, "cem", gen), level1, "level-2",
+                               "level1", REACH)
+    level3 = HierarchicalAgent(SubgoalPlanner(OpenFloor(), HeldActions(6), slow, "cem", gen), level2, "level-3",
+                               "level1", REACH)
     start, goal = torch.tensor([1.0, 10.0]), torch.tensor([19.0, 10.0])
     level3.seed(0)
     level3.reset(image(goal))
