@@ -180,7 +180,7 @@ def run(cfg: PlanConfig) -> dict:
         env.close()
         raise
     reach = None
-    if slow is not None and cfg.slow.hand_down != "slow":
+    if slow is not None and cfg.slow.hand_down in ("level1", "either"):
         calibration = cfg.env.make(max_episode_steps=cfg.max_budget)
         try:
             reach = reach_threshold(calibration, spec, model, cfg.slow.reach_quantile)

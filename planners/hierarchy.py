@@ -33,7 +33,7 @@ from planners.mppi import MPPIConfig
 from planners.objectives import REDUCTIONS, GoalDistance
 
 
-HAND_DOWN = ("level1", "slow", "either")  # who judges that the goal itself goes down (SlowPlanConfig.hand_down)
+HAND_DOWN = ("level1", "slow", "either", "clip")  # who judges that the goal itself goes down (SlowPlanConfig.hand_down)
 
 
 @dataclass
@@ -60,7 +60,9 @@ class SlowPlanConfig:
         hand_down: when the level below gets the true goal rather than the subgoal. ``level1``: when the
             level below, planning toward the goal, predicts its best plan to come within ``reach`` of
             it (the level that will act judges); ``slow``: when the slow plan comes closest to the goal
-            no later than the subgoal's chunk; ``either``: when one of the two says so.
+            no later than the subgoal's chunk; ``either``: when one of the two says so; ``clip`` (HIQL's
+            subgoal clipped at the goal): when the goal is no farther from the current frames than the
+            subgoal is.
         reach_quantile: ``reach`` is this quantile of the latent distance between images whose states
             are within the success tolerance of each other (see :mod:`worldmodel.evaluation.reach`).
         cem, mppi: the slow planner's settings (the same kind as the level below; ``gradient`` below
@@ -163,10 +165,11 @@ class SubgoalPlanner:
         return self.since is None or self.since >= self.every
 
     @torch.no_grad()
-    def propose(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Plan the slow level from the newest frames: the subgoal ``(B, h, latent_dim)`` (the predicted
-        chunk boundary number ``subgoal``), and whether the slow plan comes closest to the goal no later
-        than that ``(B,)`` (or the agent is there already)."""
+        chunk boundary number ``subgoal``), and the slow level's verdicts ``(B,)`` on handing the goal down
+        instead: ``slow``, the slow plan comes closest to the goal no later than that (or the agent is
+        there already); ``clip``, the goal is no farther from the newest frames than the subgoal."""
         slow, L, cfg = self.slow, self.model.layout, self.cfg
         x, a = self.history.window(slow.state_window, self.device, self.dtype)
         z, blocks = self.model.latents(x), L.blocks(a)  # (B, W, latent_dim), (B, W - 1, block_dim)
@@ -187,7 +190,9 @@ class SubgoalPlanner:
         self.warm = (shift_plan(result.actions, min(shift, self.planner.horizon), self.bounds)
                      if shift else result.actions)
         self.since = 0
-        return frames[:, cfg.subgoal - 1], closest <= cfg.subgoal
+        subgoal = frames[:, cfg.subgoal - 1]
+        beyond = ((here.flatten(1) - subgoal.flatten(1)) ** 2).mean(-1) >= now
+        return subgoal, {"slow": closest <= cfg.subgoal, "clip": beyond}
 
 
 class HierarchicalAgent:
@@ -211,7 +216,7 @@ class HierarchicalAgent:
                  reach: float | None = None):
         if hand_down not in HAND_DOWN:
             raise ValueError(f"hand_down must be one of {HAND_DOWN}, got {hand_down!r}")
-        if hand_down != "slow" and (reach is None or not reach > 0):
+        if hand_down in ("level1", "either") and (reach is None or not reach > 0):
             raise ValueError(f"hand_down={hand_down!r} needs a reach threshold > 0 (a latent distance), got {reach}")
         self.high, self.low, self.name, self.hand_down, self.reach_threshold = high, low, name, hand_down, reach
         self.flops = FlopCounter()
@@ -285,7 +290,7 @@ class HierarchicalAgent:
         below's plans count on its own)."""
         goal = self.high.goal
         reachable = None
-        if self.hand_down != "slow":  # the level that will act plans toward the goal first
+        if self.hand_down in ("level1", "either"):  # the level that will act plans toward the goal first
             self.low.set_goal(goal)
             self.low.replan()
             reachable = self.low.reach <= self.reach_threshold  # (B,)
@@ -296,13 +301,14 @@ class HierarchicalAgent:
         out: list = []
         flops = self.flops.run("subgoal", lambda: out.append(self.high.propose()))
         seconds = time.perf_counter() - start
-        subgoal, slow_says = out[0]
-        down = {"slow": slow_says, "level1": reachable, "either": None}[self.hand_down]
-        if down is None:
-            down = slow_says | reachable
+        subgoal, verdicts = out[0]
+        if self.hand_down in verdicts:
+            down = verdicts[self.hand_down]
+        else:  # level1 (some task's goal is out of reach), or either
+            down = reachable | verdicts["slow"] if self.hand_down == "either" else reachable
         target = torch.where(down[:, None, None], goal.to(subgoal), subgoal)
         self.low.set_goal(target)
-        if self.hand_down != "slow":  # replace the plan made toward the goal
+        if reachable is not None:  # replace the plan made toward the goal
             self.low.replan()
         self.subgoals.append((self.steps, target[:, -1].detach().float().cpu()))
         return seconds, flops

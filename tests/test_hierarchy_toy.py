@@ -124,7 +124,7 @@ def test_the_toy_is_what_it_claims():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hand_down", ["level1", "slow"])
+@pytest.mark.parametrize("hand_down", ["level1", "slow", "either", "clip"])
 def test_hierarchical_planner_goes_through_the_door_where_flat_planning_at_the_same_compute_does_not(hand_down):
     hier = hierarchical_agent(hand_down=hand_down)
     ok, best = run(hier)
