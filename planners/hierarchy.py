@@ -63,6 +63,9 @@ class SlowPlanConfig:
             no later than the subgoal's chunk; ``either``: when one of the two says so; ``clip`` (HIQL's
             subgoal clipped at the goal): when the goal is no farther from the current frames than the
             subgoal is.
+        gain: with ``level1`` or ``either``, the goal also goes down when the level below's best plan
+            toward it is predicted to cut its latent distance from the goal by this fraction (it is
+            not stuck; 0: only within ``reach``).
         reach_quantile: ``reach`` is this quantile of the latent distance between images whose states
             are within the success tolerance of each other (see :mod:`worldmodel.evaluation.reach`).
         cem, mppi: the slow planner's settings (the same kind as the level below; ``gradient`` below
@@ -78,6 +81,7 @@ class SlowPlanConfig:
     reduce: str = "min"
     progress: float = 0.1
     hand_down: str = "level1"
+    gain: float = 0.0
     reach_quantile: float = 0.9
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
@@ -91,6 +95,8 @@ class SlowPlanConfig:
             raise ValueError(f"need slow horizon >= 1, box > 0 and every, low_horizon, progress >= 0, got {self}")
         if self.hand_down not in HAND_DOWN:
             raise ValueError(f"slow.hand_down must be one of {HAND_DOWN}, got {self.hand_down!r}")
+        if not 0 <= self.gain < 1:
+            raise ValueError(f"slow.gain is a fraction in [0, 1), got {self.gain}")
         if not 0 < self.reach_quantile <= 1:
             raise ValueError(f"slow.reach_quantile is a quantile in (0, 1], got {self.reach_quantile}")
         if not 0 < self.low_iterations <= 1:
@@ -213,12 +219,13 @@ class HierarchicalAgent:
     """
 
     def __init__(self, high: SubgoalPlanner, low, name: str = "hierarchical-mpc", hand_down: str = "slow",
-                 reach: float | None = None):
+                 reach: float | None = None, gain: float = 0.0):
         if hand_down not in HAND_DOWN:
             raise ValueError(f"hand_down must be one of {HAND_DOWN}, got {hand_down!r}")
         if hand_down in ("level1", "either") and (reach is None or not reach > 0):
             raise ValueError(f"hand_down={hand_down!r} needs a reach threshold > 0 (a latent distance), got {reach}")
         self.high, self.low, self.name, self.hand_down, self.reach_threshold = high, low, name, hand_down, reach
+        self.gain = gain
         self.flops = FlopCounter()
         self.plan_seconds: list[float] = []
         self.plan_flops: list[float] = []
@@ -232,6 +239,10 @@ class HierarchicalAgent:
     @property
     def reach(self) -> torch.Tensor | None:
         return self.low.reach
+
+    @property
+    def distance(self) -> torch.Tensor | None:
+        return self.low.distance
 
     @property
     def replans_next(self) -> bool:
@@ -294,6 +305,8 @@ class HierarchicalAgent:
             self.low.set_goal(goal)
             self.low.replan()
             reachable = self.low.reach <= self.reach_threshold  # (B,)
+            if self.gain:
+                reachable |= self.low.reach <= (1 - self.gain) * self.low.distance
             if bool(reachable.all()):
                 self.subgoals.append((self.steps, goal[:, -1].detach().float().cpu()))
                 return 0.0, 0.0
@@ -326,4 +339,4 @@ def hierarchical_agent(model: LatentModel, slow: SlowLevel, mpc: MPCConfig, cfg:
                       mppi=replace(mpc.mppi, iterations=fewer(mpc.mppi.iterations)))
     return HierarchicalAgent(SubgoalPlanner(model, slow, cfg, mpc.planner, generator),
                              LatentMPCAgent(model, low, action_low, action_high, generator, name=f"{name}/level-1"),
-                             name, cfg.hand_down, reach)
+                             name, cfg.hand_down, reach, cfg.gain)

@@ -202,6 +202,7 @@ class LatentMPCAgent:
         self.plan_flops: list[float] = []  # model FLOPs of each replan
         self.goal: torch.Tensor | None = None
         self.reach: torch.Tensor | None = None  # (B,) of the last plan: see replan
+        self.distance: torch.Tensor | None = None  # (B,) of the newest frames from the goal, at the last plan
         self.warm, self.queue = None, []
 
     @torch.no_grad()
@@ -230,7 +231,7 @@ class LatentMPCAgent:
         self.history.add_frame(goal_obs)
         self.set_goal(self.model.newest(self.encode()))
         self.history.clear()
-        self.warm, self.queue, self.reach = None, [], None
+        self.warm, self.queue, self.reach, self.distance = None, [], None, None
 
     def set_goal(self, goal: torch.Tensor) -> None:
         """Plan toward ``goal`` from the next replan on: frame latents ``(B, h, latent_dim)``, oldest
@@ -270,7 +271,9 @@ class LatentMPCAgent:
 
     def replan(self) -> None:
         """Plan from the frames seen so far toward the goal; refill the action queue (what was left of
-        it is dropped); record the time and model FLOPs, and :attr:`reach`."""
+        it is dropped); record the time and model FLOPs, :attr:`reach` (the smallest squared distance,
+        mean over latent dimensions, of the best plan's predicted newest latents from the goal's) and
+        :attr:`distance` (the same of the newest frame's latent)."""
         start = time.perf_counter()
         self.plan_flops.append(self.flops.run("plan", self._plan))
         self.plan_seconds.append(time.perf_counter() - start)
@@ -289,6 +292,7 @@ class LatentMPCAgent:
         with torch.no_grad():  # how close the best plan is predicted to come to the goal's newest latent
             z = self.model.newest(self.model.rollout(s0, result.actions.detach(), check_inputs=False))  # (B, H, d)
             self.reach = ((z - self.goal[:, None, -1].to(z)) ** 2).mean(-1).min(-1).values
+            self.distance = ((self.model.newest(s0) - self.goal[:, -1].to(s0)) ** 2).mean(-1)
         executed = env_actions[:, : cfg.receding_horizon].float().cpu().numpy()  # (B, r, A)
         self.queue = [executed[:, t] for t in range(executed.shape[1])]
         # warm start: the rest of this plan, shifted by the env steps executed (states hold at any step)
