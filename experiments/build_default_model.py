@@ -19,6 +19,7 @@ already exported to ``models/<env>/`` (collecting its dataset again where it is 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def main(overrides: list[str]) -> Path:
 
 def install_slow(overrides: list[str], target: Path) -> Path:
     """Stage 4: the slow level of the exported model ``target``, installed in ``target/slow``."""
-    slow = load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={target}",
+    model = os.path.relpath(target)  # provenance names the model relative to the repository
+    slow = load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={model}",
                                            "install=true"])
     train_slow.run(slow)
     return target

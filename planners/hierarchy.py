@@ -80,7 +80,7 @@ class SlowPlanConfig:
     subgoal: int = 1
     reduce: str = "min"
     progress: float = 0.1
-    hand_down: str = "level1"
+    hand_down: str = "slow"
     gain: float = 0.0
     reach_quantile: float = 0.9
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
