@@ -34,7 +34,7 @@ from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.schemas import PlanConfig
 from planners.cem import CEMConfig
-from planners.hierarchy import HierarchicalAgent, hierarchical_agent
+from planners.hierarchy import NEEDS_REACH, HierarchicalAgent, hierarchical_agent
 from planners.mpc import LatentMPCAgent
 from planners.oracle import OracleAgent
 from worldmodel.data import load_dataset
@@ -180,7 +180,7 @@ def run(cfg: PlanConfig) -> dict:
         env.close()
         raise
     reach = None
-    if slow is not None and cfg.slow.hand_down in ("level1", "either"):
+    if slow is not None and cfg.slow.hand_down in NEEDS_REACH:
         calibration = cfg.env.make(max_episode_steps=cfg.max_budget)
         try:
             reach = reach_threshold(calibration, spec, model, cfg.slow.reach_quantile)

@@ -34,6 +34,7 @@ from planners.objectives import REDUCTIONS, GoalDistance
 
 
 HAND_DOWN = ("level1", "slow", "either", "clip")  # who judges that the goal itself goes down (SlowPlanConfig.hand_down)
+NEEDS_REACH = ("level1", "either")  # the rules that ask the level below, against a reach threshold
 
 
 @dataclass
@@ -222,7 +223,7 @@ class HierarchicalAgent:
                  reach: float | None = None, gain: float = 0.0):
         if hand_down not in HAND_DOWN:
             raise ValueError(f"hand_down must be one of {HAND_DOWN}, got {hand_down!r}")
-        if hand_down in ("level1", "either") and (reach is None or not reach > 0):
+        if hand_down in NEEDS_REACH and (reach is None or not reach > 0):
             raise ValueError(f"hand_down={hand_down!r} needs a reach threshold > 0 (a latent distance), got {reach}")
         self.high, self.low, self.name, self.hand_down, self.reach_threshold = high, low, name, hand_down, reach
         self.gain = gain
@@ -280,8 +281,7 @@ class HierarchicalAgent:
             seconds, flops = self._decide()
         action = self.low.next_action()
         if len(self.low.plan_seconds) > replans:
-            self.plan_seconds.append(seconds + sum(self.low.plan_seconds[replans:]))
-            self.plan_flops.append(flops + sum(self.low.plan_flops[replans:]))
+            self._count(replans, seconds, flops)
         self.high.record(action)
         self.steps += 1
         return action
@@ -293,6 +293,11 @@ class HierarchicalAgent:
         seconds, flops = self._decide() if self.high.due else (0.0, 0.0)
         if len(self.low.plan_seconds) == replans:
             self.low.replan()
+        self._count(replans, seconds, flops)
+
+    def _count(self, replans: int, seconds: float, flops: float) -> None:
+        """One replan of this level: the slow plan's time and FLOPs with those of the level below's plans
+        made since it had made ``replans``."""
         self.plan_seconds.append(seconds + sum(self.low.plan_seconds[replans:]))
         self.plan_flops.append(flops + sum(self.low.plan_flops[replans:]))
 
@@ -301,12 +306,13 @@ class HierarchicalAgent:
         below's plans count on its own)."""
         goal = self.high.goal
         reachable = None
-        if self.hand_down in ("level1", "either"):  # the level that will act plans toward the goal first
+        if self.hand_down in NEEDS_REACH:  # the level that will act plans toward the goal first
             self.low.set_goal(goal)
             self.low.replan()
-            reachable = self.low.reach <= self.reach_threshold  # (B,)
+            reach = self.low.reach  # (B,)
+            reachable = reach <= self.reach_threshold
             if self.gain:
-                reachable |= self.low.reach <= (1 - self.gain) * self.low.distance
+                reachable |= reach <= (1 - self.gain) * self.low.distance
             if bool(reachable.all()):
                 self.subgoals.append((self.steps, goal[:, -1].detach().float().cpu()))
                 return 0.0, 0.0

@@ -201,8 +201,7 @@ class LatentMPCAgent:
         self.plan_seconds: list[float] = []
         self.plan_flops: list[float] = []  # model FLOPs of each replan
         self.goal: torch.Tensor | None = None
-        self.reach: torch.Tensor | None = None  # (B,) of the last plan: see replan
-        self.distance: torch.Tensor | None = None  # (B,) of the newest frames from the goal, at the last plan
+        self.last_plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (start, best plan, goal)
         self.warm, self.queue = None, []
 
     @torch.no_grad()
@@ -231,7 +230,7 @@ class LatentMPCAgent:
         self.history.add_frame(goal_obs)
         self.set_goal(self.model.newest(self.encode()))
         self.history.clear()
-        self.warm, self.queue, self.reach, self.distance = None, [], None, None
+        self.warm, self.queue, self.last_plan = None, [], None
 
     def set_goal(self, goal: torch.Tensor) -> None:
         """Plan toward ``goal`` from the next replan on: frame latents ``(B, h, latent_dim)``, oldest
@@ -269,11 +268,28 @@ class LatentMPCAgent:
         self.history.add_action(action)
         return action
 
+    @property
+    @torch.no_grad()
+    def reach(self) -> torch.Tensor | None:
+        """Of the last plan ``(B,)``: the smallest squared distance (mean over latent dimensions) of its
+        predicted newest latents from the goal's newest latent; computed when asked, off the plan's path."""
+        if self.last_plan is None:
+            return None
+        s0, actions, goal = self.last_plan
+        z = self.model.newest(self.model.rollout(s0, actions, check_inputs=False))  # (B, H, latent_dim)
+        return ((z - goal[:, None]) ** 2).mean(-1).min(-1).values
+
+    @property
+    def distance(self) -> torch.Tensor | None:
+        """Of the last plan ``(B,)``: the same distance of the newest frame's latent, where it started."""
+        if self.last_plan is None:
+            return None
+        s0, _, goal = self.last_plan
+        return ((self.model.newest(s0) - goal) ** 2).mean(-1)
+
     def replan(self) -> None:
         """Plan from the frames seen so far toward the goal; refill the action queue (what was left of
-        it is dropped); record the time and model FLOPs, :attr:`reach` (the smallest squared distance,
-        mean over latent dimensions, of the best plan's predicted newest latents from the goal's) and
-        :attr:`distance` (the same of the newest frame's latent)."""
+        it is dropped); record the time and model FLOPs."""
         start = time.perf_counter()
         self.plan_flops.append(self.flops.run("plan", self._plan))
         self.plan_seconds.append(time.perf_counter() - start)
@@ -289,10 +305,7 @@ class LatentMPCAgent:
         with torch.enable_grad() if grad else torch.no_grad():
             result = self.planner.plan(cost, len(s0), self.gen, warm_start=self.warm)
         env_actions = result.actions.detach().reshape(len(s0), -1, self.action_dim)  # (B, H*k, A)
-        with torch.no_grad():  # how close the best plan is predicted to come to the goal's newest latent
-            z = self.model.newest(self.model.rollout(s0, result.actions.detach(), check_inputs=False))  # (B, H, d)
-            self.reach = ((z - self.goal[:, None, -1].to(z)) ** 2).mean(-1).min(-1).values
-            self.distance = ((self.model.newest(s0) - self.goal[:, -1].to(s0)) ** 2).mean(-1)
+        self.last_plan = (s0, result.actions.detach(), self.goal[:, -1].to(s0))
         executed = env_actions[:, : cfg.receding_horizon].float().cpu().numpy()  # (B, r, A)
         self.queue = [executed[:, t] for t in range(executed.shape[1])]
         # warm start: the rest of this plan, shifted by the env steps executed (states hold at any step)

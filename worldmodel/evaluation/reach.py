@@ -22,7 +22,8 @@ from envs.registry import EnvSpec
 def perturbed(spec: EnvSpec, state: np.ndarray, error: float, rng: np.random.Generator) -> np.ndarray:
     """``state`` moved along a random direction of the coordinates ``spec.goal_error`` reads, until the
     goal error between the two is ``error`` (bisection; the largest move found not beyond it)."""
-    read = [j for j in range(len(state)) if spec.goal_error(state, state + 1e-4 * np.eye(len(state))[j]) > 0]
+    steps = 1e-4 * np.eye(len(state))
+    read = [j for j in range(len(state)) if spec.goal_error(state, state + steps[j]) > 0]
     if not read:
         raise ValueError(f"env {spec.name!r}: goal_error reads no coordinate of the state")
     direction = np.zeros_like(state, dtype=np.float64)
