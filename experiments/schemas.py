@@ -73,8 +73,9 @@ class PlanConfig(CollectConfig):
         model: world-model checkpoint directory to plan with; ``default``: the env's shipped model
             ``models/<env.model_name>``; empty = baselines only.
         mpc: the planner and its receding horizon.
-        hierarchy: add a hierarchical agent (``<planner>-hier``: the slow level's subgoal planner over a
-            flat agent with the ``mpc`` settings) next to each flat one (``<planner>-mpc``).
+        hierarchy: run a hierarchical agent (``<planner>-hier``: the slow level's subgoal planner over a
+            flat agent with the ``mpc`` settings) next to each flat one (``<planner>-mpc``), on by
+            default; ``false``: the flat agents only (for a model without a slow level).
         slow: the slow level's planning settings (with ``hierarchy``).
         slow_model: the slow level the hierarchical agents plan with (empty: ``<model>/slow``).
         flat: run the flat agents (``false``: only the hierarchical ones, e.g. in ablations).
@@ -107,7 +108,7 @@ class PlanConfig(CollectConfig):
 
     model: str = DEFAULT_MODEL
     mpc: MPCConfig = field(default_factory=MPCConfig)
-    hierarchy: bool = False
+    hierarchy: bool = True
     slow: SlowPlanConfig = field(default_factory=SlowPlanConfig)
     slow_model: str = ""
     flat: bool = True
@@ -138,6 +139,9 @@ class PlanConfig(CollectConfig):
         self.model = default_model(self)
         if not self.flat and not self.hierarchy:
             raise ValueError("flat=false runs only the hierarchical agents: it needs hierarchy=true")
+        if self.slow_model and not self.hierarchy:
+            raise ValueError(f"slow_model={self.slow_model!r} is planned with only by the hierarchical agents, "
+                             "and hierarchy=false runs none: drop one of the two")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         for name in self.planners:

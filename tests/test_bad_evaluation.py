@@ -88,6 +88,23 @@ def test_more_tasks_than_the_heldout_episodes_can_hold_fail_in_the_config():
         load("plan", ["heldout_episodes=10", "episodes=1000"])
 
 
+def test_a_model_without_a_slow_level_fails_before_collecting_and_names_the_way_out(tmp_path):
+    """The hierarchy is on by default: a model trained without a slow level is refused with the two
+    ways on (train one, or hierarchy=false), not planned flat without a word."""
+    from tests.models import tiny_world_model
+
+    tiny_world_model(block=5).save_pretrained(tmp_path / "model")
+    cfg = load("plan", [f"root={tmp_path}/data", f"model={tmp_path}/model", f"output_dir={tmp_path}/out"])
+    with pytest.raises(FileNotFoundError, match=r"no slow level at .*model/slow.*train_slow\.py.*hierarchy=false"):
+        plan.run(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_slow_model_without_the_hierarchy_is_refused():
+    with pytest.raises(ValueError, match="slow_model='models/reacher/slow' .* hierarchy=false"):
+        load("plan", ["hierarchy=false", "slow_model=models/reacher/slow"])
+
+
 def test_a_missing_model_fails_before_collecting(tmp_path):
     cfg = load("plan", [f"root={tmp_path}/data", f"model={tmp_path}/none", f"output_dir={tmp_path}/out"])
     with pytest.raises(FileNotFoundError, match="not found"):

@@ -2,6 +2,7 @@
 the peer-scale (224 px, 10k trajectories) configuration checked to start on CPU."""
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -75,7 +76,10 @@ def test_plan_on_dmc_reacher_runs_ours_and_the_peers_cem_side_by_side(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     (result,) = (tmp_path / "results").glob("plan-dmc_reacher-*.json")
     summary = json.loads(result.read_text())
-    assert [r["agent"] for r in summary["results"]] == ["cem-mpc", "cem-peers", "random", "zero", "oracle-cem"]
+    assert [r["agent"] for r in summary["results"]] == ["cem-mpc", "cem-hier", "cem-peers", "random", "zero",
+                                                                "oracle-cem"]
+    for agent in ("cem-mpc", "cem-hier"):  # the default runs flat and hierarchical, each with its cost per step
+        assert re.search(rf"planning {agent}: \d+ ms/replan; per control step \d+ ms, [\d.]+ GFLOP", out.stdout)
     assert all(r["episodes"] == 2 for r in summary["results"])
     assert summary["variants"]["peers"]["cem"]["iterations"] == 30
     peers = next(r for r in summary["results"] if r["agent"] == "cem-peers")

@@ -188,7 +188,7 @@ def test_train_slow_resumes_installs_and_plan_runs_flat_and_hierarchical(tiny_da
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert len(summary["val"]["rollout_mse_by_chunk"]) == 2 and summary["jepa"]["val_slow_std"] > 0
     assert (model / "slow" / "config.json").is_file()
-    plan = [sys.executable, str(ROOT / "experiments" / "plan.py"), *data, f"model={model}", "hierarchy=true",
+    plan = [sys.executable, str(ROOT / "experiments" / "plan.py"), *data, f"model={model}",  # hierarchical by default
             "slow.horizon=2", "slow.cem.samples=10", "slow.cem.elites=2", "slow.cem.iterations=1",
             "episodes=2", "goal_offset=10", "budget=6", "mpc.cem.samples=10", "mpc.cem.elites=2",
             "mpc.cem.iterations=1", "videos=1", "baselines=[]", f"output_dir={tmp_path}/out",

@@ -177,7 +177,7 @@ def test_train_dynamics_resumes_and_its_conv_model_plans(tiny_dataset, tmp_path)
     assert type(model.encoder).__name__ == "ConvFrames" and model.image_shape == (3, 64, 64)
     plan = [sys.executable, str(ROOT / "experiments" / "plan.py"), *data, f"model={tmp_path}/run/checkpoint",
             "episodes=1", "goal_offset=10", "budget=5", "mpc.cem.samples=10", "mpc.cem.elites=2",
-            "mpc.cem.iterations=1", "videos=0", "baselines=[]", f"output_dir={tmp_path}/out",
+            "mpc.cem.iterations=1", "videos=0", "baselines=[]", "hierarchy=false", f"output_dir={tmp_path}/out",
             f"hydra.run.dir={tmp_path}/h2"]
     out = subprocess.run(plan, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -271,7 +271,8 @@ def tiny_model_dir(tmp_path_factory):
 def test_plan_runs_end_to_end_with_a_world_model(tiny_dataset, tiny_model_dir, tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "plan.py"), *dataset_args(tiny_dataset),
            f"model={tiny_model_dir}", "episodes=2", "goal_offset=10", "budget=10", "mpc.cem.samples=20",
-           "mpc.cem.elites=4", "mpc.cem.iterations=2", "videos=1", "progress=false", f"output_dir={tmp_path}/out",
+           "mpc.cem.elites=4", "mpc.cem.iterations=2", "videos=1", "progress=false", "hierarchy=false",
+           f"output_dir={tmp_path}/out",
            f"hydra.run.dir={tmp_path}/h"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
