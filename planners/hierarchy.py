@@ -67,6 +67,9 @@ class SlowPlanConfig:
         gain: with ``level1`` or ``either``, the goal also goes down when the level below's best plan
             toward it is predicted to cut its latent distance from the goal by this fraction (it is
             not stuck; 0: only within ``reach``).
+        final_steps: HWM's rule, on top of ``hand_down``: in the last ``final_steps`` env steps of a
+            task's budget the true goal goes down, whatever the slow plan says (0: never; needs the
+            evaluation to tell the agent its budget).
         reach_quantile: ``reach`` is this quantile of the latent distance between images whose states
             are within the success tolerance of each other (see :mod:`worldmodel.evaluation.reach`).
         cem, mppi: the slow planner's settings (the same kind as the level below; ``gradient`` below
@@ -83,6 +86,7 @@ class SlowPlanConfig:
     progress: float = 0.1
     hand_down: str = "slow"
     gain: float = 0.0
+    final_steps: int = 0
     reach_quantile: float = 0.9
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
@@ -92,8 +96,9 @@ class SlowPlanConfig:
             raise ValueError(f"slow.reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
         if not 1 <= self.subgoal <= self.horizon:
             raise ValueError(f"slow.subgoal must be a chunk of the slow plan, 1..{self.horizon}, got {self.subgoal}")
-        if min(self.every, self.low_horizon, self.progress) < 0 or self.horizon < 1 or self.box <= 0:
-            raise ValueError(f"need slow horizon >= 1, box > 0 and every, low_horizon, progress >= 0, got {self}")
+        if min(self.every, self.low_horizon, self.progress, self.final_steps) < 0 or self.horizon < 1 or self.box <= 0:
+            raise ValueError(f"need slow horizon >= 1, box > 0 and every, low_horizon, progress, final_steps >= 0, "
+                             f"got {self}")
         if self.hand_down not in HAND_DOWN:
             raise ValueError(f"slow.hand_down must be one of {HAND_DOWN}, got {self.hand_down!r}")
         if not 0 <= self.gain < 1:
@@ -220,13 +225,14 @@ class HierarchicalAgent:
     """
 
     def __init__(self, high: SubgoalPlanner, low, name: str = "hierarchical-mpc", hand_down: str = "slow",
-                 reach: float | None = None, gain: float = 0.0):
+                 reach: float | None = None, gain: float = 0.0, final_steps: int = 0):
         if hand_down not in HAND_DOWN:
             raise ValueError(f"hand_down must be one of {HAND_DOWN}, got {hand_down!r}")
         if hand_down in NEEDS_REACH and (reach is None or not reach > 0):
             raise ValueError(f"hand_down={hand_down!r} needs a reach threshold > 0 (a latent distance), got {reach}")
         self.high, self.low, self.name, self.hand_down, self.reach_threshold = high, low, name, hand_down, reach
-        self.gain = gain
+        self.gain, self.final_steps = gain, final_steps
+        self.budget: int | None = None
         self.flops = FlopCounter()
         self.plan_seconds: list[float] = []
         self.plan_flops: list[float] = []
@@ -257,7 +263,18 @@ class HierarchicalAgent:
         """Start tasks toward goal images ``(H, W, C)`` or ``(B, H, W, C)``."""
         self.low.reset(goal_obs)
         self.high.reset(self.low.goal)
-        self.subgoals, self.steps = [], 0
+        self.subgoals, self.steps, self.budget = [], 0, None
+
+    def set_budget(self, steps: int) -> None:
+        """The env steps this task allows (after ``reset``): the last ``final_steps`` go to the goal."""
+        if steps < 1:
+            raise ValueError(f"a task's budget is >= 1 env steps, got {steps}")
+        self.budget = steps
+
+    @property
+    def final(self) -> bool:
+        """Whether the task is in its last ``final_steps`` steps (HWM's rule: plan flat on the goal)."""
+        return bool(self.final_steps) and self.budget is not None and self.steps >= self.budget - self.final_steps
 
     def set_goal(self, goal: torch.Tensor) -> None:
         """A new goal for the slow plans (a subgoal from a level above); a slow plan toward it is due."""
@@ -277,7 +294,7 @@ class HierarchicalAgent:
     def next_action(self) -> np.ndarray:
         replans = len(self.low.plan_seconds)
         seconds = flops = 0.0
-        if self.low.replans_next and self.high.due:
+        if self.low.replans_next and (self.high.due or self.final):
             seconds, flops = self._decide()
         action = self.low.next_action()
         if len(self.low.plan_seconds) > replans:
@@ -290,7 +307,7 @@ class HierarchicalAgent:
         """Plan now (as the level above asks, to judge what this level reaches): decide the goal of the
         level below where a slow plan is due, and let it plan."""
         replans = len(self.low.plan_seconds)
-        seconds, flops = self._decide() if self.high.due else (0.0, 0.0)
+        seconds, flops = self._decide() if self.high.due or self.final else (0.0, 0.0)
         if len(self.low.plan_seconds) == replans:
             self.low.replan()
         self._count(replans, seconds, flops)
@@ -305,6 +322,11 @@ class HierarchicalAgent:
         """Hand the goal or a subgoal down; the time and model FLOPs of the slow plan (the level
         below's plans count on its own)."""
         goal = self.high.goal
+        if self.final:  # HWM's rule: the last steps of the budget plan flat on the goal, no slow plans
+            if self.low.goal is None or not torch.equal(self.low.goal, goal.to(self.low.goal)):
+                self.low.set_goal(goal)
+                self.subgoals.append((self.steps, goal[:, -1].detach().float().cpu()))
+            return 0.0, 0.0
         reachable = None
         if self.hand_down in NEEDS_REACH:  # the level that will act plans toward the goal first
             self.low.set_goal(goal)
@@ -345,4 +367,4 @@ def hierarchical_agent(model: LatentModel, slow: SlowLevel, mpc: MPCConfig, cfg:
                       mppi=replace(mpc.mppi, iterations=fewer(mpc.mppi.iterations)))
     return HierarchicalAgent(SubgoalPlanner(model, slow, cfg, mpc.planner, generator),
                              LatentMPCAgent(model, low, action_low, action_high, generator, name=f"{name}/level-1"),
-                             name, cfg.hand_down, reach, cfg.gain)
+                             name, cfg.hand_down, reach, cfg.gain, cfg.final_steps)

@@ -161,6 +161,34 @@ def test_a_goal_within_reach_of_the_level_that_acts_goes_down_at_once_and_a_far_
             assert between(handed[0], start, goal) and float((handed[0] - start).norm()) > 2
 
 
+def test_hwm_rule_hands_the_goal_down_for_the_last_steps_of_the_budget_and_stops_the_slow_plans():
+    """``final_steps`` (HWM's rule): with a far goal on the open floor, subgoals go down until the last
+    ``final_steps`` of the budget the evaluation gives; from the first level-1 replan inside them the
+    goal itself goes down, once, and no slow plan is made after it. Without a budget, never."""
+    cfg = MPCConfig(planner="cem", horizon=K, receding_horizon=K, settle=0.0, cem=CEM_SETTINGS)
+    slow = SlowPlanConfig(horizon=4, box=1.0, hand_down="slow", final_steps=2 * K, cem=CEM_SETTINGS)
+    start, goal = torch.tensor([2.0, 10.0]), torch.tensor([19.0, 10.0])
+    for budget in (4 * K, None):
+        agent = two_levels(OpenFloor(), HeldActions(K), cfg, slow, LOW, HIGH, torch.Generator())
+        agent.seed(0)
+        agent.reset(image(goal))
+        if budget is not None:
+            agent.set_budget(budget)
+        p = start.clone()
+        for _ in range(3 * K):
+            p = open_step(p, torch.as_tensor(agent.act(image(p.numpy()))))
+        handed = [(t, torch.equal(g[0], goal)) for t, g in agent.subgoals]
+        if budget is None:
+            assert handed == [(0, False), (K, False), (2 * K, False)] and agent.high.since == K, handed
+        else:  # subgoals at steps 0 and K (the goal is still 7 units away at 2K); the goal at 2K on
+            assert handed == [(0, False), (K, False), (2 * K, True)], handed
+            assert agent.high.since == 2 * K  # no slow plan since step K
+    with pytest.raises(ValueError, match="budget is >= 1"):
+        agent.set_budget(0)
+    with pytest.raises(ValueError, match="final_steps >= 0"):
+        SlowPlanConfig(final_steps=-1)
+
+
 def test_hand_down_rules_without_a_reach_threshold_are_refused():
     cfg = MPCConfig(planner="cem", horizon=K, receding_horizon=K, settle=0.0, cem=CEM_SETTINGS)
     with pytest.raises(ValueError, match="needs a reach threshold"):

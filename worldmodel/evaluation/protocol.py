@@ -68,6 +68,8 @@ class Agent(Protocol):
         """Action for the current image ``(H, W, C) uint8``."""
         ...
 
+    # Optional: ``set_budget(steps)``, called after ``reset`` with the task's budget of env steps.
+
 
 @dataclass
 class RandomAgent:
@@ -195,6 +197,8 @@ def run_task(
     agent_flops = getattr(agent, "plan_flops", [])
     plans_before, flops_before = len(agent_plans), len(agent_flops)
     agent.reset(task.goal_obs)
+    if hasattr(agent, "set_budget"):  # agents that plan by the steps left (HWM's hand-down rule)
+        agent.set_budget(budget)
     if getattr(agent, "privileged", False):  # the simulator-based oracle also gets the goal state
         agent.set_goal_state(task.goal_state)
     times, best = [], math.inf
