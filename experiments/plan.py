@@ -59,17 +59,34 @@ def load_model(cfg: PlanConfig) -> WorldModel:
     if trained.get("env", cfg.env.name) != cfg.env.name:
         raise ValueError(f"model {cfg.model} was trained on env {trained['env']!r}, not {cfg.env.name!r}; pass "
                          f"model=models/{cfg.env.model_name} or another model trained on it")
-    wanted = cfg.env.env_kwargs()
-    differ = {k: (v, wanted.get(k)) for k, v in trained.get("env_kwargs", {}).items()
-              if k != "antialias" and v != wanted.get(k)}
-    if differ:
-        raise ValueError(f"model {cfg.model} was trained on {cfg.env.name} with other settings: "
-                         + ", ".join(f"env.{k}={a!r} (asked: {b!r})" for k, (a, b) in differ.items()))
+    check_trained_env(cfg, cfg.model, trained)
     model = WorldModel.from_pretrained(cfg.model, resolve_device(cfg.device))
     if model.image_shape[-1] != cfg.env.image_size:
         raise ValueError(f"model {cfg.model} takes {model.image_shape[-1]}px images, env gives "
                          f"{cfg.env.image_size}px")
     return model
+
+
+def check_trained_env(cfg: PlanConfig, path: str, trained: dict) -> None:
+    """Refuse a checkpoint (a world model or a slow level, by its ``config.json``) trained on another
+    env, or on this env with other settings than ``cfg.env``'s."""
+    what = "slow level" if path == cfg.slow_path else "model"
+    if trained.get("env", cfg.env.name) != cfg.env.name:
+        raise ValueError(f"{what} {path} was trained on env {trained['env']!r}, not {cfg.env.name!r}; pass "
+                         f"model=models/{cfg.env.model_name} or another model trained on it")
+    wanted = cfg.env.env_kwargs()
+    differ = {k: (v, wanted.get(k)) for k, v in trained.get("env_kwargs", {}).items()
+              if k != "antialias" and v != wanted.get(k)}
+    if differ:
+        raise ValueError(f"{what} {path} was trained on {cfg.env.name} with other settings: "
+                         + ", ".join(f"env.{k}={a!r} (asked: {b!r})" for k, (a, b) in differ.items()))
+
+
+def load_slow_level(cfg: PlanConfig, model: WorldModel) -> SlowModel:
+    """The slow level ``cfg.slow_path``, checked against the env and the level-1 model's layout."""
+    if Path(cfg.slow_path).is_dir():
+        check_trained_env(cfg, cfg.slow_path, load_config(cfg.slow_path))
+    return load_slow(cfg.slow_path, model.layout, model.device)
 
 
 def planner_agents(cfg: PlanConfig, model: WorldModel, slow: SlowModel | None, env, planner: str,
@@ -164,8 +181,7 @@ def run(cfg: PlanConfig) -> dict:
     spec = envs.get_spec(cfg.env.name)
     out = writable_dir(cfg.output_dir, "output_dir")
     model = load_model(cfg) if cfg.model else None
-    slow = (load_slow(cfg.slow_path, model.layout, model.device)
-            if model is not None and cfg.hierarchy else None)
+    slow = load_slow_level(cfg, model) if model is not None and cfg.hierarchy else None
     env = cfg.env.make(max_episode_steps=cfg.max_budget)
     try:
         tasks, dataset = draw_tasks(cfg, spec, env)
@@ -246,7 +262,8 @@ def run(cfg: PlanConfig) -> dict:
         "protocol": protocol,
         "task_journal": str(out / f"{stem}.tasks.jsonl"),
         "model": cfg.model, "mpc": OmegaConf.to_container(OmegaConf.structured(cfg.mpc)),
-        **({"slow": asdict(cfg.slow)} if cfg.hierarchy else {}),
+        **({"slow": asdict(cfg.slow), "slow_model": cfg.slow_path,
+            "slow_weights_sha256": file_sha256(Path(cfg.slow_path) / WEIGHTS)} if slow is not None else {}),
         **({"reach": {k: v for k, v in reach.items() if k != "distances"}} if reach else {}),
         "variants": {k: asdict(v) for k, v in cfg.variants.items()},
         "device": device_description(), "commit": git_commit(), "results": results, "videos": videos,

@@ -100,6 +100,19 @@ def test_a_model_without_a_slow_level_fails_before_collecting_and_names_the_way_
     assert not (tmp_path / "data").exists()
 
 
+def test_a_slow_level_trained_on_another_env_or_layout_is_refused_before_collecting(tmp_path):
+    """Every shipped slow level has the same level-1 layout, so the layout check alone would let a
+    Reacher plan run with the maze's slow level; the env it was trained on decides."""
+    cases = [(["env=reacher", "slow_model=models/pointmaze/slow"], "trained on env 'pointmaze', not 'reacher'"),
+             (["env=pointmaze", "env.maze=large", "slow_model=models/pointmaze/slow"],
+              r"slow level models/pointmaze/slow was trained on pointmaze with other settings: env.maze='medium'")]
+    for overrides, message in cases:
+        cfg = load("plan", [*overrides, f"root={tmp_path}/data", f"output_dir={tmp_path}/out"])
+        with pytest.raises(ValueError, match=message):
+            plan.run(cfg)
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_slow_model_without_the_hierarchy_is_refused():
     with pytest.raises(ValueError, match="slow_model='models/reacher/slow' .* hierarchy=false"):
         load("plan", ["hierarchy=false", "slow_model=models/reacher/slow"])

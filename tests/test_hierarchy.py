@@ -196,8 +196,10 @@ def test_train_slow_resumes_installs_and_plan_runs_flat_and_hierarchical(tiny_da
     out = subprocess.run(plan, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     (result,) = (tmp_path / "out").glob("plan-reacher-*.json")
-    results = json.loads(result.read_text())["results"]
+    summary = json.loads(result.read_text())
+    results = summary["results"]
     assert [r["agent"] for r in results] == ["cem-mpc", "cem-hier"]
+    assert summary["slow_model"] == f"{model}/slow" and len(summary["slow_weights_sha256"]) == 64
     for r in results:
         assert r["gflops_per_step"] > 0 and r["plan_ms_per_step"] > 0
     assert results[1]["gflops_per_step"] > results[0]["gflops_per_step"]  # the same level 1, plus the slow plans
