@@ -85,7 +85,13 @@ def check_trained_env(cfg: PlanConfig, path: str, trained: dict) -> None:
 def load_slow_level(cfg: PlanConfig, model: WorldModel) -> SlowModel:
     """The slow level ``cfg.slow_path``, checked against the env and the level-1 model's layout."""
     if Path(cfg.slow_path).is_dir():
-        check_trained_env(cfg, cfg.slow_path, load_config(cfg.slow_path))
+        trained = load_config(cfg.slow_path)
+        check_trained_env(cfg, cfg.slow_path, trained)
+        level1 = trained.get("level1_weights_sha256")  # slow levels trained before it was recorded: unchecked
+        if level1 is not None and level1 != file_sha256(Path(cfg.model) / WEIGHTS):
+            raise ValueError(f"slow level {cfg.slow_path} was trained on the latents of the level-1 model "
+                             f"{trained.get('level1')!r} (weights sha256 {level1[:12]}...), not on those of "
+                             f"{cfg.model}; train one for it with `python experiments/train_slow.py model={cfg.model}`")
     return load_slow(cfg.slow_path, model.layout, model.device)
 
 

@@ -29,8 +29,9 @@ from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.runs import training_run
 from experiments.schemas import SlowExperimentConfig
-from worldmodel.checkpoint import load_config, load_weights
+from worldmodel.checkpoint import WEIGHTS, load_config, load_weights
 from worldmodel.dynamics import FeatureCache, WorldModel
+from worldmodel.files import file_sha256
 from worldmodel.hierarchy import (SLOW_DIR, SlowModel, SlowObjective, SlowWindows, TemporalJEPAObjective,
                                   TemporalPredictor, save_atlas, validate_slow)
 from worldmodel.hierarchy.objective import chunk_windows
@@ -68,6 +69,7 @@ def train(cfg: SlowExperimentConfig, model: WorldModel, dataset, device: torch.d
     torch.manual_seed(cfg.train.seed)
     slow = SlowModel(model.layout, cfg.slow).to(device)
     meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"], "level1": cfg.model,
+            "level1_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS),
             "commit": git_commit(), "env": cfg.env.name, "env_kwargs": cfg.env.env_kwargs(), RUN_KEY: asdict(cfg)}
     summary: dict = {"device": device_description()}
     if slow.state.pretrainable:  # stage 1: the temporal encoder as a JEPA on block-masked time
@@ -101,7 +103,8 @@ def train(cfg: SlowExperimentConfig, model: WorldModel, dataset, device: torch.d
     summary["macro_prior"] = {"mean_abs": slow.macro_mean.abs().mean().item(),
                               "scale_diag": slow.macro_scale.diagonal().tolist()}
     summary["wall_seconds"] = time.perf_counter() - start
-    extra = {k: meta[k] for k in ("dataset", "dataset_checksum", "level1", "commit", "env", "env_kwargs")}
+    extra = {k: meta[k] for k in ("dataset", "dataset_checksum", "level1", "level1_weights_sha256", "commit", "env",
+                                   "env_kwargs")}
     # the atlas: training frames that show what a subgoal's level-1 latent looks like (videos)
     pick = torch.randperm(len(latents["train"]), generator=torch.Generator().manual_seed(cfg.train.seed))
     pick = pick[: cfg.atlas_frames].sort().values

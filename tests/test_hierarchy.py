@@ -207,3 +207,9 @@ def test_train_slow_resumes_installs_and_plan_runs_flat_and_hierarchical(tiny_da
     missing = [*plan[:-2], f"slow_model={tmp_path}/nothing", f"output_dir={tmp_path}/o2", f"hydra.run.dir={tmp_path}/h3"]
     out = subprocess.run(missing, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "no slow level at" in out.stderr
+    other = tmp_path / "other"  # the same layout, other weights: the slow level was not trained on its latents
+    tiny_world_model(block=5, moving=True).save_pretrained(other, extra={"env": "reacher"})
+    foreign = [f"model={other}" if a == f"model={model}" else a for a in plan[:-2]]
+    foreign += [f"slow_model={model}/slow", f"output_dir={tmp_path}/o3", f"hydra.run.dir={tmp_path}/h4"]
+    out = subprocess.run(foreign, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "was trained on the latents of the level-1 model" in out.stderr, out.stderr[-2000:]
