@@ -32,13 +32,14 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
+from experiments.runs import check_trained_env
 from experiments.schemas import PlanConfig
 from planners.cem import CEMConfig
 from planners.hierarchy import NEEDS_REACH, HierarchicalAgent, hierarchical_agent
 from planners.mpc import LatentMPCAgent
 from planners.oracle import OracleAgent
 from worldmodel.data import load_dataset
-from worldmodel.checkpoint import WEIGHTS, load_config
+from worldmodel.checkpoint import WEIGHTS
 from worldmodel.evaluation import (TaskJournal, episode_video, evaluate_agent, make_baseline, sample_distance_tasks,
                                    sample_goal_tasks, summarize_groups, task_seed)
 from worldmodel.evaluation.reach import reach_threshold
@@ -55,11 +56,7 @@ def load_model(cfg: PlanConfig) -> WorldModel:
             f"world model {cfg.model!r} not found (expected a checkpoint directory); build the default one with "
             f"`python experiments/build_default_model.py`, or pass model='' to run only the baselines"
         )
-    trained = load_config(cfg.model)
-    if trained.get("env", cfg.env.name) != cfg.env.name:
-        raise ValueError(f"model {cfg.model} was trained on env {trained['env']!r}, not {cfg.env.name!r}; pass "
-                         f"model=models/{cfg.env.model_name} or another model trained on it")
-    check_trained_env(cfg, cfg.model, trained)
+    check_trained_env(cfg.env, cfg.model)
     model = WorldModel.from_pretrained(cfg.model, resolve_device(cfg.device))
     if model.image_shape[-1] != cfg.env.image_size:
         raise ValueError(f"model {cfg.model} takes {model.image_shape[-1]}px images, env gives "
@@ -67,26 +64,10 @@ def load_model(cfg: PlanConfig) -> WorldModel:
     return model
 
 
-def check_trained_env(cfg: PlanConfig, path: str, trained: dict) -> None:
-    """Refuse a checkpoint (a world model or a slow level, by its ``config.json``) trained on another
-    env, or on this env with other settings than ``cfg.env``'s."""
-    what = "slow level" if path == cfg.slow_path else "model"
-    if trained.get("env", cfg.env.name) != cfg.env.name:
-        raise ValueError(f"{what} {path} was trained on env {trained['env']!r}, not {cfg.env.name!r}; pass "
-                         f"model=models/{cfg.env.model_name} or another model trained on it")
-    wanted = cfg.env.env_kwargs()
-    differ = {k: (v, wanted.get(k)) for k, v in trained.get("env_kwargs", {}).items()
-              if k != "antialias" and v != wanted.get(k)}
-    if differ:
-        raise ValueError(f"{what} {path} was trained on {cfg.env.name} with other settings: "
-                         + ", ".join(f"env.{k}={a!r} (asked: {b!r})" for k, (a, b) in differ.items()))
-
-
 def load_slow_level(cfg: PlanConfig, model: WorldModel) -> SlowModel:
     """The slow level ``cfg.slow_path``, checked against the env and the level-1 model's layout."""
     if Path(cfg.slow_path).is_dir():
-        trained = load_config(cfg.slow_path)
-        check_trained_env(cfg, cfg.slow_path, trained)
+        trained = check_trained_env(cfg.env, cfg.slow_path, "slow level")
         level1 = trained.get("level1_weights_sha256")  # slow levels trained before it was recorded: unchecked
         if level1 is not None and level1 != file_sha256(Path(cfg.model) / WEIGHTS):
             raise ValueError(f"slow level {cfg.slow_path} was trained on the latents of the level-1 model "

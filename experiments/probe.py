@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 import envs
 from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
+from experiments.runs import check_trained_env
 from experiments.schemas import ProbeConfig
 from worldmodel.data import load_dataset
 from worldmodel.dynamics import WorldModel
@@ -41,6 +42,7 @@ def run(cfg: ProbeConfig) -> dict:
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(f"world model {cfg.model!r} not found (expected a checkpoint directory); build the "
                                 f"default one with `python experiments/build_default_model.py`")
+    check_trained_env(cfg.env, cfg.model)
     model = WorldModel.from_pretrained(cfg.model, resolve_device(cfg.device))
     if model.image_shape[-1] != cfg.env.image_size:
         raise ValueError(f"model {cfg.model} takes {model.image_shape[-1]}px images, the dataset has "

@@ -1,5 +1,6 @@
 """What every training entry point does before it trains: lock and check the run directory,
-fail on a missing GPU, and open (collecting once, on rank 0) the dataset it trains on."""
+fail on a missing GPU, and open (collecting once, on rank 0) the dataset it trains on; and what
+every entry point that loads a checkpoint checks first: the env it was trained on."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Iterator
 
+from envs import EnvConfig
+from worldmodel.checkpoint import load_config
 from worldmodel.data import Dataset, load_dataset
 from worldmodel.training import RunDirectory, distributed, rank_zero_first, resolve_device
 
@@ -22,3 +25,19 @@ def training_run(cfg) -> Iterator[Dataset]:
             dataset = load_dataset(cfg)
         rundir.check_dataset(dataset.manifest["checksum"])
         yield dataset
+
+
+def check_trained_env(env: EnvConfig, path: str, what: str = "model") -> dict:
+    """The ``config.json`` of checkpoint ``path`` (a world model or a slow level), refused where it was
+    trained on another env than ``env``, or on this env with other settings (``antialias`` aside)."""
+    trained = load_config(path)
+    if trained.get("env", env.name) != env.name:
+        raise ValueError(f"{what} {path} was trained on env {trained['env']!r}, not {env.name!r}; pass "
+                         f"model=models/{env.model_name} or another model trained on it")
+    wanted = env.env_kwargs()
+    differ = {k: (v, wanted.get(k)) for k, v in (trained.get("env_kwargs") or {}).items()
+              if k != "antialias" and v != wanted.get(k)}
+    if differ:
+        raise ValueError(f"{what} {path} was trained on {env.name} with other settings: "
+                         + ", ".join(f"env.{k}={a!r} (asked: {b!r})" for k, (a, b) in differ.items()))
+    return trained

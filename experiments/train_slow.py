@@ -27,9 +27,9 @@ from omegaconf import DictConfig
 
 from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
-from experiments.runs import training_run
+from experiments.runs import check_trained_env, training_run
 from experiments.schemas import SlowExperimentConfig
-from worldmodel.checkpoint import WEIGHTS, load_config, load_weights
+from worldmodel.checkpoint import WEIGHTS, load_weights
 from worldmodel.dynamics import FeatureCache, WorldModel
 from worldmodel.files import file_sha256
 from worldmodel.hierarchy import (SLOW_DIR, SlowModel, SlowObjective, SlowWindows, TemporalJEPAObjective,
@@ -51,10 +51,8 @@ def level1_latents(model: WorldModel, dataset, split: str, cache_dir: str, progr
 
 def run(cfg: SlowExperimentConfig) -> dict:
     device = resolve_device(cfg.train.device)
+    trained = check_trained_env(cfg.env, cfg.model)
     model = WorldModel.from_pretrained(cfg.model, device)
-    trained = load_config(cfg.model)
-    if trained.get("env", cfg.env.name) != cfg.env.name:
-        raise ValueError(f"model {cfg.model} was trained on env {trained['env']!r}, not {cfg.env.name!r}")
     with training_run(cfg) as dataset:
         if trained.get("dataset_checksum") not in (None, dataset.manifest["checksum"]):
             print(f"warning: {cfg.model} was trained on dataset {trained.get('dataset')}, not {dataset.path}",

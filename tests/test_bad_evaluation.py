@@ -51,6 +51,15 @@ def test_a_model_trained_on_another_env_is_refused(tmp_path):
         plan.run(cfg)
 
 
+def test_probing_a_model_trained_on_another_env_is_refused_before_collecting(tmp_path):
+    from experiments import probe
+
+    cfg = load("probe", ["env=pointmaze", "model=models/reacher", f"root={tmp_path}/data"])
+    with pytest.raises(ValueError, match="model models/reacher was trained on env 'reacher', not 'pointmaze'"):
+        probe.run(cfg)
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_model_trained_on_another_maze_layout_is_refused(tmp_path):
     import json
 
