@@ -15,10 +15,11 @@ from worldmodel.training import RunDirectory, distributed, rank_zero_first, reso
 
 
 @contextmanager
-def training_run(cfg) -> Iterator[Dataset]:
+def training_run(cfg, parts: tuple[str, ...] = ("",)) -> Iterator[Dataset]:
     """The dataset of ``cfg`` (a ``PretrainConfig`` or ``DynamicsExperimentConfig``), opened inside its
-    locked run directory ``cfg.out_dir``; resuming checks the run's settings and data (``RunDirectory``)."""
-    with RunDirectory(cfg.out_dir, asdict(cfg), cfg.resume, cfg.resume_allow) as rundir:
+    locked run directory ``cfg.out_dir``; resuming checks the run's settings and data (``RunDirectory``;
+    ``parts``: where under ``out_dir`` a run of several stages keeps their checkpoints)."""
+    with RunDirectory(cfg.out_dir, asdict(cfg), cfg.resume, cfg.resume_allow, parts) as rundir:
         rank, _ = distributed()
         resolve_device(cfg.train.device, rank)  # a missing GPU fails here, before any collection
         with rank_zero_first():  # under torchrun: rank 0 collects what is missing, the other ranks then read it

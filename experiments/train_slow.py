@@ -53,7 +53,7 @@ def run(cfg: SlowExperimentConfig) -> dict:
     device = resolve_device(cfg.train.device)
     trained = check_trained_env(cfg.env, cfg.model)
     model = WorldModel.from_pretrained(cfg.model, device)
-    with training_run(cfg) as dataset:
+    with training_run(cfg, parts=("jepa", "dynamics")) as dataset:  # where train() checkpoints
         if trained.get("dataset_checksum") not in (None, dataset.manifest["checksum"]):
             print(f"warning: {cfg.model} was trained on dataset {trained.get('dataset')}, not {dataset.path}",
                   file=sys.stderr)

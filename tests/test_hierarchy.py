@@ -179,6 +179,12 @@ def test_train_slow_resumes_installs_and_plan_runs_flat_and_hierarchical(tiny_da
              f"feature_cache={tmp_path}/cache", f"hydra.run.dir={tmp_path}/h"]
     out = subprocess.run([*train, "train.steps=4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    # both stages' checkpoints (jepa/, dynamics/) are guarded: no fresh run over them, no resume with other settings
+    out = subprocess.run([*train, "train.steps=4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "holds a run already" in out.stderr, out.stderr[-2000:]
+    out = subprocess.run([*train, "train.steps=4", "train.lr=0.5", "--resume"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0 and "cannot resume" in out.stderr and "train.lr" in out.stderr, out.stderr[-2000:]
     extend = [*train, "train.steps=6", "install=true", "--resume", "resume_allow=[train.steps,install]"]
     out = subprocess.run(extend, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

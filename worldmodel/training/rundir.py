@@ -42,29 +42,39 @@ class RunDirectory:
         config: the run's settings, JSON-able (stored in its checkpoints as ``run``).
         resume: continue the run in ``path`` when it has a checkpoint.
         allow: dotted keys allowed to differ on resume.
+        parts: where under ``path`` the run keeps its checkpoints, each with its ``log.csv`` beside it
+            (a run of several stages, e.g. ``("jepa", "dynamics")``; ``("",)``: ``path/checkpoint``).
+            Every one is tidied, guarded against a fresh run and compared on resume.
     Once the data is opened, :meth:`check_dataset` compares its checksum with the checkpoint's.
     """
 
     def __init__(self, path: str | Path, config: dict[str, Any], resume: bool = False,
-                 allow: list[str] | tuple[str, ...] = ()):
+                 allow: list[str] | tuple[str, ...] = (), parts: tuple[str, ...] = ("",)):
         self.path, self.config, self.resume, self.allow = Path(path), config, resume, tuple(allow)
+        self.parts = tuple(self.path / p for p in parts)
         self.lock = DirectoryLock(self.path, "run directory")
 
     @property
     def checkpoint(self) -> Path:
-        return self.path / "checkpoint"
+        """The first stage's checkpoint (the only one of a one-stage run)."""
+        return self.checkpoints[0]
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        return [p / "checkpoint" for p in self.parts]
 
     def __enter__(self) -> "RunDirectory":
         primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 holds the lock for all
         if primary:
             self.lock.acquire()
         try:
-            for note in recover_checkpoint(self.checkpoint) if primary else []:
-                print(f"{self.path}: {note}", file=sys.stderr)
+            for checkpoint in self.checkpoints if primary else []:
+                for note in recover_checkpoint(checkpoint):
+                    print(f"{checkpoint.parent}: {note}", file=sys.stderr)
             if self.resume:
                 self.check_resume()
-            elif self.checkpoint.exists() or (self.path / "log.csv").exists():
-                raise FileExistsError(f"{self.path} holds a run already (its checkpoint or log.csv): pass --resume "
+            elif any(c.exists() or (c.parent / "log.csv").exists() for c in self.checkpoints):
+                raise FileExistsError(f"{self.path} holds a run already (a checkpoint or log.csv): pass --resume "
                                       f"(resume=true) to continue it, or choose another out_dir")
         except BaseException:
             self.lock.release()
@@ -75,32 +85,33 @@ class RunDirectory:
         self.lock.release()
 
     def check_resume(self) -> None:
-        """Raise :class:`RunConfigChanged` unless the checkpoint's run has these settings and data."""
-        if not self.checkpoint.exists():
-            return
-        stored = load_config(self.checkpoint)
-        if RUN_KEY not in stored:
-            print(f"warning: {self.checkpoint} was written before runs recorded their settings; resuming "
-                  f"without checking them", file=sys.stderr)
-            return
-        changes = [c for c in changed_keys(strip(stored[RUN_KEY]), strip(self.config))
-                   if c.split(":", 1)[0] not in self.allow]
-        if changes:
-            raise RunConfigChanged(
-                f"cannot resume {self.checkpoint} with other settings than it was started with: {'; '.join(changes)} "
-                f"(checkpoint -> now). Resume with the same settings, start a new out_dir, or allow the change "
-                f"explicitly with resume_allow=[{','.join(c.split(':', 1)[0] for c in changes)}]")
-
+        """Raise :class:`RunConfigChanged` unless every checkpoint's run has these settings."""
+        for checkpoint in self.checkpoints:
+            if not checkpoint.exists():
+                continue
+            stored = load_config(checkpoint)
+            if RUN_KEY not in stored:
+                print(f"warning: {checkpoint} was written before runs recorded their settings; resuming "
+                      f"without checking them", file=sys.stderr)
+                continue
+            changes = [c for c in changed_keys(strip(stored[RUN_KEY]), strip(self.config))
+                       if c.split(":", 1)[0] not in self.allow]
+            if changes:
+                raise RunConfigChanged(
+                    f"cannot resume {checkpoint} with other settings than it was started with: {'; '.join(changes)} "
+                    f"(checkpoint -> now). Resume with the same settings, start a new out_dir, or allow the change "
+                    f"explicitly with resume_allow=[{','.join(c.split(':', 1)[0] for c in changes)}]")
 
     def check_dataset(self, checksum: str) -> None:
-        """On resume, refuse data other than the checkpoint's (by the dataset's checksum)."""
-        if not (self.resume and self.checkpoint.exists()) or "dataset_checksum" in self.allow:
+        """On resume, refuse data other than the checkpoints' (by the dataset's checksum)."""
+        if not self.resume or "dataset_checksum" in self.allow:
             return
-        stored = load_config(self.checkpoint).get("dataset_checksum")
-        if stored is not None and stored != checksum:
-            raise RunConfigChanged(f"cannot resume {self.checkpoint} on other data: it trained on a dataset with "
-                                   f"checksum {stored[:12]}..., this one has {checksum[:12]}... (allow it explicitly "
-                                   f"with resume_allow=[dataset_checksum])")
+        for checkpoint in (c for c in self.checkpoints if c.exists()):
+            stored = load_config(checkpoint).get("dataset_checksum")
+            if stored is not None and stored != checksum:
+                raise RunConfigChanged(f"cannot resume {checkpoint} on other data: it trained on a dataset with "
+                                       f"checksum {stored[:12]}..., this one has {checksum[:12]}... (allow it "
+                                       f"explicitly with resume_allow=[dataset_checksum])")
 
 
 def strip(config: dict[str, Any]) -> dict[str, Any]:
