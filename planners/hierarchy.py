@@ -270,6 +270,8 @@ class HierarchicalAgent:
         if steps < 1:
             raise ValueError(f"a task's budget is >= 1 env steps, got {steps}")
         self.budget = steps
+        if hasattr(self.low, "set_budget"):  # a stacked level below keeps its own final steps
+            self.low.set_budget(steps)
 
     @property
     def final(self) -> bool:
