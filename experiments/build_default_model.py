@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,6 +34,20 @@ from worldmodel.data.collect import ensure_dataset
 from worldmodel.dynamics import WorldModel
 
 EXPORT_ROOT = Path(__file__).resolve().parents[1] / "models"
+
+
+def keep_previous(target: Path) -> Path | None:
+    """Move a model already in ``target`` (with its slow level) aside to ``<target>.previous-<time>``,
+    so that exporting a new one loses nothing; the place it went, or ``None`` if there was none."""
+    if not target.exists() or not any(target.iterdir()):
+        return None
+    kept = target.with_name(f"{target.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while kept.exists():  # two exports within a second
+        kept, n = kept.with_name(f"{target.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    target.rename(kept)
+    print(f"the model that was in {target} is kept in {kept}")
+    return kept
 
 
 def main(overrides: list[str]) -> Path:
@@ -68,6 +83,7 @@ def main(overrides: list[str]) -> Path:
         "pretrain_config": json.loads((Path(pre.out_dir) / "checkpoint" / "config.json").read_text()),
     }
     # Shipped in fp16 (half the bytes; loading casts back to fp32).
+    keep_previous(EXPORT_ROOT / pre.env.model_name)
     target = model.save_pretrained(EXPORT_ROOT / pre.env.model_name, extra=config, dtype=torch.float16)
     if with_slow:
         install_slow(overrides, target)

@@ -61,6 +61,24 @@ def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path):
             pass
 
 
+def test_exporting_a_default_model_keeps_the_one_it_replaces_with_its_slow_level(tmp_path):
+    from experiments.build_default_model import keep_previous
+
+    target = tmp_path / "models" / "reacher"
+    assert keep_previous(target) is None  # nothing there yet
+    (target / "slow").mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    (target / "slow" / "config.json").write_text('{"kind": "slow"}')
+    first = keep_previous(target)
+    (target / "slow").mkdir(parents=True)  # a second export, then a third within the same second
+    (target / "config.json").write_text("{}")
+    second = keep_previous(target)
+    assert not target.exists() and first != second and first.name.startswith("reacher.previous-")
+    for kept in (first, second):
+        assert json.loads((kept / "config.json").read_text()) == {} and (kept / "slow").is_dir()
+    assert (first / "slow" / "config.json").read_text() == '{"kind": "slow"}'
+
+
 def test_a_run_directory_in_use_is_locked(tmp_path):
     with RunDirectory(tmp_path, run_config()):
         with pytest.raises(LockedError, match=f"in use by process {os.getpid()}"):
