@@ -41,10 +41,10 @@ def keep_previous(target: Path) -> Path | None:
     so that exporting a new one loses nothing; the place it went, or ``None`` if there was none."""
     if not target.exists() or not any(target.iterdir()):
         return None
-    kept = target.with_name(f"{target.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
-    n = 1
+    stem = f"{target.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    kept, n = target.with_name(stem), 1
     while kept.exists():  # two exports within a second
-        kept, n = kept.with_name(f"{target.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+        kept, n = target.with_name(f"{stem}-{n}"), n + 1
     target.rename(kept)
     print(f"the model that was in {target} is kept in {kept}")
     return kept

@@ -250,7 +250,7 @@ def run(cfg: PlanConfig) -> dict:
         "task_journal": str(out / f"{stem}.tasks.jsonl"),
         "model": cfg.model, "mpc": OmegaConf.to_container(OmegaConf.structured(cfg.mpc)),
         **({"slow": asdict(cfg.slow), "slow_model": cfg.slow_path,
-            "slow_weights_sha256": file_sha256(Path(cfg.slow_path) / WEIGHTS)} if slow is not None else {}),
+            "slow_weights_sha256": header["model"]["slow_weights_sha256"]} if slow is not None else {}),
         **({"reach": {k: v for k, v in reach.items() if k != "distances"}} if reach else {}),
         "variants": {k: asdict(v) for k, v in cfg.variants.items()},
         "device": device_description(), "commit": git_commit(), "results": results, "videos": videos,

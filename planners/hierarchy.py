@@ -278,6 +278,12 @@ class HierarchicalAgent:
         """Whether the task is in its last ``final_steps`` steps (HWM's rule: plan flat on the goal)."""
         return bool(self.final_steps) and self.budget is not None and self.steps >= self.budget - self.final_steps
 
+    @property
+    def due(self) -> bool:
+        """Whether the goal of the level below is to be decided anew: a slow plan is due, or the task
+        is in its final steps."""
+        return self.high.due or self.final
+
     def set_goal(self, goal: torch.Tensor) -> None:
         """A new goal for the slow plans (a subgoal from a level above); a slow plan toward it is due."""
         self.high.set_goal(goal)
@@ -296,7 +302,7 @@ class HierarchicalAgent:
     def next_action(self) -> np.ndarray:
         replans = len(self.low.plan_seconds)
         seconds = flops = 0.0
-        if self.low.replans_next and (self.high.due or self.final):
+        if self.low.replans_next and self.due:
             seconds, flops = self._decide()
         action = self.low.next_action()
         if len(self.low.plan_seconds) > replans:
@@ -309,7 +315,7 @@ class HierarchicalAgent:
         """Plan now (as the level above asks, to judge what this level reaches): decide the goal of the
         level below where a slow plan is due, and let it plan."""
         replans = len(self.low.plan_seconds)
-        seconds, flops = self._decide() if self.high.due or self.final else (0.0, 0.0)
+        seconds, flops = self._decide() if self.due else (0.0, 0.0)
         if len(self.low.plan_seconds) == replans:
             self.low.replan()
         self._count(replans, seconds, flops)

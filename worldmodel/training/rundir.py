@@ -51,17 +51,8 @@ class RunDirectory:
     def __init__(self, path: str | Path, config: dict[str, Any], resume: bool = False,
                  allow: list[str] | tuple[str, ...] = (), parts: tuple[str, ...] = ("",)):
         self.path, self.config, self.resume, self.allow = Path(path), config, resume, tuple(allow)
-        self.parts = tuple(self.path / p for p in parts)
+        self.checkpoints = tuple(self.path / part / "checkpoint" for part in parts)
         self.lock = DirectoryLock(self.path, "run directory")
-
-    @property
-    def checkpoint(self) -> Path:
-        """The first stage's checkpoint (the only one of a one-stage run)."""
-        return self.checkpoints[0]
-
-    @property
-    def checkpoints(self) -> list[Path]:
-        return [p / "checkpoint" for p in self.parts]
 
     def __enter__(self) -> "RunDirectory":
         primary = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 holds the lock for all
