@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs.config import EnvConfig, PointMazeConfig
 from worldmodel.data.config import CollectConfig, PolicyConfig
 from experiments.schemas import (DynamicsExperimentConfig, PlanConfig, PretrainConfig, ProbeConfig,
-                                 SlowExperimentConfig)
+                                 ReachExperimentConfig, SlowExperimentConfig)
 
 CONFIG_DIR = str(Path(__file__).parent / "configs")
 T = TypeVar("T")
@@ -30,6 +30,7 @@ def register_configs() -> None:
     cs.store(name="dynamics_schema", node=DynamicsExperimentConfig)
     cs.store(name="probe_schema", node=ProbeConfig)
     cs.store(name="slow_schema", node=SlowExperimentConfig)
+    cs.store(name="reach_schema", node=ReachExperimentConfig)
     cs.store(group="env", name="env_schema", node=EnvConfig)
     cs.store(group="env", name="pointmaze_schema", node=PointMazeConfig)
     cs.store(group="policy", name="policy_schema", node=PolicyConfig)

@@ -46,6 +46,7 @@ from worldmodel.evaluation.reach import reach_threshold
 from worldmodel.dynamics import WorldModel
 from worldmodel.files import config_hash, file_sha256, writable_dir
 from worldmodel.hierarchy import ATLAS, Atlas, SlowModel, load_slow
+from worldmodel.hierarchy.reach import REACH_DIR, TemporalDistance
 from worldmodel.training import resolve_device
 
 
@@ -76,8 +77,26 @@ def load_slow_level(cfg: PlanConfig, model: WorldModel) -> SlowModel:
     return load_slow(cfg.slow_path, model.layout, model.device)
 
 
+def load_temporal_distance(cfg: PlanConfig, model: WorldModel) -> TemporalDistance:
+    """The learned temporal distance ``<model>/reach`` (the hand-down rule ``learned``), checked against
+    the env and the level-1 model whose latents it reads."""
+    path = Path(cfg.model) / REACH_DIR
+    if path.is_dir():
+        trained = check_trained_env(cfg.env, str(path), "learned temporal distance")
+        level1 = trained.get("level1_weights_sha256")
+        if level1 is not None and level1 != file_sha256(Path(cfg.model) / WEIGHTS):
+            raise ValueError(f"the temporal distance {path} was trained on the latents of another level-1 model "
+                             f"({trained.get('level1')!r}); train one with `python experiments/train_reach.py "
+                             f"model={cfg.model} install=true`")
+    head = TemporalDistance.from_pretrained(path, model.device)
+    if head.latent_dim != model.layout.latent_dim:
+        raise ValueError(f"the temporal distance {path} reads {head.latent_dim}-dim latents, the model has "
+                         f"{model.layout.latent_dim}")
+    return head
+
+
 def planner_agents(cfg: PlanConfig, model: WorldModel, slow: SlowModel | None, env, planner: str,
-                   reach: float | None = None) -> list:
+                   reach: float | None = None, temporal: TemporalDistance | None = None) -> list:
     """The flat agent of ``planner`` (``<planner>-mpc``) and, with a slow level, the hierarchical one
     (``<planner>-hier``, handing the goal down within ``reach``), each with its own generator seeded alike."""
     space, mpc = env.action_space, replace(cfg.mpc, planner=planner)
@@ -86,7 +105,7 @@ def planner_agents(cfg: PlanConfig, model: WorldModel, slow: SlowModel | None, e
     if slow is not None:
         agents.append(hierarchical_agent(model, slow, mpc, cfg.slow, space.low, space.high,
                                          torch.Generator().manual_seed(cfg.task_seed), name=f"{planner}-hier",
-                                         reach=reach))
+                                         reach=reach, temporal=temporal))
     return agents
 
 
@@ -135,6 +154,8 @@ def protocol_header(cfg: PlanConfig, dataset) -> dict:
     model = {"weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS)} if cfg.model else None
     if model is not None and cfg.hierarchy:
         model["slow_weights_sha256"] = file_sha256(Path(cfg.slow_path) / WEIGHTS)
+        if cfg.slow.hand_down == "learned":
+            model["reach_weights_sha256"] = file_sha256(Path(cfg.model) / REACH_DIR / WEIGHTS)
     tasks = ({"protocol": "maze", "bins": {k: asdict(b) for k, b in cfg.bins.items()}} if cfg.protocol == "maze" else
              {"dataset_checksum": dataset.manifest["checksum"], "goal_offset": cfg.goal_offset, "budget": cfg.budget})
     return {"env": asdict(cfg.env), **tasks, "task_seed": cfg.task_seed, "episodes": cfg.episodes, "model": model,
@@ -169,6 +190,7 @@ def run(cfg: PlanConfig) -> dict:
     out = writable_dir(cfg.output_dir, "output_dir")
     model = load_model(cfg) if cfg.model else None
     slow = load_slow_level(cfg, model) if model is not None and cfg.hierarchy else None
+    temporal = load_temporal_distance(cfg, model) if slow is not None and cfg.slow.hand_down == "learned" else None
     env = cfg.env.make(max_episode_steps=cfg.max_budget)
     try:
         tasks, dataset = draw_tasks(cfg, spec, env)
@@ -192,7 +214,7 @@ def run(cfg: PlanConfig) -> dict:
         print(f"reach threshold {reach['threshold']:.4g}: the {reach['quantile']:.0%} quantile of the latent "
               f"distance of {reach['pairs']} image pairs within the success tolerance")
     agents = [a for p in cfg.planner_names
-              for a in planner_agents(cfg, model, slow, env, p, reach and reach["threshold"])] if model else []
+              for a in planner_agents(cfg, model, slow, env, p, reach and reach["threshold"], temporal)] if model else []
     agents += [variant_agent(cfg, model, env, name) for name in cfg.variants] if model else []
     agents += [reference_agent(n, cfg, env, spec) for n in cfg.baselines]
     results, videos = [], []
@@ -251,6 +273,7 @@ def run(cfg: PlanConfig) -> dict:
         "model": cfg.model, "mpc": OmegaConf.to_container(OmegaConf.structured(cfg.mpc)),
         **({"slow": asdict(cfg.slow), "slow_model": cfg.slow_path,
             "slow_weights_sha256": header["model"]["slow_weights_sha256"]} if slow is not None else {}),
+        **({"reach_weights_sha256": header["model"]["reach_weights_sha256"]} if temporal is not None else {}),
         **({"reach": {k: v for k, v in reach.items() if k != "distances"}} if reach else {}),
         "variants": {k: asdict(v) for k, v in cfg.variants.items()},
         "device": device_description(), "commit": git_commit(), "results": results, "videos": videos,

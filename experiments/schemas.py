@@ -16,6 +16,7 @@ from worldmodel.dynamics import DynamicsConfig, DynamicsTrainConfig
 from worldmodel.evaluation import BASELINES, REFERENCE_AGENTS
 from worldmodel.files import flatten
 from worldmodel.hierarchy import SLOW_DIR, SlowConfig, SlowTrainConfig
+from worldmodel.hierarchy.reach import ReachConfig, ReachTrainConfig
 from worldmodel.jepa import JEPAConfig, JEPATrainConfig
 from worldmodel.training.distributed import check_device_name
 
@@ -307,6 +308,40 @@ class SlowExperimentConfig(CollectConfig):
         if self.macro_prior_chunks < 2 or self.atlas_frames < 1:
             raise ValueError(f"macro_prior_chunks must be >= 2 and atlas_frames >= 1, got {self.macro_prior_chunks}, "
                              f"{self.atlas_frames}")
+        check_resume_allow(self)
+
+
+@dataclass
+class ReachExperimentConfig(CollectConfig):
+    """Training a learned temporal distance between level-1 latents (the hand-down rule ``learned``)
+    on the data level 1 trained on.
+
+    Attributes:
+        model: the level-1 world model (``default``: the env's shipped model).
+        reach: the head's settings.
+        train: its optimisation.
+        feature_cache: directory of cached feature tables (shared with ``train_dynamics.py``).
+        out_dir: run directory: ``checkpoint/``, ``log.csv``, ``loss.png``, ``reach/`` (the finished
+            head) and ``summary.json``.
+        install: also write the finished head into ``<model>/reach``, where ``plan.py`` finds it.
+        resume: continue from the checkpoint (with the same settings).
+        resume_allow: dotted settings allowed to differ from the checkpoint's on resume.
+    """
+
+    model: str = DEFAULT_MODEL
+    reach: ReachConfig = field(default_factory=ReachConfig)
+    train: ReachTrainConfig = field(default_factory=ReachTrainConfig)
+    feature_cache: str = "runs/cache"
+    out_dir: str = "runs/reach"
+    install: bool = False
+    resume: bool = False
+    resume_allow: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.model = default_model(self)
+        if self.val_episodes < 1:
+            raise ValueError(f"val_episodes must be >= 1 to validate the temporal distance, got {self.val_episodes}")
         check_resume_allow(self)
 
 

@@ -33,7 +33,7 @@ from planners.mppi import MPPIConfig
 from planners.objectives import REDUCTIONS, GoalDistance
 
 
-HAND_DOWN = ("level1", "slow", "either", "clip")  # who judges that the goal itself goes down (SlowPlanConfig.hand_down)
+HAND_DOWN = ("level1", "slow", "either", "clip", "learned")  # who judges that the goal itself goes down (SlowPlanConfig.hand_down)
 NEEDS_REACH = ("level1", "either")  # the rules that ask the level below, against a reach threshold
 
 
@@ -63,13 +63,16 @@ class SlowPlanConfig:
             it (the level that will act judges); ``slow``: when the slow plan comes closest to the goal
             no later than the subgoal's chunk; ``either``: when one of the two says so; ``clip`` (HIQL's
             subgoal clipped at the goal): when the goal is no farther from the current frames than the
-            subgoal is.
+            subgoal is; ``learned``: when a learned temporal distance (``<model>/reach``, trained by
+            ``experiments/train_reach.py``) puts the goal within ``reach_steps`` env steps.
         gain: with ``level1`` or ``either``, the goal also goes down when the level below's best plan
             toward it is predicted to cut its latent distance from the goal by this fraction (it is
             not stuck; 0: only within ``reach``).
         final_steps: HWM's rule, on top of ``hand_down``: in the last ``final_steps`` env steps of a
             task's budget the true goal goes down, whatever the slow plan says (0: never; needs the
             evaluation to tell the agent its budget).
+        reach_steps: with ``learned``, the goal goes down when its predicted median distance is at most
+            this many env steps (the data-collecting policy's steps, which are slower than a planner's).
         reach_quantile: ``reach`` is this quantile of the latent distance between images whose states
             are within the success tolerance of each other (see :mod:`worldmodel.evaluation.reach`).
         cem, mppi: the slow planner's settings (the same kind as the level below; ``gradient`` below
@@ -87,6 +90,7 @@ class SlowPlanConfig:
     hand_down: str = "slow"
     gain: float = 0.0
     final_steps: int = 0
+    reach_steps: int = 25
     reach_quantile: float = 0.9
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
@@ -103,6 +107,8 @@ class SlowPlanConfig:
             raise ValueError(f"slow.hand_down must be one of {HAND_DOWN}, got {self.hand_down!r}")
         if not 0 <= self.gain < 1:
             raise ValueError(f"slow.gain is a fraction in [0, 1), got {self.gain}")
+        if self.reach_steps < 1:
+            raise ValueError(f"slow.reach_steps is a number of env steps >= 1, got {self.reach_steps}")
         if not 0 < self.reach_quantile <= 1:
             raise ValueError(f"slow.reach_quantile is a quantile in (0, 1], got {self.reach_quantile}")
         if not 0 < self.low_iterations <= 1:
@@ -216,7 +222,9 @@ class HierarchicalAgent:
     the level below is about to replan and a slow plan is due, the goal of the level below is decided
     by ``hand_down`` (:class:`SlowPlanConfig`): with ``level1``, the level below first plans toward the
     true goal; if its best plan is predicted to come within ``reach`` of it, that plan stands;
-    otherwise the slow level proposes a subgoal and the level below plans toward that instead.
+    otherwise the slow level proposes a subgoal and the level below plans toward that instead. With
+    ``learned``, ``temporal`` (a :class:`~worldmodel.hierarchy.reach.TemporalDistance`) judges from
+    the newest frame's latent and the goal's whether the goal is within ``reach_steps`` env steps.
 
     Attributes:
         subgoals: ``(env step, newest frame latent (B, latent_dim))`` of each goal handed down.
@@ -225,13 +233,16 @@ class HierarchicalAgent:
     """
 
     def __init__(self, high: SubgoalPlanner, low, name: str = "hierarchical-mpc", hand_down: str = "slow",
-                 reach: float | None = None, gain: float = 0.0, final_steps: int = 0):
+                 reach: float | None = None, gain: float = 0.0, final_steps: int = 0, temporal=None,
+                 reach_steps: int = 25):
         if hand_down not in HAND_DOWN:
             raise ValueError(f"hand_down must be one of {HAND_DOWN}, got {hand_down!r}")
+        if hand_down == "learned" and temporal is None:
+            raise ValueError("hand_down='learned' needs a learned temporal distance (experiments/train_reach.py)")
         if hand_down in NEEDS_REACH and (reach is None or not reach > 0):
             raise ValueError(f"hand_down={hand_down!r} needs a reach threshold > 0 (a latent distance), got {reach}")
         self.high, self.low, self.name, self.hand_down, self.reach_threshold = high, low, name, hand_down, reach
-        self.gain, self.final_steps = gain, final_steps
+        self.gain, self.final_steps, self.temporal, self.reach_steps = gain, final_steps, temporal, reach_steps
         self.budget: int | None = None
         self.flops = FlopCounter()
         self.plan_seconds: list[float] = []
@@ -335,7 +346,16 @@ class HierarchicalAgent:
                 self.low.set_goal(goal)
                 self.subgoals.append((self.steps, goal[:, -1].detach().float().cpu()))
             return 0.0, 0.0
-        reachable = None
+        reachable, seconds, flops = None, 0.0, 0.0
+        if self.hand_down == "learned":  # a learned temporal distance from the newest frame to the goal
+            start = time.perf_counter()
+            out: list = []
+            flops = self.flops.run("reach", lambda: out.append(self._learned_reach(goal)))
+            seconds, reachable = time.perf_counter() - start, out[0]
+            if bool(reachable.all()):
+                self.low.set_goal(goal)
+                self.subgoals.append((self.steps, goal[:, -1].detach().float().cpu()))
+                return seconds, flops
         if self.hand_down in NEEDS_REACH:  # the level that will act plans toward the goal first
             self.low.set_goal(goal)
             self.low.replan()
@@ -347,25 +367,33 @@ class HierarchicalAgent:
                 self.subgoals.append((self.steps, goal[:, -1].detach().float().cpu()))
                 return 0.0, 0.0
         start = time.perf_counter()
-        out: list = []
-        flops = self.flops.run("subgoal", lambda: out.append(self.high.propose()))
-        seconds = time.perf_counter() - start
+        out = []
+        flops += self.flops.run("subgoal", lambda: out.append(self.high.propose()))
+        seconds += time.perf_counter() - start
         subgoal, verdicts = out[0]
         if self.hand_down in verdicts:
             down = verdicts[self.hand_down]
-        else:  # level1 (some task's goal is out of reach), or either
+        else:  # level1 or learned (some task's goal is out of reach), or either
             down = reachable | verdicts["slow"] if self.hand_down == "either" else reachable
         target = torch.where(down[:, None, None], goal.to(subgoal), subgoal)
         self.low.set_goal(target)
-        if reachable is not None:  # replace the plan made toward the goal
+        if self.hand_down in NEEDS_REACH:  # replace the plan made toward the goal
             self.low.replan()
         self.subgoals.append((self.steps, target[:, -1].detach().float().cpu()))
         return seconds, flops
 
+    @torch.no_grad()
+    def _learned_reach(self, goal: torch.Tensor) -> torch.Tensor:
+        """Whether the learned temporal distance puts ``goal`` within ``reach_steps`` of the newest frame, ``(B,)``."""
+        low = self.low
+        here = low.model.newest(low.encode())  # (B, latent_dim)
+        return self.temporal.within(here.to(self.temporal.mean), goal[:, -1].to(self.temporal.mean),
+                                    self.reach_steps).to(here.device)
+
 
 def hierarchical_agent(model: LatentModel, slow: SlowLevel, mpc: MPCConfig, cfg: SlowPlanConfig,
                        action_low: np.ndarray, action_high: np.ndarray, generator: torch.Generator,
-                       name: str = "hierarchical-mpc", reach: float | None = None) -> HierarchicalAgent:
+                       name: str = "hierarchical-mpc", reach: float | None = None, temporal=None) -> HierarchicalAgent:
     """Two levels: a :class:`SubgoalPlanner` over ``slow`` above a flat :class:`LatentMPCAgent` with the
     settings ``mpc``, its horizon and iterations as ``cfg.low_horizon`` and ``cfg.low_iterations`` say."""
     low = replace(mpc, horizon=cfg.low_horizon or mpc.horizon)
@@ -375,4 +403,4 @@ def hierarchical_agent(model: LatentModel, slow: SlowLevel, mpc: MPCConfig, cfg:
                       mppi=replace(mpc.mppi, iterations=fewer(mpc.mppi.iterations)))
     return HierarchicalAgent(SubgoalPlanner(model, slow, cfg, mpc.planner, generator),
                              LatentMPCAgent(model, low, action_low, action_high, generator, name=f"{name}/level-1"),
-                             name, cfg.hand_down, reach, cfg.gain, cfg.final_steps)
+                             name, cfg.hand_down, reach, cfg.gain, cfg.final_steps, temporal, cfg.reach_steps)

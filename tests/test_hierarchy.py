@@ -210,6 +210,21 @@ def test_train_slow_resumes_installs_and_plan_runs_flat_and_hierarchical(tiny_da
         assert r["gflops_per_step"] > 0 and r["plan_ms_per_step"] > 0
     assert results[1]["gflops_per_step"] > results[0]["gflops_per_step"]  # the same level 1, plus the slow plans
     assert "cem-hier" in out.stdout and "GFLOP" in out.stdout
+    # the hand-down rule `learned` needs <model>/reach, trained by train_reach.py on the same latents
+    learned = [*plan[:-2], "slow.hand_down=learned", f"output_dir={tmp_path}/o1", f"hydra.run.dir={tmp_path}/h5"]
+    out = subprocess.run(learned, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "train_reach.py" in out.stderr, out.stderr[-2000:]
+    reach = [sys.executable, str(ROOT / "experiments" / "train_reach.py"), *data, f"model={model}", "reach.hidden=16",
+             "reach.max_steps=8", "reach.bins=4", "train.steps=4", "train.batch_size=16", "train.log_every=2",
+             "train.val_pairs=32", "train.progress=false", "install=true", f"out_dir={tmp_path}/reach",
+             f"feature_cache={tmp_path}/cache", f"hydra.run.dir={tmp_path}/h6"]
+    out = subprocess.run(reach, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "installed in" in out.stdout, out.stderr[-3000:]
+    assert [row.split(",")[0] for row in (tmp_path / "reach" / "log.csv").read_text().splitlines()[1:]] == ["2", "4"]
+    out = subprocess.run(learned, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (result,) = (tmp_path / "o1").glob("plan-reacher-*.json")
+    assert len(json.loads(result.read_text())["reach_weights_sha256"]) == 64
     missing = [*plan[:-2], f"slow_model={tmp_path}/nothing", f"output_dir={tmp_path}/o2", f"hydra.run.dir={tmp_path}/h3"]
     out = subprocess.run(missing, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "no slow level at" in out.stderr

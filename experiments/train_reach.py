@@ -1,0 +1,91 @@
+"""Train a learned temporal distance for the hand-down rule ``learned``:
+``python experiments/train_reach.py env=pointmaze env.maze=large install=true [--resume]``.
+
+Reads the level-1 latents of every frame of the dataset level 1 trained on (through the feature
+cache of ``train_dynamics.py``) and trains :class:`~worldmodel.hierarchy.reach.TemporalDistance`
+on hindsight pairs of frames of one episode. The run checkpoints and resumes exactly
+(``resume=true``); ``summary.json`` holds the validation numbers: the error of the predicted median
+distance against that of the training median for every pair, and how often two pairs are ordered
+right. With ``install=true`` the head is written to ``<model>/reach``, where ``plan.py`` finds it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from experiments.conf import CONFIG_DIR, to_object
+from experiments.provenance import device_description, git_commit, write_json
+from experiments.runs import check_trained_env, training_run
+from experiments.schemas import ReachExperimentConfig
+from experiments.train_slow import level1_latents
+from worldmodel.checkpoint import WEIGHTS
+from worldmodel.dynamics import WorldModel
+from worldmodel.files import file_sha256
+from worldmodel.hierarchy.reach import REACH_DIR, HindsightPairs, ReachObjective, TemporalDistance
+from worldmodel.training import Trainer, plot_log, resolve_device
+from worldmodel.training.rundir import RUN_KEY
+
+
+def run(cfg: ReachExperimentConfig) -> dict:
+    device = resolve_device(cfg.train.device)
+    trained = check_trained_env(cfg.env, cfg.model)
+    model = WorldModel.from_pretrained(cfg.model, device)
+    with training_run(cfg) as dataset:
+        if trained.get("dataset_checksum") not in (None, dataset.manifest["checksum"]):
+            print(f"warning: {cfg.model} was trained on dataset {trained.get('dataset')}, not {dataset.path}",
+                  file=sys.stderr)
+        return train(cfg, model, dataset, device)
+
+
+def train(cfg: ReachExperimentConfig, model: WorldModel, dataset, device: torch.device) -> dict:
+    out = Path(cfg.out_dir)
+    start = time.perf_counter()
+    latents = {s: level1_latents(model, dataset, s, cfg.feature_cache, cfg.train.progress) for s in ("train", "val")}
+    pairs = {s: HindsightPairs(dataset.split(s), latents[s], cfg.reach.max_steps) for s in latents}
+    torch.manual_seed(cfg.train.seed)
+    head = TemporalDistance(model.layout.latent_dim, cfg.reach)
+    head.fit_scale(latents["train"])
+    meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"], "level1": cfg.model,
+            "level1_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS),
+            "commit": git_commit(), "env": cfg.env.name, "env_kwargs": cfg.env.env_kwargs(), RUN_KEY: asdict(cfg)}
+    objective = ReachObjective(head, cfg.train, pairs["train"], pairs["val"])
+    trainer = Trainer(objective, cfg.train, out, meta)
+    if cfg.resume and trainer.resume():
+        print(f"resuming {out}/checkpoint at step {trainer.step}")
+    log = trainer.run()
+    plot_log(log, out / "loss.png", [("cross-entropy", ["ce", "val_ce"], False),
+                                     ("median error (env steps)", ["val_mae", "val_mae_prior"], False)])
+    summary = {"device": device_description(), "wall_seconds": time.perf_counter() - start,
+               "val": {k: log[-1][k] for k in ("val_ce", "val_mae", "val_mae_prior", "val_order")}}
+    extra = {k: meta[k] for k in ("dataset", "dataset_checksum", "level1", "level1_weights_sha256", "commit", "env",
+                                   "env_kwargs")}
+    for target in [out / REACH_DIR] + ([Path(cfg.model) / REACH_DIR] if cfg.install else []):
+        head.eval().save_pretrained(target, extra)
+    if cfg.install:
+        summary["installed"] = str(Path(cfg.model) / REACH_DIR)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train_reach", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    config: ReachExperimentConfig = to_object(cfg)
+    summary = run(config)
+    v = summary["val"]
+    print(f"\ntemporal distance ({config.reach.bins} bins of {config.reach.width} env steps) in "
+          f"{summary['wall_seconds']:.0f} s on {summary['device']}")
+    print(f"val median error {v['val_mae']:.1f} env steps (the training median for every pair: "
+          f"{v['val_mae_prior']:.1f}); pairs ordered right {v['val_order']:.0%}")
+    print(f"outputs in {config.out_dir}/" + (f"; installed in {summary['installed']}" if config.install else ""))
+
+
+if __name__ == "__main__":
+    sys.argv = ["resume=true" if a == "--resume" else a for a in sys.argv]
+    main()
