@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from planners.hierarchy import SlowPlanConfig
-from planners.mpc import MPCConfig
+from planners.mpc import PLANNERS, MPCConfig
 from worldmodel.data.config import CollectConfig
 from worldmodel.dynamics import DynamicsConfig, DynamicsTrainConfig
 from worldmodel.evaluation import BASELINES, REFERENCE_AGENTS
@@ -81,7 +81,7 @@ class PlanConfig(CollectConfig):
         slow_model: the slow level the hierarchical agents plan with (empty: ``<model>/slow``).
         flat: run the flat agents (``false``: only the hierarchical ones, e.g. in ablations).
         planners: planners compared side by side with the same model and ``mpc`` settings
-            (``cem``, ``mppi``, ``gradient``); empty: only ``mpc.planner``.
+            (``cem``, ``icem``, ``mppi``, ``gradient``); empty: only ``mpc.planner``.
         variants: further flat agents with whole other MPC settings, by name, run on the same
             tasks after the planners (``<planner>-<name>``; e.g. ``peers``: the CEM settings the
             published numbers were measured with). Each is an ``MPCConfig`` (unset keys take its
@@ -146,8 +146,8 @@ class PlanConfig(CollectConfig):
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         for name in self.planners:
-            if name not in ("cem", "mppi", "gradient"):
-                raise ValueError(f"planners lists {name!r}; expected a subset of ['cem', 'mppi', 'gradient']")
+            if name not in PLANNERS:
+                raise ValueError(f"planners lists {name!r}; expected a subset of {sorted(PLANNERS)}")
         if self.protocol == "maze":
             if not self.bins:
                 raise ValueError("protocol=maze needs distance bins (bins.<name>: {lo, hi, budget})")

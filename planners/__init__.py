@@ -3,6 +3,7 @@
 from planners.base import Bounds, CostFn, NonFiniteCost, PlanResult, shift_plan
 from planners.cem import CEM, CEMConfig
 from planners.gradient import GradientConfig, GradientPlanner
+from planners.icem import ICEM, ICEMConfig
 from planners.mppi import MPPI, MPPIConfig
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "CostFn",
     "GradientConfig",
     "GradientPlanner",
+    "ICEM",
+    "ICEMConfig",
     "MPPI",
     "MPPIConfig",
     "NonFiniteCost",

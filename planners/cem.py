@@ -51,14 +51,16 @@ class CEM(SamplingPlanner):
 
     @torch.no_grad()
     def plan(
-        self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None
+        self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None,
+        iterations: int | None = None,
     ) -> PlanResult:
-        """Minimise ``cost`` for ``batch`` problems; ``warm_start (B, H, A)`` seeds the mean."""
+        """Minimise ``cost`` for ``batch`` problems; ``warm_start (B, H, A)`` seeds the mean; ``iterations``
+        replaces the configured number for this plan."""
         cfg, b = self.cfg, self.bounds
         mean = initial_mean(batch, self.horizon, b, warm_start)
         std = (cfg.init_std * b.half).expand_as(mean).clone()  # (B, H, A)
         best_a, best_c = no_plan_yet(mean)
-        for _ in range(cfg.iterations):
+        for _ in range(iterations or cfg.iterations):
             noise = gaussian((batch, cfg.samples) + mean.shape[1:], generator, mean)
             cand = b.clamp(mean.unsqueeze(1) + std.unsqueeze(1) * noise)
             cand[:, 0] = mean  # the current mean is always a candidate

@@ -33,8 +33,11 @@ class GradientPlanner(SamplingPlanner):
     """Needs a differentiable ``cost``; respects the bounds by construction."""
 
     def plan(
-        self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None
+        self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None,
+        iterations: int | None = None,
     ) -> PlanResult:
+        """Minimise ``cost`` by Adam from ``warm_start`` (and random restarts); ``iterations`` replaces the
+        configured Adam steps for this plan."""
         cfg, b = self.cfg, self.bounds
         start = initial_mean(batch, self.horizon, b, warm_start)
         ratio = ((start - b.centre) / b.half).clamp(-0.999, 0.999)
@@ -43,7 +46,7 @@ class GradientPlanner(SamplingPlanner):
         u = u0.clone().requires_grad_(True)
         opt = torch.optim.Adam([u], lr=cfg.lr)
         squash = lambda v: b.centre + b.half * torch.tanh(v)  # noqa: E731
-        for _ in range(cfg.steps):
+        for _ in range(iterations or cfg.steps):
             opt.zero_grad(set_to_none=True)
             cost(squash(u)).sum().backward()
             opt.step()

@@ -47,7 +47,7 @@ class SlowPlanConfig:
         box: half-width of the box of plan coordinates searched, in standard deviations of the
             macro-actions the encoder produces on the training chunks.
         low_horizon: the level-below plan's horizon (0: its own setting).
-        low_iterations: the level-below planner's iterations (CEM, MPPI), as a fraction of its own
+        low_iterations: the level-below planner's iterations (CEM, iCEM, MPPI), as a fraction of its own
             setting (rounded, at least 1); fewer pay for the slow plans, so that the hierarchy costs
             no more per control step than flat planning.
         subgoal: which predicted chunk boundary of the slow plan is the level-below goal (1: the first,
@@ -75,8 +75,8 @@ class SlowPlanConfig:
             this many env steps (the data-collecting policy's steps, which are slower than a planner's).
         reach_quantile: ``reach`` is this quantile of the latent distance between images whose states
             are within the success tolerance of each other (see :mod:`worldmodel.evaluation.reach`).
-        cem, mppi: the slow planner's settings (the same kind as the level below; ``gradient`` below
-            plans the slow level with CEM).
+        cem, mppi: the slow planner's settings (the same kind as the level below; below ``icem`` or
+            ``gradient`` the slow level plans with CEM).
     """
 
     horizon: int = 5
@@ -400,6 +400,7 @@ def hierarchical_agent(model: LatentModel, slow: SlowLevel, mpc: MPCConfig, cfg:
     if cfg.low_iterations < 1:
         fewer = lambda n: max(1, round(cfg.low_iterations * n))  # noqa: E731
         low = replace(low, cem=replace(mpc.cem, iterations=fewer(mpc.cem.iterations)),
+                      icem=replace(mpc.icem, iterations=fewer(mpc.icem.iterations)),
                       mppi=replace(mpc.mppi, iterations=fewer(mpc.mppi.iterations)))
     return HierarchicalAgent(SubgoalPlanner(model, slow, cfg, mpc.planner, generator),
                              LatentMPCAgent(model, low, action_low, action_high, generator, name=f"{name}/level-1"),

@@ -21,6 +21,7 @@ from planners.base import Bounds, shift_plan
 from planners.frames import FrameHistory
 from planners.cem import CEM, CEMConfig
 from planners.gradient import GradientConfig, GradientPlanner
+from planners.icem import ICEM, ICEMConfig
 from planners.mppi import MPPI, MPPIConfig
 from planners.objectives import REDUCTIONS, ActionPenalty, GoalDistance, WeightedSum
 
@@ -65,7 +66,7 @@ class MPCConfig:
     """Receding-horizon planning.
 
     Attributes:
-        planner: ``cem``, ``mppi`` or ``gradient``.
+        planner: ``cem``, ``icem``, ``mppi`` or ``gradient``.
         horizon: model steps (action blocks) per plan.
         receding_horizon: env steps executed before replanning (any number up to the
             plan's length: a state can be encoded after any env step).
@@ -78,7 +79,9 @@ class MPCConfig:
             block before each predicted one (0: only the newest counts). With it, a plan
             is cheapest where the arm reaches the goal and stays, not where it swings
             through.
-        cem, mppi, gradient: the planners' settings.
+        warm_iterations: iterations (Adam steps for ``gradient``) of a plan warm-started from the
+            previous one, shifted (every plan of an episode after its first; 0: the planner's own).
+        cem, icem, mppi, gradient: the planners' settings.
     """
 
     planner: str = "cem"
@@ -87,13 +90,17 @@ class MPCConfig:
     goal_reduce: str = "min"
     action_penalty: float = 0.0
     settle: float = 0.5
+    warm_iterations: int = 0
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
+    icem: ICEMConfig = field(default_factory=ICEMConfig)
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
     gradient: GradientConfig = field(default_factory=GradientConfig)
 
     def __post_init__(self):
         if self.planner not in PLANNERS:
-            raise ValueError(f"planner must be 'cem', 'mppi' or 'gradient', got {self.planner!r}")
+            raise ValueError(f"planner must be one of {sorted(PLANNERS)}, got {self.planner!r}")
+        if self.warm_iterations < 0:
+            raise ValueError(f"warm_iterations must be >= 0 (0: the planner's own), got {self.warm_iterations}")
         if self.goal_reduce not in REDUCTIONS:
             raise ValueError(f"goal_reduce must be one of {REDUCTIONS}, got {self.goal_reduce!r}")
         if self.settle < 0:
@@ -102,14 +109,14 @@ class MPCConfig:
             raise ValueError(f"horizon and receding_horizon must be >= 1, got {self.horizon}, {self.receding_horizon}")
 
 
-PLANNERS = {"cem": CEM, "mppi": MPPI, "gradient": GradientPlanner}
+PLANNERS = {"cem": CEM, "icem": ICEM, "mppi": MPPI, "gradient": GradientPlanner}
 
 
 def make_planner(name: str, settings, horizon: int, bounds: Bounds):
-    """The planner ``name`` (``cem``, ``mppi``, ``gradient``) with its ``settings`` over plans of ``horizon``
-    steps in ``bounds``."""
+    """The planner ``name`` (a key of ``PLANNERS``) with its ``settings`` over plans of ``horizon`` steps in
+    ``bounds``."""
     if name not in PLANNERS:
-        raise ValueError(f"planner must be 'cem', 'mppi' or 'gradient', got {name!r}")
+        raise ValueError(f"planner must be one of {sorted(PLANNERS)}, got {name!r}")
     return PLANNERS[name](settings, horizon, bounds)
 
 
@@ -303,7 +310,8 @@ class LatentMPCAgent:
             cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])
         grad = cfg.planner == "gradient"
         with torch.enable_grad() if grad else torch.no_grad():
-            result = self.planner.plan(cost, len(s0), self.gen, warm_start=self.warm)
+            fewer = cfg.warm_iterations if self.warm is not None else 0  # the first plan of an episode: all
+            result = self.planner.plan(cost, len(s0), self.gen, warm_start=self.warm, iterations=fewer or None)
         env_actions = result.actions.detach().reshape(len(s0), -1, self.action_dim)  # (B, H*k, A)
         self.last_plan = (s0, result.actions.detach(), self.goal[:, -1].to(s0))
         executed = env_actions[:, : cfg.receding_horizon].float().cpu().numpy()  # (B, r, A)

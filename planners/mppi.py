@@ -49,13 +49,14 @@ class MPPI(SamplingPlanner):
 
     @torch.no_grad()
     def plan(
-        self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None
+        self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None,
+        iterations: int | None = None,
     ) -> PlanResult:
         cfg, b = self.cfg, self.bounds
         mean = initial_mean(batch, self.horizon, b, warm_start)
         std = cfg.noise_std * b.half
         best_a, best_c = no_plan_yet(mean)
-        for _ in range(cfg.iterations):
+        for _ in range(iterations or cfg.iterations):
             noise = gaussian((batch, cfg.samples) + mean.shape[1:], generator, mean)
             cand = b.clamp(mean.unsqueeze(1) + std * noise)
             cand[:, 0] = mean

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from planners import CEM, MPPI, Bounds, CEMConfig, GradientConfig, GradientPlanner, MPPIConfig, shift_plan
+from planners import (CEM, ICEM, MPPI, Bounds, CEMConfig, GradientConfig, GradientPlanner, ICEMConfig, MPPIConfig,
+                      shift_plan)
+from planners.icem import coloured
 from worldmodel.dynamics import StateLayout
 
 H, A = 5, 2
@@ -27,6 +29,7 @@ def targets(batch=3, outside=False, seed=0):
 
 PLANNERS = {
     "cem": lambda: CEM(CEMConfig(samples=400, elites=40, iterations=25), H, BOUNDS),
+    "icem": lambda: ICEM(ICEMConfig(samples=400, elites=40, iterations=40), H, BOUNDS),
     "mppi": lambda: MPPI(MPPIConfig(samples=400, iterations=25, noise_std=0.5, std_decay=0.85), H, BOUNDS),
     "gradient": lambda: GradientPlanner(GradientConfig(restarts=4, steps=200, lr=0.1), H, BOUNDS),
 }
@@ -65,6 +68,67 @@ def test_warm_start_is_used():
     assert (result.actions - target).abs().max() < 0.05  # one tiny-noise iteration stays at the warm start
     with pytest.raises(ValueError, match=r"warm start must have shape \(3, 5, 2\)"):
         cem.plan(quadratic(target), 3, torch.Generator(), warm_start=target[:, :4])
+
+
+@pytest.mark.parametrize("name", ["cem", "icem", "mppi"])
+def test_a_warm_started_plan_is_the_shifted_previous_plan_before_its_first_update(name):
+    target = targets()
+    first = PLANNERS[name]().plan(quadratic(target), 3, torch.Generator().manual_seed(0))
+    warm = shift_plan(first.actions, 2, BOUNDS)
+    seen = []
+
+    def cost(actions):
+        seen.append(actions.clone())
+        return quadratic(target)(actions)
+
+    PLANNERS[name]().plan(cost, 3, torch.Generator().manual_seed(1), warm_start=warm, iterations=2)
+    assert torch.equal(seen[0][:, 0], warm)  # the first candidate of the first iteration
+    assert len(seen) == 2 + (name == "mppi")  # iterations=2 overrides the configured 25 (MPPI scores its mean last)
+
+
+def smooth_targets(batch=3, horizon=12, seed=0):
+    """Targets that change slowly over the plan's steps, as a motion does."""
+    g = torch.Generator().manual_seed(seed)
+    phase, amp = torch.rand(batch, 1, A, generator=g) * 6.3, torch.rand(batch, 1, A, generator=g) * 0.5 + 0.3
+    t = torch.arange(horizon, dtype=torch.float32)[None, :, None]
+    return amp * torch.sin(phase + t / horizon * 3.0)
+
+
+def test_icem_reaches_the_minimum_of_a_smooth_quadratic_with_fewer_evaluations_than_cem():
+    """The number of candidates scored until the best plan's cost is within 0.1 of the minimum's (0),
+    for each planner at the same seed, with its default settings but the population."""
+    horizon = 12
+    target = smooth_targets(horizon=horizon)
+
+    def evaluations(make) -> int:
+        for iterations in range(1, 40):
+            count = [0]
+
+            def cost(actions):
+                count[0] += actions.shape[1]
+                return quadratic(target)(actions)
+
+            result = make(iterations).plan(cost, 3, torch.Generator().manual_seed(3))
+            if float(result.cost.max()) < 0.1:
+                return count[0]
+        return 10**9
+
+    cem = evaluations(lambda n: CEM(CEMConfig(samples=200, elites=20, iterations=n), horizon, BOUNDS))
+    icem = evaluations(lambda n: ICEM(ICEMConfig(samples=200, elites=20, iterations=n), horizon, BOUNDS))
+    assert icem < cem < 10**9, (icem, cem)
+
+
+def test_coloured_noise_has_unit_variance_and_correlates_neighbouring_steps():
+    like = torch.zeros(())
+    white = coloured((4, 5000, 8, 1), 0.0, torch.Generator().manual_seed(0), like)
+    brown = coloured((4, 5000, 8, 1), 2.0, torch.Generator().manual_seed(0), like)
+    for noise in (white, brown):
+        assert abs(float(noise.var()) - 1) < 0.05
+    lag1 = lambda x: float((x[:, :, 1:] * x[:, :, :-1]).mean())  # noqa: E731
+    assert abs(lag1(white)) < 0.03 and lag1(brown) > 0.5
+    with pytest.raises(ValueError, match="decay >= 1"):
+        ICEMConfig(decay=0.5)
+    assert [ICEMConfig(samples=300, elites=30, decay=2.0).samples_at(i) for i in range(4)] == [300, 150, 75, 60]
 
 
 def test_shift_plan_drops_executed_steps_and_pads_with_the_centre():
@@ -150,6 +214,7 @@ def test_planners_work_in_the_dtype_and_on_the_device_of_their_bounds(name):
         return ((actions - target.unsqueeze(1)) ** 2).sum((-1, -2))
 
     planner = {"cem": CEM(CEMConfig(samples=50, elites=5, iterations=3), H, bounds),
+               "icem": ICEM(ICEMConfig(samples=50, elites=5, iterations=3), H, bounds),
                "mppi": MPPI(MPPIConfig(samples=50, iterations=3), H, bounds),
                "gradient": GradientPlanner(GradientConfig(restarts=2, steps=5), H, bounds)}[name]
     result = planner.plan(cost, 3, torch.Generator().manual_seed(0), warm_start=target.float())
@@ -175,3 +240,39 @@ def test_the_latent_mpc_agent_plans_in_the_dtype_of_its_model():
     assert agent.warm.dtype == torch.float64 and len(agent.plan_seconds) == 2
     with pytest.raises(ValueError, match="the env's actions have 3 values, the model's 2"):
         LatentMPCAgent(model, MPCConfig(), np.zeros(3) - 1, np.ones(3), torch.Generator())
+
+
+@pytest.mark.parametrize("planner", ["cem", "icem"])
+def test_warm_started_replans_use_warm_iterations_and_an_episodes_first_plan_all(planner):
+    import numpy as np
+
+    from planners.mpc import LatentMPCAgent, MPCConfig
+    from tests.models import tiny_world_model
+
+    model = tiny_world_model(block=5, moving=True).eval()
+    cfg = MPCConfig(planner=planner, horizon=2, warm_iterations=1, cem=CEMConfig(samples=20, elites=4, iterations=3),
+                    icem=ICEMConfig(samples=20, elites=4, iterations=3))
+    agent = LatentMPCAgent(model, cfg, np.array([-1.0, -1.0]), np.array([1.0, 1.0]), torch.Generator().manual_seed(0))
+    scored = []
+    plan = agent.planner.plan
+
+    def counting(cost, *args, **kwargs):
+        calls = [0]
+
+        def counted(actions):
+            calls[0] += 1
+            return cost(actions)
+
+        result = plan(counted, *args, **kwargs)
+        scored.append(calls[0])
+        return result
+
+    agent.planner.plan = counting
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    for _ in range(2):  # two episodes of two plans each
+        agent.reset(images[0])
+        for i in range(7):
+            agent.act(images[1 + i % 2])
+    assert scored == [3, 1, 3, 1]
+    with pytest.raises(ValueError, match="warm_iterations must be >= 0"):
+        MPCConfig(warm_iterations=-1)
