@@ -1,103 +1,82 @@
-"""Planning latency: ms per replan, predictor FLOPs per plan, fraction of the matmul peak.
+"""Planning speed and success, side by side on the same tasks: the planner settings of ``plan.py`` today
+against a reference (by default the earlier default, CEM 300 samples x 10 iterations, every replan
+from scratch).
 
-    python benchmarks/plan_latency.py [--env reacher] [--model models/reacher] [--replans 20] [--device auto]
+    python benchmarks/plan_latency.py [--env reacher] [--episodes 100] [--task-seed 0]
+        [--before "mpc.planner=cem mpc.cem.samples=300 mpc.cem.elites=30 mpc.cem.iterations=10 mpc.warm_iterations=0"]
+        [-- any plan.py override, e.g. mpc.icem.samples=80]
 
-Replans the latent MPC agent with its default settings on held-out-like random
-images (the cost of a plan does not depend on the images), splits the time into
-encoding and planning, and compares the predictor's FLOP rate with a large fp32
-matmul on the same device. Prints a table and writes JSON.
+Runs ``experiments/plan.py`` twice on the same tasks, the flat agent with the reference's settings and
+then with today's, one after the other, so their times are comparable. Prints success with its Wilson interval, ms per replan, ms and GFLOP per control step
+for each, and the ratios; writes JSON. Take timings with nothing else heavy running.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
-import numpy as np
-import torch
+from experiments.provenance import device_description, git_commit, write_json
 
-import envs
-from experiments.provenance import device_description, write_json
-from planners.mpc import LatentMPCAgent, MPCConfig
-from worldmodel.dynamics import WorldModel
-from worldmodel.training import resolve_device
-
-
-def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
-    """Measured fp32 matmul FLOP/s."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - start)
+ROOT = Path(__file__).resolve().parents[1]
+BEFORE = "mpc.planner=cem mpc.cem.samples=300 mpc.cem.elites=30 mpc.cem.iterations=10 mpc.warm_iterations=0"
 
 
-def predictor_flops_per_step(model) -> int:
-    """Multiply-adds x 2 of one predictor call on one state (the linear layers dominate)."""
-    return 2 * sum(m.weight.numel() for m in model.predictor.modules() if isinstance(m, torch.nn.Linear))
+def run_plan(env: str, episodes: int, task_seed: int, overrides: list[str], out: Path) -> dict:
+    """One ``plan.py`` run of the flat agent; its summary JSON."""
+    cmd = [sys.executable, str(ROOT / "experiments" / "plan.py"), f"env={env}", "hierarchy=false", "baselines=[]",
+           "videos=0", "progress=false", f"episodes={episodes}", f"task_seed={task_seed}", *overrides,
+           f"output_dir={out}", f"hydra.run.dir={out}/hydra"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"plan.py failed ({' '.join(cmd)}):\n{done.stderr[-3000:]}")
+    (result,) = out.glob("plan-*.json")
+    return json.loads(result.read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", default="reacher", choices=envs.env_names(), help="whose action bounds")
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: models/<env>)")
-    parser.add_argument("--replans", type=int, default=20)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--env", default="reacher")
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--task-seed", type=int, default=0)
+    parser.add_argument("--before", default=BEFORE, help="the reference's plan.py overrides, separated by spaces")
     parser.add_argument("--out", default="results/benchmarks/plan_latency.json")
+    parser.add_argument("overrides", nargs="*", help="plan.py overrides for both agents' run (after --)")
     args = parser.parse_args()
-    device = resolve_device(args.device, 0)
-    args.model = args.model or f"models/{args.env}"
-    model = WorldModel.from_pretrained(args.model, device)
-    env = envs.make_env(args.env, max_episode_steps=1)
-    space = env.action_space
-    env.close()
-    cfg = MPCConfig()
-    agent = LatentMPCAgent(model, cfg, space.low, space.high, torch.Generator().manual_seed(0))
-    rng = np.random.default_rng(0)
-    size = model.image_shape[-1]
-    image = lambda: rng.integers(0, 256, (size, size, 3), dtype=np.uint8)  # noqa: E731
-    agent.reset(image())
-
-    def replan(obs):
-        agent.history.clear()
-        agent.history.add_frame(obs[None])
-        agent.replan()
-
-    for _ in range(3):  # warm-up
-        replan(image())
-    agent.plan_seconds.clear()
-    encode_s = []
-    for _ in range(args.replans):
-        obs = image()
-        t = time.perf_counter()
-        agent.history.clear()
-        agent.history.add_frame(obs[None])
-        agent.encode()
-        encode_s.append(time.perf_counter() - t)
-        replan(obs)
-    plan_s = float(np.mean(agent.plan_seconds))
-    c = cfg.cem
-    flops = predictor_flops_per_step(model) * c.samples * cfg.horizon * c.iterations
-    peak = matmul_peak(device)
-    result = {
-        "device": device_description(), "model": args.model, "mpc": {"planner": cfg.planner, "horizon": cfg.horizon,
-        "samples": c.samples, "elites": c.elites, "iterations": c.iterations},
-        "ms_per_replan": 1000 * plan_s, "ms_encode": 1000 * float(np.mean(encode_s)),
-        "predictor_flops_per_plan": flops, "achieved_flops_per_s": flops / plan_s, "matmul_peak_flops_per_s": peak,
-        "fraction_of_peak": flops / plan_s / peak,
-    }
-    print(f"device: {result['device']}")
-    print(f"CEM {c.samples} samples x {c.iterations} iterations x horizon {cfg.horizon}: "
-          f"{result['ms_per_replan']:.1f} ms per replan (encoding {result['ms_encode']:.1f} ms of it)")
-    print(f"predictor FLOPs per plan: {flops / 1e9:.2f} GFLOP; achieved {flops / plan_s / 1e9:.1f} GFLOP/s = "
-          f"{result['fraction_of_peak']:.1%} of the measured matmul peak ({peak / 1e9:.0f} GFLOP/s)")
-    out = write_json(args.out, result)
-    print(f"written to {out}")
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    runs = {}
+    for role, overrides in (("before", [*args.overrides, *args.before.split()]), ("now", args.overrides)):
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = run_plan(args.env, args.episodes, args.task_seed, overrides, Path(tmp))
+        (r,) = summary["results"]
+        runs[role] = {"agent": r["agent"], "mpc": summary["mpc"], "successes": r["successes"],
+                      "episodes": r["episodes"], "wilson95": r["wilson95"], "ms_per_replan": r["mean_plan_ms"],
+                      "ms_per_step": r["plan_ms_per_step"], "gflops_per_step": r["gflops_per_step"],
+                      "replans": r["replans"], "tasks": [t["success"] for t in r["tasks"]]}
+    now, before = runs["now"], runs["before"]
+    if now["episodes"] != before["episodes"]:
+        raise RuntimeError(f"the two runs saw {before['episodes']} and {now['episodes']} tasks")
+    result = {"device": device_description(), "commit": git_commit(), "env": args.env, "episodes": args.episodes,
+              "task_seed": args.task_seed, "overrides": args.overrides, "before_overrides": args.before.split(),
+              "now": now, "before": before,
+              "speedup_per_replan": before["ms_per_replan"] / now["ms_per_replan"],
+              "speedup_per_step": before["ms_per_step"] / now["ms_per_step"],
+              "flop_ratio_per_step": before["gflops_per_step"] / now["gflops_per_step"]}
+    print(f"device: {result['device']}; {args.env}, {args.episodes} tasks of task seed {args.task_seed}")
+    print(f"{'':8} {'planner':16} {'success':>22} {'ms/replan':>10} {'ms/step':>8} {'GFLOP/step':>11}")
+    for role, r in (("before", before), ("now", now)):
+        lo, hi = r["wilson95"]
+        name = f"{r['mpc']['planner']} {r['mpc'][r['mpc']['planner']].get('samples', '')}"
+        print(f"{role:8} {name:16} {r['successes']:>4}/{r['episodes']:<4} [{lo:.0%}, {hi:.0%}]{'':3} "
+              f"{r['ms_per_replan']:>10.1f} {r['ms_per_step']:>8.1f} {r['gflops_per_step']:>11.3f}")
+    print(f"now is {result['speedup_per_replan']:.1f}x faster per replan, {result['speedup_per_step']:.1f}x per "
+          f"control step, at {1 / result['flop_ratio_per_step']:.2f}x the FLOPs per step")
+    print(f"written to {write_json(args.out, result)}")
 
 
 if __name__ == "__main__":
