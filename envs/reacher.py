@@ -21,7 +21,7 @@ from gymnasium import utils
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 from gymnasium.spaces import Box
 
-from envs.registry import EnvSpec, Quantity, register_env, wrap_angle
+from envs.registry import EnvSpec, Quantity, checked_action, register_env, wrap_angle
 
 GYM_ID = "hjepa/PixelReacher-v0"
 SUCCESS_TOLERANCE_RAD = 0.05
@@ -113,9 +113,7 @@ class PixelReacherEnv(ReacherEnv):
         return {**self.physics(), "state": self.get_state()}
 
     def step(self, action):
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != self.action_space.shape:
-            raise ValueError(f"action must have shape {self.action_space.shape}, got {action.shape}")
+        action = checked_action(action, self.action_space)  # a NaN would become zero torque in MuJoCo
         obs, reward, terminated, truncated, info = super().step(action)
         info.update(self.physics(), state=self.get_state())
         return obs, reward, terminated, truncated, info

@@ -148,6 +148,11 @@ class PlanConfig(CollectConfig):
         for name in self.planners:
             if name not in PLANNERS:
                 raise ValueError(f"planners lists {name!r}; expected a subset of {sorted(PLANNERS)}")
+        for key in ("planners", "baselines", "only_tasks"):
+            values = list(getattr(self, key))
+            if len(set(values)) != len(values):
+                twice = sorted({v for v in values if values.count(v) > 1})
+                raise ValueError(f"{key}={values} names {twice} more than once; each is run (and counted) once")
         if self.protocol == "maze":
             if not self.bins:
                 raise ValueError("protocol=maze needs distance bins (bins.<name>: {lo, hi, budget})")

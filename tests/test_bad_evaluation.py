@@ -45,6 +45,23 @@ def test_a_model_that_does_not_fit_the_env_fails_before_collecting(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("override, key", [("planners=[cem,cem]", "planners"), ("baselines=[zero,zero]", "baselines"),
+                                           ("only_tasks=[1,1,1]", "only_tasks")])
+def test_an_agent_or_task_named_twice_is_refused(tmp_path, override, key):
+    with pytest.raises(ValueError, match=rf"{key}=.* more than once"):
+        load("plan", ["model=", f"output_dir={tmp_path}/out", override])
+
+
+def test_a_budget_of_no_steps_is_refused(tmp_path):
+    from worldmodel.evaluation.protocol import GoalTask
+
+    with pytest.raises(ValueError, match="budget must be >= 1"):
+        load("plan", ["model=", f"output_dir={tmp_path}/out", "budget=0"])
+    image = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="a task's budget is >= 1 env steps"):
+        GoalTask(-1, -1, np.zeros(2), np.zeros(2), image, budget=0)
+
+
 def test_a_model_trained_on_another_env_is_refused(tmp_path):
     cfg = load("plan", ["env=pointmaze", "model=models/reacher", f"output_dir={tmp_path}/out"])
     with pytest.raises(ValueError, match="trained on env 'reacher', not 'pointmaze'"):

@@ -116,6 +116,8 @@ def test_bad_inputs_raise_clear_errors(env):
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"action must have shape \(2,\)"):
         env.step(np.zeros(3))
+    with pytest.raises(ValueError, match="action contains non-finite values"):
+        env.unwrapped.step(np.array([np.nan, 0.0]))
     with pytest.raises(ValueError, match=r"state must have shape \(8,\)"):
         env.unwrapped.set_state(np.zeros(5))
     with pytest.raises(ValueError, match="non-finite"):

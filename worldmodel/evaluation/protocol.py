@@ -44,6 +44,10 @@ class GoalTask:
     info: dict = field(default_factory=dict)  # how it was drawn (cells, distance), for the journal
     seed: int | None = None  # the agent's seed for this task (None: from the evaluation's seed and its index)
 
+    def __post_init__(self):
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"a task's budget is >= 1 env steps (or None: the evaluation's), got {self.budget}")
+
     @property
     def describe(self) -> dict:
         """JSON-able identity of the task (what the journal and the result list)."""
@@ -189,7 +193,9 @@ def run_task(
 
     With ``record``, the result keeps every image with its goal error (for videos).
     """
-    budget = task.budget or budget
+    budget = task.budget if task.budget is not None else budget
+    if budget < 1:
+        raise ValueError(f"an evaluation's budget is >= 1 env steps, got {budget}")
     env.reset(seed=0)
     spec.set_state(env, task.start_state)
     obs = env.unwrapped.render()
