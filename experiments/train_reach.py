@@ -21,13 +21,11 @@ import torch
 from omegaconf import DictConfig
 
 from experiments.conf import CONFIG_DIR, to_object
-from experiments.provenance import device_description, git_commit, write_json
+from experiments.provenance import device_description, write_json
 from experiments.runs import check_trained_env, training_run
 from experiments.schemas import ReachExperimentConfig
-from experiments.train_slow import level1_latents
-from worldmodel.checkpoint import WEIGHTS
+from experiments.train_slow import level1_latents, trained_on
 from worldmodel.dynamics import WorldModel
-from worldmodel.files import file_sha256
 from worldmodel.hierarchy.reach import REACH_DIR, HindsightPairs, ReachObjective, TemporalDistance
 from worldmodel.training import Trainer, plot_log, resolve_device
 from worldmodel.training.rundir import RUN_KEY
@@ -52,9 +50,8 @@ def train(cfg: ReachExperimentConfig, model: WorldModel, dataset, device: torch.
     torch.manual_seed(cfg.train.seed)
     head = TemporalDistance(model.layout.latent_dim, cfg.reach)
     head.fit_scale(latents["train"])
-    meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"], "level1": cfg.model,
-            "level1_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS),
-            "commit": git_commit(), "env": cfg.env.name, "env_kwargs": cfg.env.env_kwargs(), RUN_KEY: asdict(cfg)}
+    extra = trained_on(cfg, dataset)
+    meta = {**extra, RUN_KEY: asdict(cfg)}
     objective = ReachObjective(head, cfg.train, pairs["train"], pairs["val"])
     trainer = Trainer(objective, cfg.train, out, meta)
     if cfg.resume and trainer.resume():
@@ -64,8 +61,6 @@ def train(cfg: ReachExperimentConfig, model: WorldModel, dataset, device: torch.
                                      ("median error (env steps)", ["val_mae", "val_mae_prior"], False)])
     summary = {"device": device_description(), "wall_seconds": time.perf_counter() - start,
                "val": {k: log[-1][k] for k in ("val_ce", "val_mae", "val_mae_prior", "val_order")}}
-    extra = {k: meta[k] for k in ("dataset", "dataset_checksum", "level1", "level1_weights_sha256", "commit", "env",
-                                   "env_kwargs")}
     for target in [out / REACH_DIR] + ([Path(cfg.model) / REACH_DIR] if cfg.install else []):
         head.eval().save_pretrained(target, extra)
     if cfg.install:

@@ -49,6 +49,14 @@ def level1_latents(model: WorldModel, dataset, split: str, cache_dir: str, progr
     return torch.cat(out)
 
 
+def trained_on(cfg, dataset) -> dict:
+    """What a part trained on a level-1 model's latents records: the data, the level-1 model and its
+    weights' sha256, the commit and the env (checked where it is loaded)."""
+    return {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"], "level1": cfg.model,
+            "level1_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS),
+            "commit": git_commit(), "env": cfg.env.name, "env_kwargs": cfg.env.env_kwargs()}
+
+
 def run(cfg: SlowExperimentConfig) -> dict:
     device = resolve_device(cfg.train.device)
     trained = check_trained_env(cfg.env, cfg.model)
@@ -66,9 +74,7 @@ def train(cfg: SlowExperimentConfig, model: WorldModel, dataset, device: torch.d
     latents = {s: level1_latents(model, dataset, s, cfg.feature_cache, cfg.train.progress) for s in ("train", "val")}
     torch.manual_seed(cfg.train.seed)
     slow = SlowModel(model.layout, cfg.slow).to(device)
-    meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"], "level1": cfg.model,
-            "level1_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS),
-            "commit": git_commit(), "env": cfg.env.name, "env_kwargs": cfg.env.env_kwargs(), RUN_KEY: asdict(cfg)}
+    meta = {**trained_on(cfg, dataset), RUN_KEY: asdict(cfg)}
     summary: dict = {"device": device_description()}
     if slow.state.pretrainable:  # stage 1: the temporal encoder as a JEPA on block-masked time
         windows = {s: SlowWindows(slow, dataset.split(s), latents[s], slow.state_window) for s in latents}
@@ -101,8 +107,7 @@ def train(cfg: SlowExperimentConfig, model: WorldModel, dataset, device: torch.d
     summary["macro_prior"] = {"mean_abs": slow.macro_mean.abs().mean().item(),
                               "scale_diag": slow.macro_scale.diagonal().tolist()}
     summary["wall_seconds"] = time.perf_counter() - start
-    extra = {k: meta[k] for k in ("dataset", "dataset_checksum", "level1", "level1_weights_sha256", "commit", "env",
-                                   "env_kwargs")}
+    extra = trained_on(cfg, dataset)
     # the atlas: training frames that show what a subgoal's level-1 latent looks like (videos)
     pick = torch.randperm(len(latents["train"]), generator=torch.Generator().manual_seed(cfg.train.seed))
     pick = pick[: cfg.atlas_frames].sort().values

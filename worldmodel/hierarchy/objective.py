@@ -70,6 +70,15 @@ class SlowTrainConfig(OptimConfig):
             raise ValueError(f"need 0 <= ema < 1 and loss weights >= 0, got {self}")
 
 
+def check_latents(latents: torch.Tensor, episodes: Episodes, latent_dim: int) -> None:
+    """Refuse level-1 latents that are not one finite ``latent_dim`` row per frame of ``episodes``."""
+    if latents.ndim != 2 or latents.shape != (len(episodes.obs), latent_dim):
+        raise ValueError(f"latents must be ({len(episodes.obs)}, {latent_dim}) for this split, got "
+                         f"{tuple(latents.shape)}")
+    if not bool(torch.isfinite(latents).all()):
+        raise ValueError("the level-1 latents hold NaN or inf values")
+
+
 class SlowWindows:
     """Windows of ``boundaries`` consecutive level-1 block boundaries of a split: their latents and the
     action blocks between them.
@@ -83,11 +92,7 @@ class SlowWindows:
 
     def __init__(self, slow: SlowModel, episodes: Episodes, latents: torch.Tensor, boundaries: int):
         L = slow.layout
-        if latents.ndim != 2 or latents.shape != (len(episodes.obs), L.latent_dim):
-            raise ValueError(f"latents must be ({len(episodes.obs)}, {L.latent_dim}) for this split, got "
-                             f"{tuple(latents.shape)}")
-        if not bool(torch.isfinite(latents).all()):
-            raise ValueError("the level-1 latents hold NaN or inf values")
+        check_latents(latents, episodes, L.latent_dim)
         self.layout, self.n = L, boundaries
         self.sampler = WindowSampler(episodes, window=L.boundary_span(boundaries) + 1)
         self.latents = latents

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from worldmodel.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
 from worldmodel.data.episodes import Episodes
+from worldmodel.hierarchy.objective import check_latents
 from worldmodel.training.loop import OptimConfig
 
 REACH_DIR = "reach"  # a world model's learned temporal distance lives in <model>/reach
@@ -123,11 +124,7 @@ class HindsightPairs:
     ``[0, min(max_steps, frames left))`` (so every bin is drawn alike where episodes allow)."""
 
     def __init__(self, episodes: Episodes, latents: torch.Tensor, max_steps: int):
-        if latents.ndim != 2 or len(latents) != len(episodes.obs):
-            raise ValueError(f"latents must be ({len(episodes.obs)}, latent_dim) for this split, got "
-                             f"{tuple(latents.shape)}")
-        if not bool(torch.isfinite(latents).all()):
-            raise ValueError("the level-1 latents hold NaN or inf values")
+        check_latents(latents, episodes, latents.shape[-1] if latents.ndim else 0)
         if int(episodes.lengths.max()) < 1:
             raise ValueError("hindsight pairs need episodes of at least one step")
         self.latents, self.max_steps = latents, max_steps
@@ -180,8 +177,8 @@ class ReachObjective:
         self.generators = {"pairs": torch.Generator().manual_seed(cfg.seed)}
         self.val = val.fixed(cfg.val_pairs, seed=cfg.seed + 1)
         # the baseline a head must beat: the training distances' median, whatever the pair
-        k = train.fixed(cfg.val_pairs, seed=cfg.seed + 2)[2].double()
-        self.prior_median = float((bin_of(k.long(), head.cfg).median() + 1) * head.cfg.width)
+        k = train.fixed(cfg.val_pairs, seed=cfg.seed + 2)[2]
+        self.prior_median = float((bin_of(k, head.cfg).median() + 1) * head.cfg.width)
 
     def optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.head.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
