@@ -79,6 +79,8 @@ class PlanConfig(CollectConfig):
             default; ``false``: the flat agents only (for a model without a slow level).
         slow: the slow level's planning settings (with ``hierarchy``).
         slow_model: the slow level the hierarchical agents plan with (empty: ``<model>/slow``).
+        subgoals: the slow plan's subgoal chunk by maze layout (``env.maze``); the maze's
+            ``plan_env`` config sets ``slow.subgoal`` from it (empty for the other envs).
         flat: run the flat agents (``false``: only the hierarchical ones, e.g. in ablations).
         planners: planners compared side by side with the same model and ``mpc`` settings
             (``cem``, ``icem``, ``mppi``, ``gradient``); empty: only ``mpc.planner``.
@@ -112,6 +114,7 @@ class PlanConfig(CollectConfig):
     hierarchy: bool = True
     slow: SlowPlanConfig = field(default_factory=SlowPlanConfig)
     slow_model: str = ""
+    subgoals: dict[str, int] = field(default_factory=dict)
     flat: bool = True
     planners: list[str] = field(default_factory=list)
     variants: dict[str, MPCConfig] = field(default_factory=dict)

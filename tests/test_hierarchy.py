@@ -148,6 +148,13 @@ def test_shipped_slow_levels_load(path):
     assert s2.shape == (1, slow.state_dim) and slow.subgoal(s2).shape == (1, slow.layout.history, slow.layout.latent_dim)
 
 
+@pytest.mark.parametrize("layout, chunk", [("medium", 3), ("large", 2)])
+def test_the_maze_subgoal_chunk_follows_the_layout_and_yields_to_an_override(layout, chunk):
+    from experiments.conf import load
+    assert load("plan", ["env=pointmaze", f"env.maze={layout}"]).slow.subgoal == chunk
+    assert load("plan", ["env=pointmaze", f"env.maze={layout}", "slow.subgoal=4"]).slow.subgoal == 4
+
+
 def test_nothing_outside_the_slow_model_asks_which_kind_of_state_it_has():
     """The ``latent`` and ``jepa`` slow states are two parts behind one interface; code elsewhere asks a
     capability (``state.pretrainable``), never the kind."""
