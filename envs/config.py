@@ -7,6 +7,9 @@ from typing import Any
 
 from envs.registry import get_spec
 
+MAX_IMAGE_SIZE = 1024  # pixels a side: beyond it one frame is over 3 MB and a dataset over any disk here
+MAX_EPISODE_STEPS = 100_000
+
 
 @dataclass
 class EnvConfig:
@@ -29,10 +32,10 @@ class EnvConfig:
 
     def __post_init__(self):
         get_spec(self.name)  # raises UnknownEnvError naming the known envs
-        if not isinstance(self.image_size, int) or self.image_size < 8:
-            raise ValueError(f"env.image_size must be an integer >= 8, got {self.image_size!r}")
-        if self.episode_steps < 1:
-            raise ValueError(f"env.episode_steps must be >= 1, got {self.episode_steps}")
+        if not isinstance(self.image_size, int) or not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"env.image_size must be an integer in [8, {MAX_IMAGE_SIZE}], got {self.image_size!r}")
+        if not 1 <= self.episode_steps <= MAX_EPISODE_STEPS:
+            raise ValueError(f"env.episode_steps must be in [1, {MAX_EPISODE_STEPS:,}], got {self.episode_steps}")
 
     @property
     def model_name(self) -> str:

@@ -131,3 +131,60 @@ def test_a_corrupt_or_stale_feature_cache_is_recomputed_not_used(model, tiny_dat
     path.with_name(path.name + ".sha256").unlink()  # written by an older version: no record
     assert torch.equal(model.encoder.feature_table(heldout, cache, progress=False), table)
     assert "recomputing" in capsys.readouterr().err
+
+
+# --- names and manifests stay inside their directory; sizes within reason ---------------------------
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/path", "..", "a/b", "a\\b"])
+def test_a_dataset_name_that_leaves_the_root_is_refused(name, tmp_path):
+    with pytest.raises(ValueError, match=r"name must be one directory name inside the root .*got " + repr(name).replace("\\", "\\\\")):
+        tiny_collect_config(tmp_path, name=name)
+
+
+@pytest.mark.parametrize("rel", ["../outside.npy", "/etc/hostname"])
+def test_a_manifest_naming_a_file_outside_its_dataset_is_refused_without_reading_it(tiny_dataset, tmp_path, rel):
+    from worldmodel.data.storage import dataset_checksum
+
+    path = copy_dataset(tiny_dataset, tmp_path / "d")
+    (tmp_path / "d" / "outside.npy").write_bytes(b"secret")
+
+    def forge(m):
+        m["files"][rel] = {"bytes": 1, "sha256": "0" * 64}
+        m["checksum"] = dataset_checksum(m["files"])
+
+    edit_manifest(path, forge, keep_checksum_valid=True)
+    with pytest.raises(DatasetError, match=r"lies outside .*only files inside it are read") as err:
+        open_dataset(path, verify=True)
+    assert "bytes" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"train_episodes": 10**9}, r"train_episodes must be <= 10,000,000, got 1,000,000,000"),
+    ({"heldout_episodes": 10**8}, r"heldout_episodes must be <= 10,000,000"),
+    ({"seed": 2**70}, r"seed and eval_seed must be < 2\*\*63"),
+    ({"eval_seed": 2**63}, r"seed and eval_seed must be < 2\*\*63"),
+])
+def test_counts_and_seeds_beyond_reason_are_refused_naming_the_key(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_collect_config(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"image_size": 1_000_000}, r"env.image_size must be an integer in \[8, 1024\], got 1000000"),
+    ({"episode_steps": 1_000_000}, r"env.episode_steps must be in \[1, 100,000\], got 1000000"),
+])
+def test_env_sizes_beyond_reason_are_refused_naming_the_key(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        envs.EnvConfig(**overrides)
+
+
+def test_a_collection_larger_than_the_disk_is_refused_before_any_episode(tmp_path):
+    import errno
+
+    from worldmodel.data.collect import build_dataset
+
+    cfg = tiny_collect_config(tmp_path, train_episodes=9_000_000, env=envs.EnvConfig(image_size=1024))
+    with pytest.raises(OSError, match=r"needs at least .* GB \(train_episodes=9000000.*env.image_size=1024\); .* GB free") as err:
+        build_dataset(cfg)
+    assert err.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []

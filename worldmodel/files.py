@@ -79,6 +79,24 @@ def stale_leftovers(parent: str | Path, name: str, kinds: tuple[str, ...] = ("pa
     return sorted(found, key=lambda p: p.stat().st_mtime)  # oldest first
 
 
+def check_dir_name(key: str, name: str) -> None:
+    """Refuse a name meant for one directory inside a root that could reach outside it (a path
+    separator, ``.`` or ``..``, an absolute path); the empty name (derive one) is allowed."""
+    if name and (name in (".", "..") or "/" in name or "\\" in name or "\0" in name):
+        raise ValueError(f"{key} must be one directory name inside the root (no '/', '\\', '.' or '..'), "
+                         f"got {name!r}")
+
+
+def inside(directory: str | Path, relative: str, what: str) -> Path:
+    """``directory / relative``, refused with ``ValueError`` unless it resolves inside ``directory``
+    (an absolute path, ``..`` or a symbolic link leading out)."""
+    base = Path(directory).resolve()
+    path = (base / relative).resolve()
+    if Path(relative).is_absolute() or not path.is_relative_to(base):
+        raise ValueError(f"{what} {relative!r} lies outside {directory}; only files inside it are read")
+    return path
+
+
 def writable_dir(path: str | Path, what: str = "directory") -> Path:
     """``path`` as a directory this process can write to (created when missing): checked before any work,
     so that results are never computed only to be lost."""

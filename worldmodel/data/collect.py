@@ -7,7 +7,9 @@ do not depend on ``num_envs``.
 
 from __future__ import annotations
 
+import errno
 import functools
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,6 +175,7 @@ def build_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS, path: 
         raise ValueError(f"splits must be a non-empty subset of {list(SPLITS)}, got {list(splits)}")
     spec = envs.get_spec(cfg.env.name)
     path = Path(cfg.root) / cfg.dataset_name if path is None else Path(path)
+    check_room(cfg, splits, path)
     policy = cfg.policy.build()
     common = dict(
         env_name=cfg.env.name,
@@ -212,6 +215,44 @@ def build_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS, path: 
         "software": software_versions(),
     }
     return write_dataset(path, collected, meta, minari_env_id=spec.gym_id if cfg.minari else None)
+
+
+def dataset_bytes(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS) -> int:
+    """A lower bound on the bytes a collection of ``splits`` writes: its frames (the Minari copy
+    doubles them); the same bytes are held in memory until they are written."""
+    episodes = (cfg.train_episodes + cfg.val_episodes if {"train", "val"} & set(splits) else 0) + (
+        cfg.heldout_episodes if "heldout" in splits else 0)
+    frames = episodes * (cfg.env.episode_steps + 1) * cfg.env.image_size**2 * 3
+    return frames * (2 if cfg.minari else 1)
+
+
+def check_room(cfg: "CollectConfig", splits: tuple[str, ...], path: Path) -> None:
+    """Refuse, before anything is collected, a dataset larger than the free disk under ``path`` or the
+    available memory, naming the settings that size it."""
+    need = dataset_bytes(cfg, splits)
+    parent = next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
+    free = shutil.disk_usage(parent).free
+    memory = available_memory()
+    held = need // (2 if cfg.minari else 1)
+    sizing = (f"train_episodes={cfg.train_episodes}, val_episodes={cfg.val_episodes}, heldout_episodes="
+              f"{cfg.heldout_episodes}, env.episode_steps={cfg.env.episode_steps}, env.image_size={cfg.env.image_size}")
+    if need > free:
+        raise OSError(errno.ENOSPC, f"dataset {path} needs at least {need / 1e9:.1f} GB ({sizing}); "
+                      f"{parent} has {free / 1e9:.1f} GB free")
+    if memory is not None and held > memory:
+        raise MemoryError(f"dataset {path} holds at least {held / 1e9:.1f} GB of frames in memory while it is "
+                          f"collected ({sizing}); {memory / 1e9:.1f} GB are available")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``; ``None`` elsewhere)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def software_versions() -> dict[str, str]:

@@ -8,7 +8,10 @@ from envs.config import EnvConfig, check_patch_grid
 from envs.registry import get_spec
 from worldmodel.data.policies import POLICIES, make_policy
 from worldmodel.data.storage import SPLITS, split_groups
-from worldmodel.files import config_hash
+from worldmodel.files import check_dir_name, config_hash
+
+MAX_EPISODES = 10_000_000  # per split: 10 million episodes is beyond any disk here
+MAX_SEED = 2**63
 
 
 @dataclass
@@ -85,9 +88,16 @@ class CollectConfig:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.train_episodes < 1:
             raise ValueError(f"train_episodes must be >= 1, got {self.train_episodes}")
+        for key in ("train_episodes", "val_episodes", "heldout_episodes"):
+            if getattr(self, key) > MAX_EPISODES:
+                raise ValueError(f"{key} must be <= {MAX_EPISODES:,}, got {getattr(self, key):,}")
         if self.seed < 0 or self.eval_seed < 0:
             raise ValueError(f"seed and eval_seed must be >= 0 (numpy seeds), got seed={self.seed}, "
                              f"eval_seed={self.eval_seed}")
+        if max(self.seed, self.eval_seed) >= MAX_SEED:
+            raise ValueError(f"seed and eval_seed must be < 2**63 (torch and numpy seeds), got seed={self.seed}, "
+                             f"eval_seed={self.eval_seed}")
+        check_dir_name("name", self.name)
         if self.seed == self.eval_seed:
             raise ValueError(f"eval_seed ({self.eval_seed}) must differ from seed ({self.seed})")
         if self.num_envs < 1:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from worldmodel.data.episodes import Episodes
-from worldmodel.files import changed_keys, config_hash, file_sha256, stale_leftovers
+from worldmodel.files import changed_keys, config_hash, file_sha256, inside, stale_leftovers
 
 FORMAT_VERSION = 2  # 2 adds the manifest's own checksum; 1 is still read
 MANIFEST = "manifest.json"
@@ -235,7 +235,10 @@ def open_dataset(path: str | Path, verify: bool = True, expect: dict[str, Any] |
     if dataset_checksum(files) != manifest["checksum"]:
         raise DatasetError(f"{path}: the manifest's file list does not match its checksum {manifest['checksum']}")
     for rel, info in files.items():
-        f = path / rel
+        try:
+            f = inside(path, rel, "the manifest lists a file")
+        except ValueError as err:
+            raise DatasetError(f"{path}: {err}") from None
         if not f.is_file():
             raise DatasetError(f"{path}: file {rel} listed in the manifest is missing")
         if f.stat().st_size != info["bytes"]:
