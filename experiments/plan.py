@@ -14,11 +14,15 @@ GIFs (current view | goal) to ``output_dir``. Two protocols:
 
 Every finished task is appended to ``output_dir/plan-<env>-<hash>.tasks.jsonl`` as it
 ends (``<hash>``: of every setting that decides the results), so a crash or Ctrl-C keeps
-them and ``resume=true`` continues the evaluation where it stopped, with the same results.
+them and ``resume=true`` continues the evaluation where it stopped, with the same results;
+each line carries a hash chained to the header's, so a journal edited by hand is refused. The
+result ``plan-<env>-<time>-<pid>.json``, its journal and its videos (``videos/<that stem>/``)
+carry the run's own name: runs into one ``output_dir`` never overwrite each other.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -200,6 +204,8 @@ def run(cfg: PlanConfig) -> dict:
                 raise ValueError(f"only_tasks={cfg.only_tasks}: the draw has tasks 0..{len(tasks) - 1}")
             tasks = [tasks[i] for i in cfg.only_tasks]
         header = protocol_header(cfg, dataset)
+        # this run's files: two runs into one output_dir, even in the same second, never share a name
+        stem = f"plan-{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         journal = TaskJournal(out / f"plan-{cfg.env.name}-{config_hash(header)}.tasks.jsonl", header, cfg.resume)
     except BaseException:
         env.close()
@@ -244,8 +250,8 @@ def run(cfg: PlanConfig) -> dict:
                     index = cfg.only_tasks[i] if cfg.only_tasks else i
                     name = f"{cfg.env.name}-{agent.name}-{tag}task{index}-{'success' if r.success else 'fail'}.gif"
                     panels = subgoal_panels(atlas, subgoals.get(i), len(r.frames))
-                    videos.append(str(episode_video(r.frames, tasks[i].goal_obs, out / "videos" / name, spec,
-                                                    subgoals=panels)))
+                    video = out / "videos" / stem / name
+                    videos.append(str(episode_video(r.frames, tasks[i].goal_obs, video, spec, subgoals=panels)))
             results.append(summary)
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished task is kept in {journal.path}; run the same command with "
@@ -254,7 +260,6 @@ def run(cfg: PlanConfig) -> dict:
     finally:
         env.close()
         journal.release()
-    stem = f"plan-{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     common = {"env": spec.gym_id, "env_settings": asdict(cfg.env), "image_size": cfg.env.image_size,
               "task_seed": cfg.task_seed, "episodes": cfg.episodes, "success_threshold": spec.success_threshold,
               "goal_error": spec.goal_error_label, "goal_error_unit": spec.goal_error_unit}

@@ -1,5 +1,6 @@
 """Bad inputs and faults, evaluation: fail before any work, keep what is done, draw distinct tasks."""
 
+import json
 import os
 from pathlib import Path
 
@@ -182,7 +183,7 @@ def test_an_interrupted_evaluation_keeps_its_tasks_and_resumes_to_the_same_resul
     resumed = plan.run(plan_config(tmp_path / "b", tiny_dataset, "resume=true"))
     assert "resuming" in capsys.readouterr().out
     assert not journal.exists()  # finished: moved next to the result, marked finished
-    assert Path(resumed["task_journal"]).read_text().splitlines()[-1] == '{"finished": true}'
+    assert json.loads(Path(resumed["task_journal"]).read_text().splitlines()[-1])["finished"] is True
     strip = lambda r: {k: v for k, v in r.items() if k not in ("mean_act_ms",)}  # noqa: E731
     assert [strip(r) for r in resumed["results"]] == [strip(r) for r in full["results"]]
 
@@ -193,7 +194,9 @@ def test_resuming_an_evaluation_with_other_settings_is_refused(tiny_dataset, tmp
     with pytest.raises(ValueError, match="task_seed: 0 -> 1"):
         TaskJournal(tmp_path / "j.jsonl", {**header, "task_seed": 1}, resume=True)
     TaskJournal(tmp_path / "j.jsonl", header)  # without resume: the old journal is kept aside
-    assert (tmp_path / "j.prev.jsonl").exists()
+    assert (tmp_path / "j.prev-1.jsonl").exists()
+    TaskJournal(tmp_path / "j.jsonl", header)  # and again: the first one kept aside stays
+    assert (tmp_path / "j.prev-1.jsonl").exists() and (tmp_path / "j.prev-2.jsonl").exists()
 
 
 def test_a_journal_cut_by_a_kill_resumes_and_keeps_appending_whole_lines(tiny_dataset, tmp_path):
@@ -214,6 +217,39 @@ def test_a_journal_cut_by_a_kill_resumes_and_keeps_appending_whole_lines(tiny_da
     again.release()
     third = TaskJournal(tmp_path / "j.jsonl", {"seed": 0}, resume=True)
     assert sorted(third.done["cem"]) == [0, 1] and third.done["cem"][1] == result
+
+
+def test_two_evaluations_into_one_output_dir_in_the_same_second_keep_both_results(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(plan.time, "strftime", lambda *a: "20260101-000000")  # both finish "in the same second"
+    monkeypatch.setattr(plan.os, "getpid", lambda: 111)
+    first = plan.run(plan_config(tmp_path, tiny_dataset, "baselines=[zero]"))
+    monkeypatch.setattr(plan.os, "getpid", lambda: 222)  # another process
+    second = plan.run(plan_config(tmp_path, tiny_dataset, "baselines=[zero]"))
+    assert first["result"] != second["result"] and first["task_journal"] != second["task_journal"]
+    for run in (first, second):
+        assert json.loads(Path(run["result"]).read_text())["results"] == run["results"]
+        assert Path(run["task_journal"]).exists()
+
+
+@pytest.mark.parametrize("tamper", ["edit", "remove", "swap"])
+def test_a_journal_edited_by_hand_is_refused_not_counted(tiny_dataset, tmp_path, tamper):
+    from worldmodel.evaluation import EpisodeResult
+
+    task = sample_goal_tasks(tiny_dataset.split("heldout"), envs.get_spec("reacher"), 1, 10, np.random.default_rng(0))[0]
+    journal = TaskJournal(tmp_path / "j.jsonl", {"seed": 0})
+    for i, ok in enumerate([True, False, False]):
+        journal.append("cem", i, task, EpisodeResult(ok, 3, 0.01, 0.01, [0.1, 0.1, 0.1]))
+    journal.release()
+    lines = journal.path.read_text().splitlines()
+    if tamper == "edit":  # a failure turned into a success, its chain hash kept
+        lines[2] = lines[2].replace('"success": false', '"success": true')
+    elif tamper == "remove":
+        del lines[2]
+    else:
+        lines[2], lines[3] = lines[3], lines[2]
+    journal.path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"line [23] was edited, moved or removed after it was written"):
+        TaskJournal(tmp_path / "j.jsonl", {"seed": 0}, resume=True)
 
 
 def test_each_task_has_its_own_seed_so_resuming_gives_the_same_results(tiny_dataset):
