@@ -238,6 +238,8 @@ def run(cfg: PlanConfig) -> dict:
 
             summary, per_task = evaluate_agent(env, spec, tasks, agent, cfg.budget, progress=cfg.progress,
                                                record=record, done=journal.done.get(agent.name), on_result=finished)
+            if isinstance(agent, HierarchicalAgent):
+                summary.update(level_split(agent, summary))
             if cfg.protocol == "maze":
                 summary["groups"] = summarize_groups(agent.name, tasks, per_task)
             summary["tasks"] = [{**t.describe, "success": r.success, "steps": r.steps,
@@ -302,6 +304,17 @@ def report(summary: dict) -> str:
     return "\n".join(lines + planning_lines(summary["results"]))
 
 
+def level_split(agent: HierarchicalAgent, summary: dict) -> dict:
+    """The slow level's part of a hierarchical agent's planning time and FLOPs per control step (from the
+    share it took of the replans run in this invocation; the rest is level 1's)."""
+    out = {}
+    if sum(agent.plan_seconds) > 0 and "plan_ms_per_step" in summary:
+        out["slow_ms_per_step"] = summary["plan_ms_per_step"] * sum(agent.slow_seconds) / sum(agent.plan_seconds)
+    if sum(agent.plan_flops) > 0 and "gflops_per_step" in summary:
+        out["slow_gflops_per_step"] = summary["gflops_per_step"] * sum(agent.slow_flops) / sum(agent.plan_flops)
+    return out
+
+
 def planning_lines(results: list[dict]) -> list[str]:
     """Each planner's time per replan, and its planning time and model FLOPs per control step (what
     flat and hierarchical planning are compared on)."""
@@ -309,8 +322,10 @@ def planning_lines(results: list[dict]) -> list[str]:
     for r in results:
         if "mean_plan_ms" in r:
             flops = f", {r['gflops_per_step']:.2f} GFLOP" if "gflops_per_step" in r else ""
+            slow = (f" (slow level {r['slow_ms_per_step']:.0f} ms, {r.get('slow_gflops_per_step', 0):.2f} GFLOP)"
+                    if "slow_ms_per_step" in r else "")
             lines.append(f"planning {r['agent']}: {r['mean_plan_ms']:.0f} ms/replan; per control step "
-                         f"{r['plan_ms_per_step']:.0f} ms{flops}")
+                         f"{r['plan_ms_per_step']:.0f} ms{flops}{slow}")
     return lines
 
 

@@ -75,6 +75,8 @@ class SlowPlanConfig:
             this many env steps (the data-collecting policy's steps, which are slower than a planner's).
         reach_quantile: ``reach`` is this quantile of the latent distance between images whose states
             are within the success tolerance of each other (see :mod:`worldmodel.evaluation.reach`).
+        warm_iterations: iterations of a slow plan warm-started from the previous one, shifted (every
+            slow plan of an episode after its first; 0: the slow planner's own).
         cem, mppi: the slow planner's settings (the same kind as the level below; below ``icem`` or
             ``gradient`` the slow level plans with CEM).
     """
@@ -92,6 +94,7 @@ class SlowPlanConfig:
     final_steps: int = 0
     reach_steps: int = 25
     reach_quantile: float = 0.9
+    warm_iterations: int = 0
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
     mppi: MPPIConfig = field(default_factory=MPPIConfig)
 
@@ -100,9 +103,10 @@ class SlowPlanConfig:
             raise ValueError(f"slow.reduce must be one of {REDUCTIONS}, got {self.reduce!r}")
         if not 1 <= self.subgoal <= self.horizon:
             raise ValueError(f"slow.subgoal must be a chunk of the slow plan, 1..{self.horizon}, got {self.subgoal}")
-        if min(self.every, self.low_horizon, self.progress, self.final_steps) < 0 or self.horizon < 1 or self.box <= 0:
-            raise ValueError(f"need slow horizon >= 1, box > 0 and every, low_horizon, progress, final_steps >= 0, "
-                             f"got {self}")
+        counts = (self.every, self.low_horizon, self.progress, self.final_steps, self.warm_iterations)
+        if min(counts) < 0 or self.horizon < 1 or self.box <= 0:
+            raise ValueError(f"need slow horizon >= 1, box > 0 and every, low_horizon, progress, final_steps, "
+                             f"warm_iterations >= 0, got {self}")
         if self.hand_down not in HAND_DOWN:
             raise ValueError(f"slow.hand_down must be one of {HAND_DOWN}, got {self.hand_down!r}")
         if not 0 <= self.gain < 1:
@@ -198,7 +202,8 @@ class SubgoalPlanner:
             return slow.subgoal(slow.rollout(s2_0, slow.macro_from_plan(u))).flatten(-2)
 
         cost = GoalDistance(reached, s2, goal, cfg.reduce, cfg.progress)
-        result = self.planner.plan(cost, len(s2), self.gen, warm_start=self.warm)
+        fewer = cfg.warm_iterations if self.warm is not None else 0  # an episode's first slow plan: all
+        result = self.planner.plan(cost, len(s2), self.gen, warm_start=self.warm, iterations=fewer or None)
         frames = slow.subgoal(slow.rollout(s2, slow.macro_from_plan(result.actions)))  # (B, H, h, d)
         here = L.newest_boundaries(z, blocks, L.history)[0]  # (B, h, latent_dim)
         now = ((here.flatten(1) - goal) ** 2).mean(-1)  # (B,)
@@ -230,6 +235,8 @@ class HierarchicalAgent:
         subgoals: ``(env step, newest frame latent (B, latent_dim))`` of each goal handed down.
         plan_seconds, plan_flops: per replan of the level below, its time and model FLOPs with those
             of the slow plan and the goal plan made for it.
+        slow_seconds, slow_flops: of each of those, the part spent above the level below (the slow
+            plan and the learned reach estimate).
     """
 
     def __init__(self, high: SubgoalPlanner, low, name: str = "hierarchical-mpc", hand_down: str = "slow",
@@ -247,6 +254,8 @@ class HierarchicalAgent:
         self.flops = FlopCounter()
         self.plan_seconds: list[float] = []
         self.plan_flops: list[float] = []
+        self.slow_seconds: list[float] = []
+        self.slow_flops: list[float] = []
         self.subgoals: list[tuple[int, torch.Tensor]] = []
         self.steps = 0
 
@@ -336,6 +345,8 @@ class HierarchicalAgent:
         made since it had made ``replans``."""
         self.plan_seconds.append(seconds + sum(self.low.plan_seconds[replans:]))
         self.plan_flops.append(flops + sum(self.low.plan_flops[replans:]))
+        self.slow_seconds.append(seconds)
+        self.slow_flops.append(flops)
 
     def _decide(self) -> tuple[float, float]:
         """Hand the goal or a subgoal down; the time and model FLOPs of the slow plan (the level

@@ -216,7 +216,9 @@ def test_train_slow_resumes_installs_and_plan_runs_flat_and_hierarchical(tiny_da
     for r in results:
         assert r["gflops_per_step"] > 0 and r["plan_ms_per_step"] > 0
     assert results[1]["gflops_per_step"] > results[0]["gflops_per_step"]  # the same level 1, plus the slow plans
-    assert "cem-hier" in out.stdout and "GFLOP" in out.stdout
+    hier = results[1]  # the slow level's part of it, reported on its own
+    assert 0 < hier["slow_gflops_per_step"] < hier["gflops_per_step"] and 0 < hier["slow_ms_per_step"] < hier["plan_ms_per_step"]
+    assert "cem-hier" in out.stdout and "GFLOP" in out.stdout and "(slow level" in out.stdout
     # the hand-down rule `learned` needs <model>/reach, trained by train_reach.py on the same latents
     learned = [*plan[:-2], "slow.hand_down=learned", f"output_dir={tmp_path}/o1", f"hydra.run.dir={tmp_path}/h5"]
     out = subprocess.run(learned, cwd=ROOT, capture_output=True, text=True, timeout=300)

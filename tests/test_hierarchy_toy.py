@@ -161,6 +161,27 @@ def test_a_goal_within_reach_of_the_level_that_acts_goes_down_at_once_and_a_far_
             assert between(handed[0], start, goal) and float((handed[0] - start).norm()) > 2
 
 
+def test_slow_plans_after_an_episodes_first_run_the_warm_iterations():
+    cfg = MPCConfig(planner="cem", horizon=K, receding_horizon=K, settle=0.0, cem=CEM_SETTINGS)
+    slow = SlowPlanConfig(horizon=4, box=1.0, hand_down="slow", warm_iterations=2, cem=CEM_SETTINGS)
+    agent = two_levels(OpenFloor(), HeldActions(K), cfg, slow, LOW, HIGH, torch.Generator())
+    asked, plan = [], agent.high.planner.plan
+
+    def spy(*args, iterations=None, warm_start=None, **kw):
+        asked.append((iterations, warm_start is not None))
+        return plan(*args, iterations=iterations, warm_start=warm_start, **kw)
+
+    agent.high.planner.plan = spy
+    for episode in range(2):
+        agent.seed(episode)
+        agent.reset(image(torch.tensor([18.0, 10.0])))
+        p = torch.tensor([2.0, 10.0])
+        for _ in range(3 * K):
+            p = open_step(p, torch.as_tensor(agent.act(image(p.numpy()))))
+    # every slow chunk (K env steps) a slow plan; each episode's first with all iterations, no warm start
+    assert asked == [(None, False), (2, True), (2, True)] * 2
+
+
 def test_hwm_rule_hands_the_goal_down_for_the_last_steps_of_the_budget_and_stops_the_slow_plans():
     """``final_steps`` (HWM's rule): with a far goal on the open floor, subgoals go down until the last
     ``final_steps`` of the budget the evaluation gives; from the first level-1 replan inside them the
@@ -185,7 +206,7 @@ def test_hwm_rule_hands_the_goal_down_for_the_last_steps_of_the_budget_and_stops
             assert agent.high.since == 2 * K  # no slow plan since step K
     with pytest.raises(ValueError, match="budget is >= 1"):
         agent.set_budget(0)
-    with pytest.raises(ValueError, match="final_steps >= 0"):
+    with pytest.raises(ValueError, match="final_steps, warm_iterations >= 0"):
         SlowPlanConfig(final_steps=-1)
 
 
