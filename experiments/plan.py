@@ -62,7 +62,7 @@ def load_model(cfg: PlanConfig) -> WorldModel:
             f"`python experiments/build_default_model.py`, or pass model='' to run only the baselines"
         )
     check_trained_env(cfg.env, cfg.model)
-    model = WorldModel.from_pretrained(cfg.model, resolve_device(cfg.device))
+    model = WorldModel.from_pretrained(cfg.model, resolve_device(cfg.device), cfg.allow_unverified)
     if model.image_shape[-1] != cfg.env.image_size:
         raise ValueError(f"model {cfg.model} takes {model.image_shape[-1]}px images, env gives "
                          f"{cfg.env.image_size}px")
@@ -78,7 +78,7 @@ def load_slow_level(cfg: PlanConfig, model: WorldModel) -> SlowModel:
             raise ValueError(f"slow level {cfg.slow_path} was trained on the latents of the level-1 model "
                              f"{trained.get('level1')!r} (weights sha256 {level1[:12]}...), not on those of "
                              f"{cfg.model}; train one for it with `python experiments/train_slow.py model={cfg.model}`")
-    return load_slow(cfg.slow_path, model.layout, model.device)
+    return load_slow(cfg.slow_path, model.layout, model.device, cfg.allow_unverified)
 
 
 def load_temporal_distance(cfg: PlanConfig, model: WorldModel) -> TemporalDistance:
@@ -92,7 +92,7 @@ def load_temporal_distance(cfg: PlanConfig, model: WorldModel) -> TemporalDistan
             raise ValueError(f"the temporal distance {path} was trained on the latents of another level-1 model "
                              f"({trained.get('level1')!r}); train one with `python experiments/train_reach.py "
                              f"model={cfg.model} install=true`")
-    head = TemporalDistance.from_pretrained(path, model.device)
+    head = TemporalDistance.from_pretrained(path, model.device, cfg.allow_unverified)
     if head.latent_dim != model.layout.latent_dim:
         raise ValueError(f"the temporal distance {path} reads {head.latent_dim}-dim latents, the model has "
                          f"{model.layout.latent_dim}")

@@ -107,6 +107,8 @@ class PlanConfig(CollectConfig):
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the model.
         resume: continue an interrupted evaluation with the same settings from its task
             journal in ``output_dir`` (finished tasks are not run again).
+        allow_unverified: load checkpoints whose ``config.json`` records no ``weights_sha256`` (refused
+            otherwise: their weights cannot be checked).
     """
 
     model: str = DEFAULT_MODEL
@@ -131,6 +133,7 @@ class PlanConfig(CollectConfig):
     output_dir: str = "results"
     device: str = "auto"
     resume: bool = False
+    allow_unverified: bool = False
 
     def __post_init__(self):
         super().__post_init__()

@@ -126,13 +126,25 @@ def test_a_checkpoint_overwritten_in_place_is_refused(model, tmp_path):
         WorldModel.from_pretrained(path)
 
 
-def test_non_finite_weights_are_refused_even_without_a_recorded_checksum(tmp_path):
+def test_a_checkpoint_without_a_recorded_checksum_is_refused_unless_allowed_and_then_still_checked(model, tmp_path):
+    path = model.save_pretrained(tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    config.pop("weights_sha256")  # tampered weights would otherwise load without a word
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"records no weights_sha256, so model.safetensors cannot be checked"):
+        WorldModel.from_pretrained(path)
+    assert WorldModel.from_pretrained(path, allow_unverified=True).state_dict().keys() == model.state_dict().keys()
     save_checkpoint(tmp_path / "c", {}, {"w": torch.tensor([1.0, float("nan")])})
     config = json.loads((tmp_path / "c" / "config.json").read_text())
     config.pop("weights_sha256")
     (tmp_path / "c" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="1 weight tensors hold NaN or inf"):
-        load_weights(tmp_path / "c")
+        load_weights(tmp_path / "c", allow_unverified=True)
+
+
+def test_every_shipped_checkpoint_records_its_checksum():
+    shipped = sorted((Path(__file__).parents[1] / "models").glob("**/config.json"))
+    assert shipped and all("weights_sha256" in json.loads(p.read_text()) for p in shipped), shipped
 
 
 @pytest.mark.parametrize("content, match", [("{not json", "is not valid JSON"), ("[1, 2]", "holds a list")])

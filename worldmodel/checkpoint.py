@@ -92,13 +92,18 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The weights of a checkpoint, checked against the sha256 its ``config.json`` records (when it
-    records one: checkpoints written before it did are checked for finiteness only)."""
+def load_weights(path: str | Path, allow_unverified: bool = False) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint, checked against the sha256 its ``config.json`` records. A checkpoint
+    that records none is refused (its weights could be anything) unless ``allow_unverified``; then it
+    is checked for finiteness only."""
     path = Path(path)
     if not (path / WEIGHTS).is_file():
         raise CheckpointError(f"checkpoint {path} has no {WEIGHTS}")
     expected = load_config(path).get(CHECKSUM)
+    if expected is None and not allow_unverified:
+        raise CheckpointError(f"checkpoint {path}: {CONFIG} records no {CHECKSUM}, so {WEIGHTS} cannot be checked "
+                              f"(the key was removed, or the checkpoint predates it); load it with "
+                              f"allow_unverified=true only if you trust the file, and save it again to record one")
     if expected is not None and file_sha256(path / WEIGHTS) != expected:
         raise CheckpointError(f"checkpoint {path}: {WEIGHTS} does not match the sha256 in {CONFIG} "
                               f"({expected[:12]}...): the file was changed or corrupted after it was written")

@@ -246,11 +246,12 @@ class WorldModel(nn.Module):
         return save_checkpoint(path, config, weights)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "WorldModel":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        allow_unverified: bool = False) -> "WorldModel":
         """The world model of a checkpoint directory (written by training or :meth:`save_pretrained`),
-        in eval mode, fp32, on ``device``."""
+        in eval mode, fp32, on ``device`` (``allow_unverified``: see :func:`load_weights`)."""
         config = load_config(path)
-        weights = load_weights(path)
+        weights = load_weights(path, allow_unverified)
         if config.get("format", 1) == 1:
             weights = upgrade_v1_weights(config, weights)
         elif config["format"] != FORMAT:

@@ -315,7 +315,8 @@ class SlowModel(nn.Module):
         return save_checkpoint(path, {**self.config(), **(extra or {})}, self.state_dict())
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "SlowModel":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        allow_unverified: bool = False) -> "SlowModel":
         config = load_config(path)
         if config.get("kind") != "slow" or config.get("format") != SLOW_FORMAT:
             raise CheckpointError(f"{path} is no slow-level checkpoint (kind {config.get('kind')!r}, format "
@@ -325,7 +326,7 @@ class SlowModel(nn.Module):
         except (KeyError, TypeError) as err:
             raise CheckpointError(f"{path}/config.json does not describe a slow level: {err}") from None
         try:
-            model.load_state_dict(load_weights(path))
+            model.load_state_dict(load_weights(path, allow_unverified))
         except RuntimeError as err:
             raise CheckpointError(f"{path}: the weights do not fit the slow level its config.json describes "
                                   f"({err})") from None
@@ -335,13 +336,14 @@ class SlowModel(nn.Module):
 SLOW_DIR = "slow"  # a world model's slow level lives in <model>/slow
 
 
-def load_slow(path: str | Path, layout: StateLayout, device: str | torch.device = "cpu") -> SlowModel:
+def load_slow(path: str | Path, layout: StateLayout, device: str | torch.device = "cpu",
+              allow_unverified: bool = False) -> SlowModel:
     """The slow level in ``path`` (a world model's is ``<model>/slow``), checked against the level-1 layout."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no slow level at {path}; train one with `python experiments/train_slow.py "
                                 f"model={path.parent} install=true`, or plan with hierarchy=false")
-    slow = SlowModel.from_pretrained(path, device)
+    slow = SlowModel.from_pretrained(path, device, allow_unverified)
     if slow.layout != layout:
         raise CheckpointError(f"{path} was trained on a level-1 layout {slow.layout}, the model has {layout}")
     return slow

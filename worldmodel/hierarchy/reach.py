@@ -102,7 +102,8 @@ class TemporalDistance(nn.Module):
         return save_checkpoint(path, {**self.config(), **(extra or {})}, self.state_dict())
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "TemporalDistance":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        allow_unverified: bool = False) -> "TemporalDistance":
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"no learned temporal distance at {path}; train one with `python "
@@ -113,7 +114,7 @@ class TemporalDistance(nn.Module):
                                   f"{config.get('format')!r}; expected 'reach', {REACH_FORMAT})")
         try:
             model = cls(int(config["latent_dim"]), ReachConfig(**config["reach"]))
-            model.load_state_dict(load_weights(path))
+            model.load_state_dict(load_weights(path, allow_unverified))
         except (KeyError, TypeError, RuntimeError) as err:
             raise CheckpointError(f"{path}: not a temporal distance its config.json describes ({err})") from None
         return model.to(device).eval()
