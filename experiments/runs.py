@@ -15,11 +15,13 @@ from worldmodel.training import RunDirectory, distributed, rank_zero_first, reso
 
 
 @contextmanager
-def training_run(cfg, parts: tuple[str, ...] = ("",)) -> Iterator[Dataset]:
+def training_run(cfg, parts: tuple[str, ...] = ("",), upstream: dict[str, str] | None = None) -> Iterator[Dataset]:
     """The dataset of ``cfg`` (a ``PretrainConfig`` or ``DynamicsExperimentConfig``), opened inside its
-    locked run directory ``cfg.out_dir``; resuming checks the run's settings and data (``RunDirectory``;
-    ``parts``: where under ``out_dir`` a run of several stages keeps their checkpoints)."""
+    locked run directory ``cfg.out_dir``; resuming checks the run's settings, the checkpoints it reads
+    (``upstream``: config key -> weights sha256, see ``RunDirectory.check_upstream``) and its data
+    (``RunDirectory``; ``parts``: where under ``out_dir`` a run of several stages keeps its checkpoints)."""
     with RunDirectory(cfg.out_dir, asdict(cfg), cfg.resume, cfg.resume_allow, parts) as rundir:
+        rundir.check_upstream(upstream or {})
         rank, _ = distributed()
         resolve_device(cfg.train.device, rank)  # a missing GPU fails here, before any collection
         with rank_zero_first():  # under torchrun: rank 0 collects what is missing, the other ranks then read it

@@ -22,8 +22,10 @@ from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.runs import training_run
 from experiments.schemas import DynamicsExperimentConfig
+from worldmodel.checkpoint import WEIGHTS
 from worldmodel.dynamics import DynamicsObjective, FeatureCache, WindowBatches, WorldModel, validate
 from worldmodel.dynamics.frames import load_pretrained_vit
+from worldmodel.files import file_sha256
 from worldmodel.training import (
     Trainer,
     distributed,
@@ -57,8 +59,14 @@ def run(cfg: DynamicsExperimentConfig) -> dict:
     if vit is not None and vit.cfg.image_size != cfg.env.image_size:
         raise ValueError(f"the encoder of {cfg.encoder_checkpoint} takes {vit.cfg.image_size}px images, the env "
                          f"gives {cfg.env.image_size}px")
-    with training_run(cfg) as dataset:
+    upstream = {"encoder_weights_sha256": encoder_sha256(cfg)} if vit is not None else {}
+    with training_run(cfg, upstream=upstream) as dataset:
         return train(cfg, dataset, vit)
+
+
+def encoder_sha256(cfg: DynamicsExperimentConfig) -> str:
+    """The sha256 of the pretrained encoder's weights the run reads (checked on resume)."""
+    return file_sha256(Path(cfg.encoder_checkpoint) / WEIGHTS)
 
 
 def train(cfg: DynamicsExperimentConfig, dataset, vit) -> dict:
@@ -67,6 +75,7 @@ def train(cfg: DynamicsExperimentConfig, dataset, vit) -> dict:
     batches = {s: WindowBatches(model, dataset.split(s), tables[s], cfg.train.rollout_steps) for s in tables}
     meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"],
             "encoder_checkpoint": cfg.encoder_checkpoint if model.encoder.pretrained else None,
+            **({"encoder_weights_sha256": encoder_sha256(cfg)} if model.encoder.pretrained else {}),
             "commit": git_commit(), "env": cfg.env.name, "image_size": cfg.env.image_size,
             "env_kwargs": cfg.env.env_kwargs(), RUN_KEY: asdict(cfg)}
     objective = DynamicsObjective(model, cfg.train, batches["train"], batches["val"])

@@ -25,7 +25,9 @@ from experiments.provenance import device_description, write_json
 from experiments.runs import check_trained_env, training_run
 from experiments.schemas import ReachExperimentConfig
 from experiments.train_slow import level1_latents, trained_on
+from worldmodel.checkpoint import WEIGHTS
 from worldmodel.dynamics import WorldModel
+from worldmodel.files import file_sha256
 from worldmodel.hierarchy.reach import REACH_DIR, HindsightPairs, ReachObjective, TemporalDistance
 from worldmodel.training import Trainer, plot_log, resolve_device
 from worldmodel.training.rundir import RUN_KEY
@@ -35,7 +37,8 @@ def run(cfg: ReachExperimentConfig) -> dict:
     device = resolve_device(cfg.train.device)
     trained = check_trained_env(cfg.env, cfg.model)
     model = WorldModel.from_pretrained(cfg.model, device)
-    with training_run(cfg) as dataset:
+    level1 = {"level1_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS)}
+    with training_run(cfg, upstream=level1) as dataset:
         if trained.get("dataset_checksum") not in (None, dataset.manifest["checksum"]):
             print(f"warning: {cfg.model} was trained on dataset {trained.get('dataset')}, not {dataset.path}",
                   file=sys.stderr)

@@ -61,7 +61,8 @@ def run(cfg: SlowExperimentConfig) -> dict:
     device = resolve_device(cfg.train.device)
     trained = check_trained_env(cfg.env, cfg.model)
     model = WorldModel.from_pretrained(cfg.model, device)
-    with training_run(cfg, parts=("jepa", "dynamics")) as dataset:  # where train() checkpoints
+    level1 = {"level1_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS)}
+    with training_run(cfg, parts=("jepa", "dynamics"), upstream=level1) as dataset:  # where train() checkpoints
         if trained.get("dataset_checksum") not in (None, dataset.manifest["checksum"]):
             print(f"warning: {cfg.model} was trained on dataset {trained.get('dataset')}, not {dataset.path}",
                   file=sys.stderr)

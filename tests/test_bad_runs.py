@@ -54,6 +54,18 @@ def test_resume_refuses_other_data(tmp_path):
         run.check_dataset("a" * 64)
 
 
+@pytest.mark.parametrize("key", ["encoder_weights_sha256", "level1_weights_sha256"])
+def test_resume_refuses_an_upstream_checkpoint_changed_in_place(tmp_path, key):
+    save_checkpoint(tmp_path / "checkpoint", {"run": run_config(), key: "a" * 64}, {"w": torch.zeros(2)})
+    with RunDirectory(tmp_path, run_config(), resume=True) as run:
+        with pytest.raises(RunConfigChanged, match=rf"trained on an upstream checkpoint with {key} aaaaaaaaaaaa\.\.\., "
+                                                   rf"the one read now has bbbbbbbbbbbb.*resume_allow=\[{key}\]"):
+            run.check_upstream({key: "b" * 64})
+        run.check_upstream({key: "a" * 64})
+    with RunDirectory(tmp_path, run_config(), resume=True, allow=[key]) as run:
+        run.check_upstream({key: "b" * 64})
+
+
 def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path):
     (tmp_path / "log.csv").write_text("step\n5\n")  # a run killed before its first checkpoint
     with pytest.raises(FileExistsError, match="pass --resume"):

@@ -93,6 +93,22 @@ class RunDirectory:
                     f"(checkpoint -> now). Resume with the same settings, start a new out_dir, or allow the change "
                     f"explicitly with resume_allow=[{','.join(c.split(':', 1)[0] for c in changes)}]")
 
+    def check_upstream(self, upstream: dict[str, str]) -> None:
+        """On resume, refuse upstream checkpoints other than the ones the run started from: ``upstream`` maps
+        a key of the checkpoints' config (e.g. ``level1_weights_sha256``) to the sha256 of the weights
+        read now. A model trained further in place since gives other latents or features."""
+        if not self.resume:
+            return
+        for checkpoint in (c for c in self.checkpoints if c.exists()):
+            stored = load_config(checkpoint)
+            for key, sha in upstream.items():
+                if key in self.allow or stored.get(key, sha) == sha:
+                    continue
+                raise RunConfigChanged(f"cannot resume {checkpoint}: it was trained on an upstream checkpoint with "
+                                       f"{key} {stored[key][:12]}..., the one read now has {sha[:12]}... (it was "
+                                       f"changed in place since, e.g. trained further); start a new out_dir, or "
+                                       f"allow it explicitly with resume_allow=[{key}]")
+
     def check_dataset(self, checksum: str) -> None:
         """On resume, refuse data other than the checkpoints' (by the dataset's checksum)."""
         if not self.resume or "dataset_checksum" in self.allow:
