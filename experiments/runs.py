@@ -4,6 +4,7 @@ every entry point that loads a checkpoint checks first: the env it was trained o
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Iterator
@@ -38,8 +39,13 @@ def check_trained_env(env: EnvConfig, path: str, what: str = "model") -> dict:
         raise ValueError(f"{what} {path} was trained on env {trained['env']!r}, not {env.name!r}; pass "
                          f"model=models/{env.model_name} or another model trained on it")
     wanted = env.env_kwargs()
-    differ = {k: (v, wanted.get(k)) for k, v in (trained.get("env_kwargs") or {}).items()
-              if k != "antialias" and v != wanted.get(k)}
+    recorded = trained.get("env_kwargs")
+    if recorded is None:  # a model that does not say what it was trained on cannot be checked against the env
+        print(f"warning: {what} {path} records no env_kwargs (the env settings it was trained on); it is not "
+              f"checked against env={env.name} {wanted}", file=sys.stderr)
+        return trained
+    differ = {k: (recorded.get(k), wanted.get(k)) for k in {*recorded, *wanted}
+              if k != "antialias" and recorded.get(k) != wanted.get(k)}
     if differ:
         raise ValueError(f"{what} {path} was trained on {env.name} with other settings: "
                          + ", ".join(f"env.{k}={a!r} (asked: {b!r})" for k, (a, b) in differ.items()))

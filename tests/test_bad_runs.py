@@ -170,3 +170,20 @@ def test_an_unreadable_checkpoint_config_is_refused(model, tmp_path, content, ma
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         WorldModel.from_pretrained(tmp_path / "nowhere")
+
+
+def test_a_model_is_refused_for_env_settings_it_was_not_trained_with_even_ones_it_never_named(tmp_path):
+    import envs
+    from experiments.runs import check_trained_env
+
+    save_checkpoint(tmp_path / "m", {"env": "reacher", "env_kwargs": {"image_size": 64, "antialias": True}},
+                    {"w": torch.zeros(2)})
+    check_trained_env(envs.EnvConfig(), str(tmp_path / "m"))
+    check_trained_env(envs.EnvConfig(antialias=False), str(tmp_path / "m"))  # rendering detail only
+    with pytest.raises(ValueError, match=r"trained on reacher with other settings: env.camera_distance=None \(asked: 1.0\)"):
+        check_trained_env(envs.EnvConfig(options={"camera_distance": 1.0}), str(tmp_path / "m"))
+
+
+def test_every_shipped_model_and_slow_level_records_the_env_settings_it_was_trained_on():
+    shipped = sorted((ROOT / "models").glob("**/config.json"))
+    assert shipped and all("env_kwargs" in json.loads(p.read_text()) for p in shipped), shipped
