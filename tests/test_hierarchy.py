@@ -142,6 +142,10 @@ def test_checkpoints_from_before_the_slow_state_was_a_part_load_into_it(tmp_path
 
 @pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*/slow")), ids=lambda p: p.parent.name)
 def test_shipped_slow_levels_load(path):
+    from worldmodel.files import file_sha256
+
+    config = json.loads((path / "config.json").read_text())  # lineage: the level-1 model it was trained on
+    assert config["level1_weights_sha256"] == file_sha256(path.parent / "model.safetensors")
     slow = SlowModel.from_pretrained(path)
     z = torch.zeros(1, slow.state_window, slow.layout.latent_dim)
     s2 = slow.encode(z, torch.zeros(1, slow.state_window - 1, slow.layout.block_dim))
