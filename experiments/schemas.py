@@ -8,6 +8,7 @@ place where the library's configs meet the planners' and the command line's.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from planners.hierarchy import SlowPlanConfig
 from planners.mpc import PLANNERS, MPCConfig
@@ -33,10 +34,17 @@ PROTOCOLS = ("recorded", "maze")
 DEFAULT_MODEL = "default"
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # where the shipped models live
+
+
 def default_model(cfg) -> str:
     """``cfg.model``, with ``default`` meaning the env's shipped model ``models/<env.model_name>``
-    (``models/reacher``, ``models/pointmaze``, ``models/pointmaze-large``)."""
-    return f"models/{cfg.env.model_name}" if cfg.model == DEFAULT_MODEL else cfg.model
+    (``models/reacher``, ``models/pointmaze``, ``models/pointmaze-large``): relative to the working
+    directory where it has one (a rebuilt model), else the package's own."""
+    if cfg.model != DEFAULT_MODEL:
+        return cfg.model
+    relative = f"models/{cfg.env.model_name}"
+    return relative if Path(relative).is_dir() else str(PACKAGE_ROOT / relative)
 
 
 @dataclass

@@ -48,6 +48,40 @@ def test_predict_and_encode_refuse_non_finite_inputs(model):
         model.encode(frames, actions)
 
 
+def test_predict_and_rollout_refuse_mismatched_batches(model):
+    s, a = states_and_actions(model)
+    with pytest.raises(ValueError, match=r"predict needs one action block per state: s \(3, \d+\) and a \(2, \d+\)"):
+        model.predict(s, a[:2, 0])
+    with pytest.raises(ValueError, match=r"actions must be \(B, H, \d+\) for s0 \(3, \d+\), got \(2, 4, \d+\)"):
+        model.rollout(s, a[:2])
+
+
+def test_a_checkpoint_of_another_kind_given_as_a_world_model_is_named(model, tmp_path):
+    from worldmodel.checkpoint import CheckpointError, save_checkpoint
+    from worldmodel.dynamics import WorldModel
+
+    save_checkpoint(tmp_path / "slow", {"kind": "slow", "format": 1}, {"w": torch.zeros(1)})
+    save_checkpoint(tmp_path / "jepa", {"model": {"encoder": {}}}, {"w": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match=r"slow is a 'slow' checkpoint, not a world model"):
+        WorldModel.from_pretrained(tmp_path / "slow")
+    with pytest.raises(CheckpointError, match=r"jepa is a JEPA pretraining checkpoint, not a world model"):
+        WorldModel.from_pretrained(tmp_path / "jepa")
+
+
+def test_config_sizes_beyond_the_weights_are_refused_before_anything_is_allocated(model, tmp_path):
+    import json
+
+    from worldmodel.checkpoint import CheckpointError
+    from worldmodel.dynamics import WorldModel
+
+    path = model.save_pretrained(tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    config["dynamics"]["hidden"] = 10**7  # a 4 TB predictor if it were built
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"the sizes in config.json do not fit the weights .*predictor"):
+        WorldModel.from_pretrained(path)
+
+
 @pytest.mark.parametrize("planner", [
     CEM(CEMConfig(samples=20, elites=4, iterations=2), 3, Bounds([-1.0], [1.0])),
     MPPI(MPPIConfig(samples=20, iterations=2), 3, Bounds([-1.0], [1.0])),
@@ -166,3 +200,12 @@ def test_an_unknown_env_is_refused_naming_the_known_ones():
 def test_optim_config_refuses_bad_values():
     with pytest.raises(ValueError, match="min_lr <= lr"):
         OptimConfig(lr=1e-5, min_lr=1e-3)
+
+
+def test_the_default_model_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    from experiments.schemas import PACKAGE_ROOT
+
+    monkeypatch.chdir(tmp_path)  # no models/ here: the package's own shipped model
+    assert load("plan", ["env=reacher"]).model == str(PACKAGE_ROOT / "models" / "reacher")
+    (tmp_path / "models" / "reacher").mkdir(parents=True)  # a model rebuilt in this directory wins
+    assert load("plan", ["env=reacher"]).model == "models/reacher"

@@ -197,6 +197,9 @@ class WorldModel(nn.Module):
             self._check_states("s", s)
             if a.shape[-1] != self.layout.block_dim:
                 raise ValueError(f"action block must have {self.layout.block_dim} values (last axis), got {a.shape[-1]}")
+            if s.shape[:-1] != a.shape[:-1]:
+                raise ValueError(f"predict needs one action block per state: s {tuple(s.shape)} and a {tuple(a.shape)} "
+                                 f"differ before the last axis")
             require_finite("a", a)
         new = self.layout.newest(s) + self.predictor(s, a)
         return self.layout.shift(s, new, a)
@@ -206,7 +209,8 @@ class WorldModel(nn.Module):
         (``check_inputs`` as in :meth:`predict`, done once for the whole rollout)."""
         if check_inputs:
             self._check_states("s0", s0)
-            if actions.ndim != s0.ndim + 1 or actions.shape[-1] != self.layout.block_dim:
+            if (actions.ndim != s0.ndim + 1 or actions.shape[-1] != self.layout.block_dim
+                    or actions.shape[:-2] != s0.shape[:-1]):
                 raise ValueError(f"actions must be (B, H, {self.layout.block_dim}) for s0 {tuple(s0.shape)}, "
                                  f"got {tuple(actions.shape)}")
             require_finite("actions", actions)
@@ -251,17 +255,32 @@ class WorldModel(nn.Module):
         """The world model of a checkpoint directory (written by training or :meth:`save_pretrained`),
         in eval mode, fp32, on ``device`` (``allow_unverified``: see :func:`load_weights`)."""
         config = load_config(path)
+        if "dynamics" not in config:
+            what = (f"a {config['kind']!r} checkpoint" if "kind" in config else "a JEPA pretraining checkpoint"
+                    if "encoder" in config.get("model", {}) else "no world model")
+            raise CheckpointError(f"{path} is {what}, not a world model: pass a directory written by "
+                                  f"train_dynamics.py or build_default_model.py (models/<env>)")
         weights = load_weights(path, allow_unverified)
         if config.get("format", 1) == 1:
             weights = upgrade_v1_weights(config, weights)
         elif config["format"] != FORMAT:
             raise CheckpointError(f"{path}: world-model format {config['format']!r}; this code reads 1 and {FORMAT}")
-        try:
+        def build():
             vit = ViTEncoder(EncoderConfig(**config["encoder"])) if config["encoder"] is not None else None
-            model = cls.build(DynamicsConfig(**config["dynamics"]), config["action_dim"],
-                              tuple(config["image_shape"]) if config.get("image_shape") else None, vit)
-        except (KeyError, TypeError) as err:
+            return cls.build(DynamicsConfig(**config["dynamics"]), config["action_dim"],
+                             tuple(config["image_shape"]) if config.get("image_shape") else None, vit)
+
+        try:
+            with torch.device("meta"):  # sizes first, against the weights: nothing allocated yet
+                shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+        except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}/config.json does not describe a world model: {err}") from None
+        wrong = [f"{k}: config {shapes.get(k)}, weights {tuple(v.shape)}" for k, v in weights.items()
+                 if k in shapes and shapes[k] != tuple(v.shape)]
+        if wrong:
+            raise CheckpointError(f"{path}: the sizes in config.json do not fit the weights ({len(wrong)} tensors; "
+                                  f"first: {wrong[0]}); the config was edited or belongs to other weights")
+        model = build()
         try:
             model.load_state_dict(weights)
         except RuntimeError as err:
