@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from planners.hierarchy import SlowPlanConfig
 from planners.mpc import PLANNERS, MPCConfig
@@ -129,7 +130,7 @@ class PlanConfig(CollectConfig):
     planners: list[str] = field(default_factory=list)
     variants: dict[str, MPCConfig] = field(default_factory=dict)
     protocol: str = "recorded"
-    bins: dict[str, DistanceBin] = field(default_factory=dict)
+    bins: dict[str, Any] = field(default_factory=dict)  # DistanceBin each; untyped so that +bins.<new>=... works
     oracle: OracleConfig = field(default_factory=OracleConfig)
     only_tasks: list[int] = field(default_factory=list)
     episodes: int = 100
@@ -170,6 +171,17 @@ class PlanConfig(CollectConfig):
         if self.protocol == "maze":
             if not self.bins:
                 raise ValueError("protocol=maze needs distance bins (bins.<name>: {lo, hi, budget})")
+            for name, b in self.bins.items():
+                if not isinstance(b, DistanceBin):
+                    try:
+                        self.bins[name] = DistanceBin(**b)
+                    except TypeError:
+                        raise ValueError(f"bins.{name}={b} must be {{lo, hi, budget}}") from None
+            ranked = sorted(self.bins.items(), key=lambda kv: kv[1].lo)
+            for (a, x), (b, y) in zip(ranked, ranked[1:]):
+                if y.lo <= x.hi:
+                    raise ValueError(f"distance bins {a} ({x.lo}-{x.hi}) and {b} ({y.lo}-{y.hi}) overlap: a task would "
+                                     f"be drawn into both; give them disjoint cell ranges")
             return self._check_agents()
         if self.heldout_episodes < 1:
             raise ValueError(f"heldout_episodes must be >= 1 to evaluate, got {self.heldout_episodes}")

@@ -209,3 +209,13 @@ def test_the_default_model_is_found_from_any_working_directory(tmp_path, monkeyp
     assert load("plan", ["env=reacher"]).model == str(PACKAGE_ROOT / "models" / "reacher")
     (tmp_path / "models" / "reacher").mkdir(parents=True)  # a model rebuilt in this directory wins
     assert load("plan", ["env=reacher"]).model == "models/reacher"
+
+
+def test_overlapping_distance_bins_are_refused_naming_both():
+    with pytest.raises(ValueError, match=r"distance bins near \(1-3\) and mid \(3-6\) overlap"):
+        load("plan", ["env=pointmaze", "bins.mid.lo=3"])
+    added = load("plan", ["env=pointmaze", "bins.far.hi=11", "+bins.huge={lo: 12, hi: 30, budget: 300}"]).bins
+    assert [(k, b.lo, b.hi, b.budget) for k, b in added.items()] == [
+        ("near", 1, 3, 50), ("mid", 4, 6, 70), ("far", 7, 11, 190), ("huge", 12, 30, 300)]
+    with pytest.raises(ValueError, match=r"bins.huge=\{'lo': 12, 'depth': 3\} must be \{lo, hi, budget\}"):
+        load("plan", ["env=pointmaze", "bins.far.hi=11", "+bins.huge={lo: 12, depth: 3}"])
