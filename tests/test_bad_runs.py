@@ -187,3 +187,44 @@ def test_a_model_is_refused_for_env_settings_it_was_not_trained_with_even_ones_i
 def test_every_shipped_model_and_slow_level_records_the_env_settings_it_was_trained_on():
     shipped = sorted((ROOT / "models").glob("**/config.json"))
     assert shipped and all("env_kwargs" in json.loads(p.read_text()) for p in shipped), shipped
+
+
+def test_a_checkpoint_larger_than_the_free_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    save_checkpoint(tmp_path / "c", {"v": 1}, {"w": torch.zeros(4)})
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=10))
+    with pytest.raises(OSError, match=r"no room for checkpoint .*c: it needs about 0 MB, .* has 0 MB free") as err:
+        save_checkpoint(tmp_path / "c", {"v": 2}, {"w": torch.zeros(1000)})
+    assert err.value.errno == errno.ENOSPC
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["v"] == 1  # the previous one is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+@pytest.mark.parametrize("fault", ["enospc", "unexpected pos"])
+def test_a_disk_that_fills_while_a_checkpoint_is_written_is_named_and_leaves_nothing_half_written(
+        tmp_path, monkeypatch, fault):
+    import errno
+    import shutil
+
+    import worldmodel.checkpoint as ckpt
+
+    save_checkpoint(tmp_path / "c", {"v": 1}, {"w": torch.zeros(4)})
+    usage = shutil.disk_usage(tmp_path)
+
+    def full(*args, **kwargs):
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=0))  # the disk is now full
+        if fault == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 509824 vs 509716")
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    state = {"state": {}, "optimizer": {}, "rng": {}}
+    with pytest.raises(OSError, match=r"no space left on the device while writing checkpoint .*c .*previous "
+                                      r"checkpoint is kept") as err:
+        save_checkpoint(tmp_path / "c", {"v": 2}, {"w": torch.zeros(4)}, training_state=state)
+    assert err.value.errno == errno.ENOSPC
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["v"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]

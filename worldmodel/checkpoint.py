@@ -17,6 +17,7 @@ Loading never unpickles arbitrary objects (``weights_only=True``, safetensors).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 STATE = "training_state"
 CHECKSUM = "weights_sha256"  # config.json key: the sha256 of model.safetensors
+DISK_SLACK = 1 << 20  # bytes: a write that failed with less free than this ran out of disk
 
 
 class CheckpointError(RuntimeError):
@@ -56,6 +58,14 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    need = sum(v.numel() * v.element_size() for v in weights.values())
+    if training_state is not None:  # Adam keeps two moments per weight
+        need *= 3
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise OSError(errno.ENOSPC, f"no room for checkpoint {path}: it needs about {need / 1e6:.0f} MB, "
+                                    f"{path.parent} has {free / 1e6:.0f} MB free; free some space or choose another "
+                                    f"out_dir (the previous checkpoint is kept)")
     tmp.mkdir()
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / WEIGHTS)
@@ -70,8 +80,15 @@ def save_checkpoint(
             os.rename(path, old)
         os.rename(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as err:
+        # a full disk: an OSError from safetensors or json, a RuntimeError ("unexpected pos") from torch.save
+        full = (isinstance(err, OSError) and err.errno == errno.ENOSPC) or (
+            isinstance(err, (OSError, RuntimeError)) and shutil.disk_usage(path.parent).free < DISK_SLACK)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise OSError(errno.ENOSPC, f"no space left on the device while writing checkpoint {path} ({err}); "
+                                        f"nothing half-written is left and the previous checkpoint is kept; free "
+                                        f"some space or choose another out_dir") from None
         raise
     return path
 
