@@ -1,6 +1,7 @@
 """Bad inputs and faults, datasets and caches: a request is answered with what was asked for, or refused."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -188,3 +189,16 @@ def test_a_collection_larger_than_the_disk_is_refused_before_any_episode(tmp_pat
         build_dataset(cfg)
     assert err.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_a_read_only_feature_cache_is_named_before_any_work(tmp_path):
+    (tmp_path / "cache").mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match=r"feature cache \(feature_cache=...\) .*cache is not writable"):
+        FeatureCache(tmp_path / "cache", "data/train")
+
+
+def test_a_feature_cache_that_is_a_file_is_named_before_any_work(tmp_path):
+    (tmp_path / "cache").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"feature cache \(feature_cache=...\) .*cache is a file"):
+        FeatureCache(tmp_path / "cache", "data/train")

@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from worldmodel.data.episodes import Episodes
-from worldmodel.files import verified, write_verified
+from worldmodel.files import verified, writable_dir, write_verified
 from worldmodel.jepa.vit import ViTEncoder, normalize_images
 
 
@@ -46,6 +46,9 @@ class FeatureCache:
 
     dir: Path
     data_key: str
+
+    def __post_init__(self):  # a cache that cannot be written fails here, before any fit or encoding
+        writable_dir(self.dir, "feature cache (feature_cache=...)")
 
 
 def digest(tensors, *settings) -> str:
