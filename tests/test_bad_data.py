@@ -202,3 +202,25 @@ def test_a_feature_cache_that_is_a_file_is_named_before_any_work(tmp_path):
     (tmp_path / "cache").write_text("")
     with pytest.raises(NotADirectoryError, match=r"feature cache \(feature_cache=...\) .*cache is a file"):
         FeatureCache(tmp_path / "cache", "data/train")
+
+
+def test_a_second_run_needing_the_same_new_dataset_waits_for_the_first_and_uses_its_copy(tiny_dataset, tmp_path,
+                                                                                           monkeypatch, capsys):
+    import threading
+
+    import worldmodel.data.collect as collect
+    from worldmodel.files import DirectoryLock
+
+    cfg = tiny_collect_config(tmp_path, name="d")
+    first = DirectoryLock(tmp_path, "dataset root (a collection)", ".collect.lock").acquire()  # collecting now
+    monkeypatch.setattr(collect, "build_dataset", lambda *a, **k: pytest.fail("collected a second time"))
+    got = []
+    second = threading.Thread(target=lambda: got.append(ensure_dataset(cfg)))
+    second.start()
+    second.join(timeout=2)
+    assert second.is_alive() and not got  # waiting on the first
+    shutil.copytree(tiny_dataset.path, tmp_path / "d")  # the first finishes its collection
+    first.release()
+    second.join(timeout=30)
+    assert got == [tmp_path / "d"]
+    assert "is in use by process" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -130,17 +131,23 @@ class DirectoryLock:
     def __init__(self, path: str | Path, what: str = "directory", lock_name: str = ".lock"):
         self.path, self.what, self.lock_name, self.fd = Path(path), what, lock_name, None
 
-    def acquire(self) -> "DirectoryLock":
+    def acquire(self, wait: bool = False) -> "DirectoryLock":
+        """Take the lock; held by another process, raise :class:`LockedError` (or, with ``wait``, say
+        so and wait until it is released)."""
         fd = os.open(writable_dir(self.path, self.what) / self.lock_name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise LockedError(f"{self.what} {self.path} is in use by process {holder}; wait for it to "
-                                  f"finish or choose another directory") from None
-            raise
+            if wait and err.errno in (errno.EAGAIN, errno.EACCES):
+                print(f"{self.what} {self.path} is in use by process {holder}: waiting for it", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                os.close(fd)
+                if err.errno in (errno.EAGAIN, errno.EACCES):
+                    raise LockedError(f"{self.what} {self.path} is in use by process {holder}; wait for it to "
+                                      f"finish or choose another directory") from None
+                raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd

@@ -23,6 +23,7 @@ import envs
 from worldmodel.data.episodes import Episodes
 from worldmodel.data.policies import BehaviourPolicy
 from worldmodel.data.storage import SPLITS, Dataset, DatasetError, open_dataset, remove_stale_writes, write_dataset
+from worldmodel.files import DirectoryLock
 
 if TYPE_CHECKING:
     from worldmodel.data.config import CollectConfig
@@ -273,6 +274,26 @@ def ensure_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS) -> Pa
     collects ``cfg.heldout_dataset_name``, which holds just the held-out episodes.
     Unfinished writes of dead processes (``<name>.partial-<pid>``) are removed, and reported.
     """
+    path, _ = _dataset_path(cfg, splits)
+    remove_stale_writes(path)
+    if path.exists():
+        return path
+    # two processes asking for one new dataset: the second waits for the first and uses its copy
+    lock = DirectoryLock(cfg.root, "dataset root (a collection)", ".collect.lock").acquire(wait=True)
+    try:
+        path, collect_splits = _dataset_path(cfg, splits)
+        if not path.exists():
+            what = "it" if collect_splits == SPLITS else f"the {cfg.heldout_episodes} held-out episodes"
+            print(f"dataset {path} not found: collecting {what} (once)")
+            build_dataset(cfg, splits=collect_splits, path=path)
+    finally:
+        lock.release()
+    return path
+
+
+def _dataset_path(cfg: "CollectConfig", splits: tuple[str, ...]) -> tuple[Path, tuple[str, ...]]:
+    """Where ``ensure_dataset`` finds (or collects) the dataset of ``cfg`` holding ``splits``, and which
+    splits a collection there writes."""
     root = Path(cfg.root)
     legacy_full = None if cfg.name else root / legacy_name(cfg, SPLITS)  # an explicit name is used as given
     full = _existing(root / cfg.dataset_name, legacy_full, cfg.identity())
@@ -282,12 +303,7 @@ def ensure_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS) -> Pa
         path = _existing(root / cfg.heldout_dataset_name, root / legacy_name(cfg, ("heldout",)),
                          cfg.identity(("heldout",))) or root / cfg.heldout_dataset_name
         collect_splits = ("heldout",)
-    remove_stale_writes(path)
-    if not path.exists():
-        what = "it" if collect_splits == SPLITS else f"the {cfg.heldout_episodes} held-out episodes"
-        print(f"dataset {path} not found: collecting {what} (once)")
-        build_dataset(cfg, splits=collect_splits, path=path)
-    return path
+    return path, collect_splits
 
 
 def _existing(path: Path, legacy: Path | None, identity: dict) -> Path | None:
