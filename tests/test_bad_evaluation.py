@@ -41,7 +41,7 @@ def test_a_read_only_output_dir_fails_before_any_work(tmp_path):
 
 def test_a_model_that_does_not_fit_the_env_fails_before_collecting(tmp_path):
     cfg = load("plan", [f"root={tmp_path}/data", "env.image_size=96", f"output_dir={tmp_path}/out"])
-    with pytest.raises(ValueError, match="takes 64px images, env gives 96px"):
+    with pytest.raises(ValueError, match=r"trained on reacher with other settings: env.image_size=64 \(asked: 96\)"):
         plan.run(cfg)
     assert not (tmp_path / "data").exists()
 

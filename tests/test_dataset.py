@@ -172,7 +172,7 @@ def test_collection_killed_while_collecting_leaves_nothing(tmp_path):
 def test_planning_collects_only_the_held_out_split_and_it_is_the_same_episodes(tiny_dataset, tmp_path):
     cfg = tiny_collect_config(tmp_path)  # the tiny dataset's settings, in an empty root
     path = ensure_dataset(cfg, splits=("heldout",))
-    assert path.name == cfg.heldout_dataset_name and [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert path.name == cfg.heldout_dataset_name and [p.name for p in tmp_path.iterdir() if p.name != ".collect.lock"] == [path.name]
     heldout = open_dataset(path)
     assert list(heldout.manifest["splits"]) == ["heldout"]
     a, b = heldout.split("heldout").arrays(), tiny_dataset.split("heldout").arrays()
