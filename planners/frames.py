@@ -34,10 +34,12 @@ class FrameHistory:
     def clear(self) -> None:
         self.frames: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
+        self.latents: list[torch.Tensor | None] = []  # of each frame, once a model has encoded it
 
     def add_frame(self, obs: np.ndarray) -> None:
         """The newest observations ``(B, H, W, C)`` (copied)."""
         self.frames = (self.frames + [np.array(obs, copy=True)])[-self.keep - 1 :]
+        self.latents = (self.latents + [None])[-self.keep - 1 :]
 
     def add_action(self, action: np.ndarray) -> None:
         """The actions ``(B, A)`` taken at the newest frames."""
@@ -53,13 +55,46 @@ class FrameHistory:
         if span > self.keep:
             raise ValueError(f"a window of {boundaries} block boundaries spans {span} env steps; this history "
                              f"keeps {self.keep}")
-        pad = max(0, span + 1 - len(self.frames))
+        x = np.stack([self.frames[i] for i in self._boundary_frames(boundaries)], 1)  # (B, n, H, W, C)
+        x = torch.from_numpy(x).permute(0, 1, 4, 2, 3)
+        return x.to(device), self._actions(span, device, dtype)
+
+    def latent_window(self, boundaries: int, encode, device: torch.device,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`window`, with the images' latents ``(B, n, latent_dim)`` in their place: ``encode``
+        (images ``(B, m, C, H, W)`` uint8 -> ``(B, m, latent_dim)``) runs only on frames no earlier call
+        encoded (a replan every block finds the older boundaries encoded by the one before). The
+        cache belongs to one ``encode``: a history serves one model."""
+        if not self.frames:
+            raise RuntimeError("no frame seen yet: add one before asking for a window")
+        span = self.layout.boundary_span(boundaries)
+        if span > self.keep:
+            raise ValueError(f"a window of {boundaries} block boundaries spans {span} env steps; this history "
+                             f"keeps {self.keep}")
+        picks = self._boundary_frames(boundaries)
+        missing = sorted({i for i in picks if self.latents[i] is None})
+        if missing:
+            x = torch.from_numpy(np.stack([self.frames[i] for i in missing], 1)).permute(0, 1, 4, 2, 3)
+            z = encode(x.to(device))  # (B, m, latent_dim)
+            for j, i in enumerate(missing):
+                self.latents[i] = z[:, j]
+        return torch.stack([self.latents[i] for i in picks], 1), self._actions(span, device, dtype)
+
+    def unencoded(self, boundaries: int) -> int:
+        """How many of the newest ``boundaries`` block-boundary frames :meth:`latent_window` would encode."""
+        return len({i for i in self._boundary_frames(boundaries) if self.latents[i] is None}) if self.frames else 0
+
+    def _boundary_frames(self, boundaries: int) -> list[int]:
+        """Indices into :attr:`frames` of the newest ``boundaries`` block boundaries, oldest first (the
+        first frame seen stands for those before it)."""
+        newest = len(self.frames) - 1
+        return [max(0, newest + int(i)) for i in self.layout.boundary_offsets(boundaries)]
+
+    def _actions(self, span: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The ``(B, span, A)`` newest actions (zeros before the first frame seen)."""
         B = self.frames[0].shape[0]
-        frames = [self.frames[0]] * pad + self.frames
+        pad = max(0, span - len(self.actions))
         actions = [np.zeros((B, self.layout.action_dim), np.float32)] * pad + self.actions
-        newest = len(frames) - 1
-        x = np.stack([frames[newest + i] for i in self.layout.boundary_offsets(boundaries)], 1)  # (B, n, H, W, C)
         a = (np.stack(actions[len(actions) - span :], 1).astype(np.float32) if span
              else np.zeros((B, 0, self.layout.action_dim), np.float32))
-        x = torch.from_numpy(x).permute(0, 1, 4, 2, 3)
-        return x.to(device), torch.from_numpy(a).to(device=device, dtype=dtype)
+        return torch.from_numpy(a).to(device=device, dtype=dtype)

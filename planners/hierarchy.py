@@ -182,6 +182,16 @@ class SubgoalPlanner:
             self.since += 1
 
     @property
+    def iterations(self) -> int | None:
+        """The next slow plan's iterations where not the planner's own: ``warm_iterations`` once warm."""
+        return (self.cfg.warm_iterations or None) if self.warm is not None else None
+
+    @property
+    def flops_key(self) -> str:
+        """What the next slow plan's FLOPs depend on: its iterations and the frames it encodes."""
+        return f"subgoal/iterations {self.iterations or 'all'}/frames {self.history.unencoded(self.slow.state_window)}"
+
+    @property
     def due(self) -> bool:
         """Whether a slow plan is due: none yet, or ``every`` env steps since the last."""
         return self.since is None or self.since >= self.every
@@ -193,8 +203,8 @@ class SubgoalPlanner:
         instead: ``slow``, the slow plan comes closest to the goal no later than that (or the agent is
         there already); ``clip``, the goal is no farther from the newest frames than the subgoal."""
         slow, L, cfg = self.slow, self.model.layout, self.cfg
-        x, a = self.history.window(slow.state_window, self.device, self.dtype)
-        z, blocks = self.model.latents(x), L.blocks(a)  # (B, W, latent_dim), (B, W - 1, block_dim)
+        z, a = self.history.latent_window(slow.state_window, self.model.latents, self.device, self.dtype)
+        blocks = L.blocks(a).to(z.dtype)  # z (B, W, latent_dim), blocks (B, W - 1, block_dim)
         s2 = slow.encode(z, blocks)
         goal = self.goal.flatten(1)
 
@@ -202,8 +212,7 @@ class SubgoalPlanner:
             return slow.subgoal(slow.rollout(s2_0, slow.macro_from_plan(u))).flatten(-2)
 
         cost = GoalDistance(reached, s2, goal, cfg.reduce, cfg.progress)
-        fewer = cfg.warm_iterations if self.warm is not None else 0  # an episode's first slow plan: all
-        result = self.planner.plan(cost, len(s2), self.gen, warm_start=self.warm, iterations=fewer or None)
+        result = self.planner.plan(cost, len(s2), self.gen, warm_start=self.warm, iterations=self.iterations)
         frames = slow.subgoal(slow.rollout(s2, slow.macro_from_plan(result.actions)))  # (B, H, h, d)
         here = L.newest_boundaries(z, blocks, L.history)[0]  # (B, h, latent_dim)
         now = ((here.flatten(1) - goal) ** 2).mean(-1)  # (B,)
@@ -361,7 +370,8 @@ class HierarchicalAgent:
         if self.hand_down == "learned":  # a learned temporal distance from the newest frame to the goal
             start = time.perf_counter()
             out: list = []
-            flops = self.flops.run("reach", lambda: out.append(self._learned_reach(goal)))
+            key = f"reach/frames {self.low.history.unencoded(self.low.model.layout.history)}"
+            flops = self.flops.run(key, lambda: out.append(self._learned_reach(goal)))
             seconds, reachable = time.perf_counter() - start, out[0]
             if bool(reachable.all()):
                 self.low.set_goal(goal)
@@ -379,7 +389,7 @@ class HierarchicalAgent:
                 return 0.0, 0.0
         start = time.perf_counter()
         out = []
-        flops += self.flops.run("subgoal", lambda: out.append(self.high.propose()))
+        flops += self.flops.run(self.high.flops_key, lambda: out.append(self.high.propose()))
         seconds += time.perf_counter() - start
         subgoal, verdicts = out[0]
         if self.hand_down in verdicts:

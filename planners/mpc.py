@@ -153,8 +153,8 @@ def goal_cost(model: LatentModel, start: torch.Tensor, goal: torch.Tensor, cfg: 
 
 
 class FlopCounter:
-    """Model FLOPs of named computations, counted on their first run (a plan's FLOPs do not depend on
-    the images: fixed samples, iterations and horizon) and reused after."""
+    """Model FLOPs of named computations, counted on their first run and reused after: a plan's FLOPs
+    do not depend on the images, only on what its name says (its iterations, the frames it encodes)."""
 
     def __init__(self):
         self.flops: dict[str, float] = {}
@@ -213,8 +213,11 @@ class LatentMPCAgent:
 
     @torch.no_grad()
     def encode(self) -> torch.Tensor:
-        """The model's states ``(B, state_dim)`` at the newest frames."""
-        return self.model.encode(*self.history.window(self.model.layout.history, self.device, self.dtype))
+        """The model's states ``(B, state_dim)`` at the newest frames (what ``model.encode`` gives for
+        them; a frame encoded by an earlier replan is not encoded again)."""
+        L = self.model.layout
+        z, a = self.history.latent_window(L.history, self.model.latents, self.device, self.dtype)
+        return L.compose(z, L.blocks(a).to(z.dtype))
 
     def seed(self, seed: int) -> None:
         """Reseed the planner's draws (the protocol does it before each task)."""
@@ -298,11 +301,14 @@ class LatentMPCAgent:
         """Plan from the frames seen so far toward the goal; refill the action queue (what was left of
         it is dropped); record the time and model FLOPs."""
         start = time.perf_counter()
-        self.plan_flops.append(self.flops.run("plan", self._plan))
+        fewer = self.cfg.warm_iterations if self.warm is not None else 0  # the first plan of an episode: all
+        key = f"plan/iterations {fewer or 'all'}/frames {self.history.unencoded(self.model.layout.history)}"
+        self.plan_flops.append(self.flops.run(key, lambda: self._plan(fewer or None)))
         self.plan_seconds.append(time.perf_counter() - start)
 
-    def _plan(self) -> None:
-        """Plan from the newest frames toward ``self.goal``; fill the action queue."""
+    def _plan(self, iterations: int | None = None) -> None:
+        """Plan from the newest frames toward ``self.goal`` (``iterations``: other than the planner's
+        own); fill the action queue."""
         cfg = self.cfg
         s0 = self.encode()
         cost = goal_cost(self.model, s0, self.goal.to(s0), cfg)
@@ -310,8 +316,7 @@ class LatentMPCAgent:
             cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])
         grad = cfg.planner == "gradient"
         with torch.enable_grad() if grad else torch.no_grad():
-            fewer = cfg.warm_iterations if self.warm is not None else 0  # the first plan of an episode: all
-            result = self.planner.plan(cost, len(s0), self.gen, warm_start=self.warm, iterations=fewer or None)
+            result = self.planner.plan(cost, len(s0), self.gen, warm_start=self.warm, iterations=iterations)
         env_actions = result.actions.detach().reshape(len(s0), -1, self.action_dim)  # (B, H*k, A)
         self.last_plan = (s0, result.actions.detach(), self.goal[:, -1].to(s0))
         executed = env_actions[:, : cfg.receding_horizon].float().cpu().numpy()  # (B, r, A)

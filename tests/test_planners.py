@@ -274,5 +274,36 @@ def test_warm_started_replans_use_warm_iterations_and_an_episodes_first_plan_all
         for i in range(7):
             agent.act(images[1 + i % 2])
     assert scored == [3, 1, 3, 1]
+    first, warm = agent.plan_flops[0], agent.plan_flops[1]  # FLOPs as run, not the first plan's for every plan
+    assert agent.plan_flops == [first, warm, first, warm] and first > warm > 0
     with pytest.raises(ValueError, match="warm_iterations must be >= 0"):
         MPCConfig(warm_iterations=-1)
+
+
+def test_an_agent_encodes_each_frame_once_and_its_states_equal_the_models_encoding():
+    import numpy as np
+
+    from planners.mpc import LatentMPCAgent, MPCConfig
+    from tests.models import tiny_world_model
+
+    model = tiny_world_model(block=5, moving=True).eval()
+    cfg = MPCConfig(horizon=2, receding_horizon=5, cem=CEMConfig(samples=10, elites=2, iterations=1))
+    agent = LatentMPCAgent(model, cfg, np.array([-1.0, -1.0]), np.array([1.0, 1.0]), torch.Generator().manual_seed(0))
+    encoded, latents = [], model.latents
+    model.latents = lambda obs: (encoded.append(obs.shape[:2]), latents(obs))[1]  # noqa: E731
+    images = np.random.default_rng(0).integers(0, 256, (16, 2, 64, 64, 3), dtype=np.uint8)  # B = 2 tasks
+    agent.reset(images[0])
+    encoded.clear()
+    for t in range(1, 16):  # replans at env steps 0, 5 and 10 of the episode
+        agent.act(images[t])
+        if t in (1, 6, 11):
+            x, a = agent.history.window(model.layout.history, agent.device, agent.dtype)
+            torch.testing.assert_close(agent.encode(), latents_state(model, latents, x, a))
+    # the first replan encodes its newest frame (the first seen stands for the boundary before it);
+    # each later one only its newest: the boundary a block back was the previous replan's newest
+    assert encoded == [(2, 1), (2, 1), (2, 1)]
+
+
+def latents_state(model, latents, x, a):
+    L = model.layout
+    return L.compose(latents(x), L.blocks(a))
