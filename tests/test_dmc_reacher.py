@@ -5,7 +5,7 @@ import json
 import re
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,9 @@ def test_peers_cem_runs_beside_ours_with_its_own_settings():
     assert (peers.cem.samples, peers.cem.elites, peers.cem.iterations) == (300, 30, 30)
     assert (peers.horizon, peers.receding_horizon, peers.goal_reduce, peers.settle) == (5, 25, "terminal", 0.0)
     assert plan.variant_name("peers") == "cem-peers"
-    assert plan.mpc == load("plan", ["env=reacher"]).mpc != peers  # ours: the Reacher planner, unchanged
+    reacher = load("plan", ["env=reacher"]).mpc  # ours: the Reacher planner with a smaller CEM
+    assert plan.mpc != peers and {**asdict(plan.mpc), "cem": None} == {**asdict(reacher), "cem": None}
+    assert plan.mpc.cem.samples * plan.mpc.cem.iterations < reacher.cem.samples * reacher.cem.iterations
 
 
 def test_a_variant_may_not_take_another_agents_name():
