@@ -50,12 +50,31 @@ def keep_previous(target: Path) -> Path | None:
     return kept
 
 
+FLAGS = {"slow": True, "slow_only": False}  # this script's own switches, and their defaults
+BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def own_flags(overrides: list[str]) -> tuple[dict[str, bool], list[str]]:
+    """This script's switches (``slow=false``, ``slow_only=true``, any spelling of a boolean), and the
+    overrides left for the stages' configs."""
+    flags, rest = dict(FLAGS), []
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if key not in FLAGS:
+            rest.append(o)
+        elif not eq or value.lower() not in BOOLEANS:
+            raise ValueError(f"{o!r}: {key} is this script's switch and takes true or false, e.g. {key}=false")
+        else:
+            flags[key] = BOOLEANS[value.lower()]
+    return flags, rest
+
+
 def main(overrides: list[str]) -> Path:
     built_by = "python experiments/build_default_model.py " + " ".join(overrides)
-    with_slow, slow_only = "slow=false" not in overrides, "slow_only=true" in overrides
+    flags, overrides = own_flags(overrides)
+    with_slow, slow_only = flags["slow"], flags["slow_only"]
     if slow_only and not with_slow:
         raise ValueError("slow=false and slow_only=true ask for nothing to be built")
-    overrides = [o for o in overrides if o not in ("slow=false", "slow_only=true")]
     pre = load("pretrain", overrides + ["resume=true"])
     if slow_only:
         target = EXPORT_ROOT / pre.env.model_name

@@ -228,3 +228,22 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_is_named_and_leaves_not
     assert err.value.errno == errno.ENOSPC
     assert json.loads((tmp_path / "c" / "config.json").read_text())["v"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+@pytest.mark.parametrize("given, flags", [
+    (["slow=False", "env=pointmaze"], {"slow": False, "slow_only": False}),
+    (["slow_only=TRUE"], {"slow": True, "slow_only": True}),
+    (["slow=0", "train.steps=5"], {"slow": False, "slow_only": False}),
+])
+def test_build_default_model_reads_its_own_switches_in_any_boolean_spelling(given, flags):
+    from experiments.build_default_model import own_flags
+
+    assert own_flags(given)[0] == flags and all(not o.startswith("slow") for o in own_flags(given)[1])
+
+
+@pytest.mark.parametrize("given", ["slow=maybe", "slow"])
+def test_build_default_model_names_a_bad_switch(given):
+    from experiments.build_default_model import main
+
+    with pytest.raises(ValueError, match=rf"'{given}': slow is this script's switch and takes true or false"):
+        main([given])
