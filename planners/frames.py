@@ -49,12 +49,7 @@ class FrameHistory:
         """The newest ``boundaries`` block-boundary images ``(B, n, C, H, W)`` uint8, one block apart back
         from the newest frame, and the ``(B, (n - 1) * k, A)`` actions between them (before the first
         frame seen: that frame, still, and zero actions)."""
-        if not self.frames:
-            raise RuntimeError("no frame seen yet: add one before asking for a window")
-        span = self.layout.boundary_span(boundaries)
-        if span > self.keep:
-            raise ValueError(f"a window of {boundaries} block boundaries spans {span} env steps; this history "
-                             f"keeps {self.keep}")
+        span = self._span(boundaries)
         x = np.stack([self.frames[i] for i in self._boundary_frames(boundaries)], 1)  # (B, n, H, W, C)
         x = torch.from_numpy(x).permute(0, 1, 4, 2, 3)
         return x.to(device), self._actions(span, device, dtype)
@@ -65,12 +60,7 @@ class FrameHistory:
         (images ``(B, m, C, H, W)`` uint8 -> ``(B, m, latent_dim)``) runs only on frames no earlier call
         encoded (a replan every block finds the older boundaries encoded by the one before). The
         cache belongs to one ``encode``: a history serves one model."""
-        if not self.frames:
-            raise RuntimeError("no frame seen yet: add one before asking for a window")
-        span = self.layout.boundary_span(boundaries)
-        if span > self.keep:
-            raise ValueError(f"a window of {boundaries} block boundaries spans {span} env steps; this history "
-                             f"keeps {self.keep}")
+        span = self._span(boundaries)
         picks = self._boundary_frames(boundaries)
         missing = sorted({i for i in picks if self.latents[i] is None})
         if missing:
@@ -79,6 +69,16 @@ class FrameHistory:
             for j, i in enumerate(missing):
                 self.latents[i] = z[:, j]
         return torch.stack([self.latents[i] for i in picks], 1), self._actions(span, device, dtype)
+
+    def _span(self, boundaries: int) -> int:
+        """Env steps a window of ``boundaries`` spans, refused where no frame was seen or it is longer than kept."""
+        if not self.frames:
+            raise RuntimeError("no frame seen yet: add one before asking for a window")
+        span = self.layout.boundary_span(boundaries)
+        if span > self.keep:
+            raise ValueError(f"a window of {boundaries} block boundaries spans {span} env steps; this history "
+                             f"keeps {self.keep}")
+        return span
 
     def unencoded(self, boundaries: int) -> int:
         """How many of the newest ``boundaries`` block-boundary frames :meth:`latent_window` would encode."""
