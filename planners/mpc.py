@@ -302,6 +302,10 @@ class LatentMPCAgent:
     def replan(self) -> None:
         """Plan from the frames seen so far toward the goal; refill the action queue (what was left of
         it is dropped); record the time and model FLOPs."""
+        if self.goal is None:
+            raise RuntimeError(f"{self.name}.replan() before a goal: call reset(goal_obs) or set_goal(latents) first")
+        if not self.history.frames:
+            raise RuntimeError(f"{self.name}.replan() before an observation: call act(obs) or observe(obs) first")
         start = time.perf_counter()
         fewer = self.cfg.warm_iterations if self.warm is not None else 0  # the first plan of an episode: all
         key = f"plan/iterations {fewer or 'all'}/frames {self.history.unencoded(self.model.layout.history)}"

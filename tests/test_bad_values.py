@@ -219,3 +219,18 @@ def test_overlapping_distance_bins_are_refused_naming_both():
         ("near", 1, 3, 50), ("mid", 4, 6, 70), ("far", 7, 11, 190), ("huge", 12, 30, 300)]
     with pytest.raises(ValueError, match=r"bins.huge=\{'lo': 12, 'depth': 3\} must be \{lo, hi, budget\}"):
         load("plan", ["env=pointmaze", "bins.far.hi=11", "+bins.huge={lo: 12, depth: 3}"])
+
+
+def test_planning_out_of_order_names_the_call_and_the_fix():
+    model = tiny_world_model(block=5)
+    agent = LatentMPCAgent(model, MPCConfig(cem=CEMConfig(samples=8, elites=2, iterations=1)), np.array([-1.0, -1.0]),
+                           np.array([1.0, 1.0]), torch.Generator())
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(RuntimeError, match=r"no goal: call reset\(goal_obs\) or set_goal\(latents\) before act"):
+        agent.act(image)
+    with pytest.raises(RuntimeError, match=r"latent-mpc.replan\(\) before a goal: call reset\(goal_obs\)"):
+        agent.replan()
+    agent.reset(image)
+    with pytest.raises(RuntimeError, match=r"latent-mpc.replan\(\) before an observation: call act\(obs\)"):
+        agent.replan()
+    assert agent.act(image).shape == (2,)
