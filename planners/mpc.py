@@ -92,7 +92,7 @@ class MPCConfig:
     settle: float = 0.5
     warm_iterations: int = 0
     # 300 x 10: 100 x 3 plans 5-6 times faster at the same success on Reacher's 25-step goals but
-    # loses goals 75 steps ahead and under the hierarchy (docs/results.md#planning-speed)
+    # loses goals 75 steps ahead (docs/results.md#planning-speed)
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
     icem: ICEMConfig = field(default_factory=ICEMConfig)
     mppi: MPPIConfig = field(default_factory=MPPIConfig)

@@ -75,7 +75,7 @@ def test_plan_entry_point_runs_end_to_end(tmp_path):
     assert [r["agent"] for r in summary["results"]] == ["random", "zero"]
     assert all(r["episodes"] == 4 for r in summary["results"])
     # planning needs only the held-out episodes: nothing else was collected
-    (dataset,) = (tmp_path / "data").iterdir()
+    (dataset,) = [p for p in (tmp_path / "data").iterdir() if p.name != ".collect.lock"]
     assert dataset.name.startswith("reacher-uniform-64px-heldout3x30-e1000-")
     assert list(json.loads((dataset / "manifest.json").read_text())["splits"]) == ["heldout"]
     assert "random" in out.stdout and "zero" in out.stdout and str(result.name) in out.stdout
