@@ -195,6 +195,8 @@ class PlanConfig(CollectConfig):
     def _check_agents(self) -> None:
         if self.videos < 0 or self.task_seed < 0:
             raise ValueError(f"videos and task_seed must be >= 0, got {self.videos}, {self.task_seed}")
+        if self.task_seed >= 2**63:
+            raise ValueError(f"task_seed must be < 2**63 (a torch seed), got {self.task_seed}")
         check_device_name(self.device)
         for name in self.baselines:
             if name not in REFERENCE_AGENTS:
@@ -294,8 +296,8 @@ class DynamicsExperimentConfig(CollectConfig):
         super().__post_init__()
         if self.val_episodes < 1:
             raise ValueError(f"val_episodes must be >= 1 to validate the predictor, got {self.val_episodes}")
-        if self.projection_seed < 0:
-            raise ValueError(f"projection_seed must be >= 0, got {self.projection_seed}")
+        if not 0 <= self.projection_seed < 2**63:
+            raise ValueError(f"projection_seed must be >= 0 and < 2**63, got {self.projection_seed}")
         check_resume_allow(self)
 
 
@@ -431,5 +433,5 @@ class ProbeConfig(CollectConfig):
         check_device_name(self.device)
         if self.heldout_episodes < 1:
             raise ValueError(f"heldout_episodes must be >= 1 to probe held-out episodes, got {self.heldout_episodes}")
-        if self.probe_seed < 0:
-            raise ValueError(f"probe_seed must be >= 0, got {self.probe_seed}")
+        if not 0 <= self.probe_seed < 2**63:
+            raise ValueError(f"probe_seed must be >= 0 and < 2**63, got {self.probe_seed}")

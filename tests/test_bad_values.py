@@ -185,6 +185,9 @@ def test_cuda_without_a_gpu_is_a_clear_error(name):
     ("pretrain", ["train.seed=-1"], "seed must be >= 0"),
     ("train_dynamics", ["projection_seed=-2"], "projection_seed must be >= 0"),
     ("probe", ["probe_seed=-1"], "probe_seed must be >= 0"),
+    ("plan", ["task_seed=1180591620717411303424"], r"task_seed must be < 2\*\*63"),
+    ("pretrain", ["train.seed=9223372036854775808"], r"seed must be >= 0 and < 2\*\*63"),
+    ("train_dynamics", ["projection_seed=9223372036854775808"], r"projection_seed must be >= 0 and < 2\*\*63"),
     ("probe", ["event_step=9"], "event_step must be in"),
 ])
 def test_config_values_are_checked_before_any_work(config, overrides, match):

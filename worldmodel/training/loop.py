@@ -74,8 +74,8 @@ class OptimConfig:
             raise ValueError(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.weight_decay_end < 0 or self.grad_clip < 0:
             raise ValueError(f"warmup_steps, weight decays and grad_clip must be >= 0, got {self}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be >= 0 and < 2**63 (a torch seed), got {self.seed}")
         check_device_name(self.device)
 
 
