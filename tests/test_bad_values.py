@@ -237,3 +237,20 @@ def test_planning_out_of_order_names_the_call_and_the_fix():
     with pytest.raises(RuntimeError, match=r"latent-mpc.replan\(\) before an observation: call act\(obs\)"):
         agent.replan()
     assert agent.act(image).shape == (2,)
+
+
+def test_slow_level_sizes_beyond_its_weights_are_refused_before_anything_is_allocated(tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from worldmodel.checkpoint import CheckpointError
+    from worldmodel.hierarchy import SlowModel
+
+    path = Path(shutil.copytree(Path(__file__).parents[1] / "models" / "reacher" / "slow", tmp_path / "slow"))
+    assert SlowModel.from_pretrained(path).state_dim > 0
+    config = json.loads((path / "config.json").read_text())
+    config["slow"]["hidden"] = 10**7
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"the sizes in config.json do not fit the weights"):
+        SlowModel.from_pretrained(path)
