@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -198,3 +198,26 @@ def restore_run(path: str | Path, model: torch.nn.Module, optimizer: torch.optim
         g.set_state(ts["rng"][name])
     global_rng = {k[len("global."):]: v for k, v in ts["rng"].items() if k.startswith("global.")}
     return ts["state"], global_rng
+
+
+def build_fitting(path: str | Path, build: Callable[[], torch.nn.Module], weights: dict[str, torch.Tensor],
+                  what: str) -> torch.nn.Module:
+    """``build()`` with ``weights`` loaded, its sizes checked against the weights' on the meta device
+    first, so that a config asking for sizes its weights do not have allocates nothing; ``what``
+    (e.g. ``the world model``) names the model in errors."""
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}/config.json does not describe {what}: {err}") from None
+    wrong = [f"{k}: config {shapes[k]}, weights {tuple(v.shape)}" for k, v in weights.items()
+             if k in shapes and shapes[k] != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(f"{path}: the sizes in config.json do not fit the weights ({len(wrong)} tensors; "
+                              f"first: {wrong[0]}); the config was edited or belongs to other weights")
+    model = build()
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not fit {what} its config.json describes ({err})") from None
+    return model

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from worldmodel.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
+from worldmodel.checkpoint import CheckpointError, build_fitting, load_config, load_weights, save_checkpoint
 from worldmodel.dynamics.frames import FRAME_ENCODERS, FrameEncoder, build_frame_encoder
 from worldmodel.dynamics.layout import StateLayout
 from worldmodel.dynamics.predictor import BlockPredictor, inverse_head
@@ -265,27 +265,13 @@ class WorldModel(nn.Module):
             weights = upgrade_v1_weights(config, weights)
         elif config["format"] != FORMAT:
             raise CheckpointError(f"{path}: world-model format {config['format']!r}; this code reads 1 and {FORMAT}")
+
         def build():
             vit = ViTEncoder(EncoderConfig(**config["encoder"])) if config["encoder"] is not None else None
             return cls.build(DynamicsConfig(**config["dynamics"]), config["action_dim"],
                              tuple(config["image_shape"]) if config.get("image_shape") else None, vit)
 
-        try:
-            with torch.device("meta"):  # sizes first, against the weights: nothing allocated yet
-                shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}/config.json does not describe a world model: {err}") from None
-        wrong = [f"{k}: config {shapes.get(k)}, weights {tuple(v.shape)}" for k, v in weights.items()
-                 if k in shapes and shapes[k] != tuple(v.shape)]
-        if wrong:
-            raise CheckpointError(f"{path}: the sizes in config.json do not fit the weights ({len(wrong)} tensors; "
-                                  f"first: {wrong[0]}); the config was edited or belongs to other weights")
-        model = build()
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as err:
-            raise CheckpointError(f"{path}: the weights do not fit the model its config.json describes ({err})") from None
-        return model.to(device).eval()
+        return build_fitting(path, build, weights, "the world model").to(device).eval()
 
 
 def require_finite(name: str, x: torch.Tensor) -> None:

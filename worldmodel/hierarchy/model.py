@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldmodel.checkpoint import CheckpointError, load_config, load_weights, save_checkpoint
+from worldmodel.checkpoint import CheckpointError, build_fitting, load_config, load_weights, save_checkpoint
 from worldmodel.dynamics.layout import StateLayout
 from worldmodel.dynamics.predictor import mlp
 from worldmodel.files import verified, write_verified
@@ -321,25 +321,8 @@ class SlowModel(nn.Module):
         if config.get("kind") != "slow" or config.get("format") != SLOW_FORMAT:
             raise CheckpointError(f"{path} is no slow-level checkpoint (kind {config.get('kind')!r}, format "
                                   f"{config.get('format')!r}; expected 'slow', {SLOW_FORMAT})")
-        try:
-            layout, cfg = StateLayout(**config["layout"]), SlowConfig(**config["slow"])
-            with torch.device("meta"):  # sizes first, against the weights: nothing allocated yet
-                shapes = {k: tuple(v.shape) for k, v in cls(layout, cfg).state_dict().items()}
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}/config.json does not describe a slow level: {err}") from None
-        weights = load_weights(path, allow_unverified)
-        wrong = [f"{k}: config {shapes.get(k)}, weights {tuple(v.shape)}" for k, v in weights.items()
-                 if k in shapes and shapes[k] != tuple(v.shape)]
-        if wrong:
-            raise CheckpointError(f"{path}: the sizes in config.json do not fit the weights ({len(wrong)} tensors; "
-                                  f"first: {wrong[0]}); the config was edited or belongs to other weights")
-        model = cls(layout, cfg)
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as err:
-            raise CheckpointError(f"{path}: the weights do not fit the slow level its config.json describes "
-                                  f"({err})") from None
-        return model.to(device).eval()
+        build = lambda: cls(StateLayout(**config["layout"]), SlowConfig(**config["slow"]))  # noqa: E731
+        return build_fitting(path, build, load_weights(path, allow_unverified), "a slow level").to(device).eval()
 
 
 SLOW_DIR = "slow"  # a world model's slow level lives in <model>/slow
