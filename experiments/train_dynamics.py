@@ -61,7 +61,7 @@ def run(cfg: DynamicsExperimentConfig) -> dict:
                          f"gives {cfg.env.image_size}px")
     upstream = {"encoder_weights_sha256": encoder_sha256(cfg)} if vit is not None else {}
     with training_run(cfg, upstream=upstream) as dataset:
-        return train(cfg, dataset, vit)
+        return train(cfg, dataset, vit, upstream)
 
 
 def encoder_sha256(cfg: DynamicsExperimentConfig) -> str:
@@ -69,13 +69,14 @@ def encoder_sha256(cfg: DynamicsExperimentConfig) -> str:
     return file_sha256(Path(cfg.encoder_checkpoint) / WEIGHTS)
 
 
-def train(cfg: DynamicsExperimentConfig, dataset, vit) -> dict:
+def train(cfg: DynamicsExperimentConfig, dataset, vit, upstream: dict[str, str]) -> dict:
+    """Train on ``dataset``; ``upstream``: the sha256 of the encoder's weights, recorded in the checkpoints."""
     out = Path(cfg.out_dir)
     model, tables = build(cfg, dataset, vit)
     batches = {s: WindowBatches(model, dataset.split(s), tables[s], cfg.train.rollout_steps) for s in tables}
     meta = {"dataset": str(dataset.path), "dataset_checksum": dataset.manifest["checksum"],
             "encoder_checkpoint": cfg.encoder_checkpoint if model.encoder.pretrained else None,
-            **({"encoder_weights_sha256": encoder_sha256(cfg)} if model.encoder.pretrained else {}),
+            **upstream,
             "commit": git_commit(), "env": cfg.env.name, "image_size": cfg.env.image_size,
             "env_kwargs": cfg.env.env_kwargs(), RUN_KEY: asdict(cfg)}
     objective = DynamicsObjective(model, cfg.train, batches["train"], batches["val"])

@@ -75,7 +75,8 @@ def train(cfg: SlowExperimentConfig, model: WorldModel, dataset, device: torch.d
     latents = {s: level1_latents(model, dataset, s, cfg.feature_cache, cfg.train.progress) for s in ("train", "val")}
     torch.manual_seed(cfg.train.seed)
     slow = SlowModel(model.layout, cfg.slow).to(device)
-    meta = {**trained_on(cfg, dataset), RUN_KEY: asdict(cfg)}
+    extra = trained_on(cfg, dataset)
+    meta = {**extra, RUN_KEY: asdict(cfg)}
     summary: dict = {"device": device_description()}
     if slow.state.pretrainable:  # stage 1: the temporal encoder as a JEPA on block-masked time
         windows = {s: SlowWindows(slow, dataset.split(s), latents[s], slow.state_window) for s in latents}
@@ -108,7 +109,6 @@ def train(cfg: SlowExperimentConfig, model: WorldModel, dataset, device: torch.d
     summary["macro_prior"] = {"mean_abs": slow.macro_mean.abs().mean().item(),
                               "scale_diag": slow.macro_scale.diagonal().tolist()}
     summary["wall_seconds"] = time.perf_counter() - start
-    extra = trained_on(cfg, dataset)
     # the atlas: training frames that show what a subgoal's level-1 latent looks like (videos)
     pick = torch.randperm(len(latents["train"]), generator=torch.Generator().manual_seed(cfg.train.seed))
     pick = pick[: cfg.atlas_frames].sort().values
