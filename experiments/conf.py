@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.config import EnvConfig, PointMazeConfig
 from worldmodel.data.config import CollectConfig, PolicyConfig
-from experiments.schemas import (DynamicsExperimentConfig, PlanConfig, PretrainConfig, ProbeConfig,
+from experiments.schemas import (DistillExperimentConfig, DynamicsExperimentConfig, PlanConfig, PretrainConfig, ProbeConfig,
                                  ReachExperimentConfig, SlowExperimentConfig)
 
 CONFIG_DIR = str(Path(__file__).parent / "configs")
@@ -30,6 +30,7 @@ def register_configs() -> None:
     cs.store(name="dynamics_schema", node=DynamicsExperimentConfig)
     cs.store(name="probe_schema", node=ProbeConfig)
     cs.store(name="slow_schema", node=SlowExperimentConfig)
+    cs.store(name="distill_schema", node=DistillExperimentConfig)
     cs.store(name="reach_schema", node=ReachExperimentConfig)
     cs.store(group="env", name="env_schema", node=EnvConfig)
     cs.store(group="env", name="pointmaze_schema", node=PointMazeConfig)

@@ -15,6 +15,7 @@ from planners.hierarchy import SlowPlanConfig
 from planners.mpc import PLANNERS, MPCConfig
 from worldmodel.data.config import CollectConfig
 from worldmodel.dynamics import DynamicsConfig, DynamicsTrainConfig
+from worldmodel.dynamics.distill import DistillTrainConfig
 from worldmodel.evaluation import BASELINES, REFERENCE_AGENTS
 from worldmodel.files import flatten
 from worldmodel.hierarchy import SLOW_DIR, SlowConfig, SlowTrainConfig
@@ -298,6 +299,41 @@ class DynamicsExperimentConfig(CollectConfig):
             raise ValueError(f"val_episodes must be >= 1 to validate the predictor, got {self.val_episodes}")
         if not 0 <= self.projection_seed < 2**63:
             raise ValueError(f"projection_seed must be >= 0 and < 2**63, got {self.projection_seed}")
+        check_resume_allow(self)
+
+
+@dataclass
+class DistillExperimentConfig(CollectConfig):
+    """Distilling a trained world model's predictor into a narrower one (``worldmodel.dynamics.distill``).
+
+    Attributes:
+        model: the teacher (``default``: the env's shipped model); its frame encoder and head are kept.
+        hidden: the student predictor's hidden width.
+        depth: the student predictor's hidden layers.
+        train: optimisation settings (``train.horizon``: model steps per distilled rollout).
+        feature_cache: directory of cached feature tables (shared with ``train_dynamics.py``).
+        out_dir: run directory (log.csv, loss.png, summary.json, checkpoint/: the whole student, a
+            world model ``plan.py model=<out_dir>/checkpoint`` loads).
+        resume: continue from ``out_dir/checkpoint`` (with the same settings).
+        resume_allow: dotted settings allowed to differ from the checkpoint's on resume.
+    """
+
+    model: str = DEFAULT_MODEL
+    hidden: int = 256
+    depth: int = 3
+    train: DistillTrainConfig = field(default_factory=DistillTrainConfig)
+    feature_cache: str = "runs/cache"
+    out_dir: str = "runs/distill/reacher"
+    resume: bool = False
+    resume_allow: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.model = default_model(self)
+        if self.val_episodes < 1:
+            raise ValueError(f"val_episodes must be >= 1 to validate the student, got {self.val_episodes}")
+        if self.hidden < 1 or self.depth < 1:
+            raise ValueError(f"hidden and depth must be >= 1, got {self.hidden}, {self.depth}")
         check_resume_allow(self)
 
 
