@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from planners.hierarchy import SlowPlanConfig
 from planners.mpc import PLANNERS, MPCConfig
 from worldmodel.data.config import CollectConfig
@@ -47,6 +50,18 @@ def default_model(cfg) -> str:
         return cfg.model
     relative = f"models/{cfg.env.model_name}"
     return relative if Path(relative).is_dir() else str(PACKAGE_ROOT / relative)
+
+
+def mpc_config(key: str, value) -> MPCConfig:
+    """``value`` (an ``MPCConfig`` or a mapping of some of its keys, the rest its defaults) as an ``MPCConfig``;
+    a clear error naming ``key`` for a key it does not have or a value of the wrong type."""
+    if isinstance(value, MPCConfig):
+        return value
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MPCConfig), value))
+    except (OmegaConfBaseException, ValueError) as e:
+        raise ValueError(f"{key}={value} is not MPC settings (keys of MPCConfig: planner, horizon, cem.samples, "
+                         f"...): {str(e).splitlines()[0]}") from None
 
 
 @dataclass
@@ -129,7 +144,7 @@ class PlanConfig(CollectConfig):
     subgoals: dict[str, int] = field(default_factory=dict)
     flat: bool = True
     planners: list[str] = field(default_factory=list)
-    variants: dict[str, MPCConfig] = field(default_factory=dict)
+    variants: dict[str, Any] = field(default_factory=dict)  # MPCConfig each; untyped so that +variants.<new>.<key>=... works
     protocol: str = "recorded"
     bins: dict[str, Any] = field(default_factory=dict)  # DistanceBin each; untyped so that +bins.<new>=... works
     oracle: OracleConfig = field(default_factory=OracleConfig)
@@ -161,6 +176,7 @@ class PlanConfig(CollectConfig):
                              "and hierarchy=false runs none: drop one of the two")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        self.variants = {name: mpc_config(f"variants.{name}", v) for name, v in self.variants.items()}
         for name in self.planners:
             if name not in PLANNERS:
                 raise ValueError(f"planners lists {name!r}; expected a subset of {sorted(PLANNERS)}")

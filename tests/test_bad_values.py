@@ -224,6 +224,16 @@ def test_overlapping_distance_bins_are_refused_naming_both():
         load("plan", ["env=pointmaze", "bins.far.hi=11", "+bins.huge={lo: 12, depth: 3}"])
 
 
+def test_mpc_variants_are_added_key_by_key_from_the_command_line_and_bad_keys_are_named():
+    variants = load("plan", ["+variants.c3.cem.samples=100", "+variants.c3.cem.iterations=3"]).variants
+    (c3,) = variants.values()
+    assert (c3.planner, c3.cem.samples, c3.cem.iterations, c3.cem.elites, c3.horizon) == ("cem", 100, 3, 30, 5)
+    with pytest.raises(ValueError, match=r"variants.c3=\{'cem': \{'sample': 100\}\} is not MPC settings.*'sample'"):
+        load("plan", ["+variants.c3.cem.sample=100"])
+    with pytest.raises(ValueError, match=r"variants.c3=.*could not be converted to Integer"):
+        load("plan", ["+variants.c3.cem.samples=many"])
+
+
 def test_planning_out_of_order_names_the_call_and_the_fix():
     model = tiny_world_model(block=5)
     agent = LatentMPCAgent(model, MPCConfig(cem=CEMConfig(samples=8, elites=2, iterations=1)), np.array([-1.0, -1.0]),
