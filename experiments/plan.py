@@ -277,7 +277,8 @@ def run(cfg: PlanConfig) -> dict:
     summary = {
         "protocol": protocol,
         "task_journal": str(out / f"{stem}.tasks.jsonl"),
-        "model": cfg.model, "mpc": OmegaConf.to_container(OmegaConf.structured(cfg.mpc)),
+        "model": cfg.model, **({"model_weights_sha256": header["model"]["weights_sha256"]} if model else {}),
+        "mpc": OmegaConf.to_container(OmegaConf.structured(cfg.mpc)),
         **({"slow": asdict(cfg.slow), "slow_model": cfg.slow_path,
             "slow_weights_sha256": header["model"]["slow_weights_sha256"]} if slow is not None else {}),
         **({"reach_weights_sha256": header["model"]["reach_weights_sha256"]} if temporal is not None else {}),

@@ -29,10 +29,11 @@ from experiments.conf import CONFIG_DIR, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.runs import check_trained_env
 from experiments.schemas import ProbeConfig
+from worldmodel.checkpoint import WEIGHTS
 from worldmodel.data import load_dataset
 from worldmodel.dynamics import WorldModel
 from worldmodel.evaluation import frame_probes, representations, rollout_probes, surprise_test
-from worldmodel.files import writable_dir
+from worldmodel.files import file_sha256, writable_dir
 from worldmodel.probes import Targets
 from worldmodel.training import resolve_device
 
@@ -65,7 +66,8 @@ def run(cfg: ProbeConfig) -> dict:
     env.close()
     units = {q.key: q.unit for q in targets.quantities}
     return {
-        "env": spec.gym_id, "model": cfg.model, "dataset": str(dataset.path),
+        "env": spec.gym_id, "model": cfg.model, "model_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS),
+        "dataset": str(dataset.path),
         "dataset_checksum": dataset.manifest["checksum"], "train_episodes": len(picked),
         "test_episodes": test.num_episodes, "history": model.layout.history,
         "action_block": model.layout.action_block, "quantities": [q.key for q in targets.quantities],

@@ -21,8 +21,10 @@ import envs
 from experiments.conf import load
 from experiments.provenance import write_json
 from experiments.train_slow import level1_latents
+from worldmodel.checkpoint import WEIGHTS
 from worldmodel.data import load_dataset
 from worldmodel.dynamics import WorldModel
+from worldmodel.files import file_sha256
 from worldmodel.hierarchy import SLOW_DIR, SlowWindows, load_slow
 from worldmodel.hierarchy.objective import chunk_windows
 from worldmodel.probes import LinearProbe, MLPProbe, r2_score
@@ -59,7 +61,8 @@ def main(argv: list[str]) -> None:
     out = Path(opts.get("probe_out", "results/probe_slow"))
     R, n = int(opts.get("chunks", 4)), int(opts.get("windows", 4000))
     model = WorldModel.from_pretrained(cfg.model)
-    slow = load_slow(opts.get("slow_dir", Path(cfg.model) / SLOW_DIR), model.layout)
+    slow_dir = opts.get("slow_dir", Path(cfg.model) / SLOW_DIR)
+    slow = load_slow(slow_dir, model.layout)
     dataset = load_dataset(cfg)
     L, W, K = model.layout, slow.state_window, slow.cfg.chunk
     data = {}
@@ -88,7 +91,8 @@ def main(argv: list[str]) -> None:
                 "median_error_true_by_chunk": [err(on_true[:, j], truth[:, j]) for j in range(1, R + 1)],
                 "median_error_rollout_by_chunk": [err(on_pred[:, j - 1], truth[:, j]) for j in range(1, R + 1)],
             }
-    result = {"model": cfg.model, "slow": slow.config(), "chunks": R, "windows": {"train": 4 * n, "val": n},
+    result = {"model": cfg.model, "model_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS),
+              "slow_weights_sha256": file_sha256(Path(slow_dir) / WEIGHTS), "slow": slow.config(), "chunks": R, "windows": {"train": 4 * n, "val": n},
               "chunk_env_steps": slow.chunk_steps, "probes": rows}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "probe_slow.json", result)

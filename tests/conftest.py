@@ -1,4 +1,6 @@
+import gc
 import os
+import subprocess
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -43,3 +45,28 @@ def small_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     return open_dataset(build_dataset(tiny_collect_config(root, train_episodes=60, val_episodes=10, heldout_episodes=0,
                                                           minari=False)))
+
+
+def mounted_tmpfs(path, options: str):
+    """A tmpfs mounted at ``path`` with ``options`` for the test's duration (skipped where mounting is not allowed)."""
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        gc.collect()  # a file torch.save left open when the disk filled (held by the exception's traceback)
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB disk (tmpfs) at ``tmp_path/disk``."""
+    yield from mounted_tmpfs(tmp_path / "disk", "size=1m")
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A real read-only disk (tmpfs) at ``tmp_path/ro``: not even root writes to it."""
+    yield from mounted_tmpfs(tmp_path / "ro", "ro,size=1m")

@@ -198,6 +198,23 @@ def test_a_read_only_feature_cache_is_named_before_any_work(tmp_path):
         FeatureCache(tmp_path / "cache", "data/train")
 
 
+def test_a_feature_cache_on_a_read_only_disk_is_named_before_any_work(read_only_disk):
+    """The same on a real read-only mount, which root cannot write to either (the test above skips as root)."""
+    with pytest.raises(PermissionError, match=r"feature cache \(feature_cache=...\) .*ro/cache is not writable"):
+        FeatureCache(read_only_disk / "cache", "data/train")
+
+
+def test_a_real_disk_too_small_for_a_collection_is_refused_before_any_episode(small_disk):
+    import errno
+
+    from worldmodel.data.collect import build_dataset
+
+    with pytest.raises(OSError, match=r"dataset .*disk/reacher.* needs at least 0.0 GB .*; .*disk has 0.0 GB free") as err:
+        build_dataset(tiny_collect_config(small_disk))
+    assert err.value.errno == errno.ENOSPC
+    assert [p.name for p in small_disk.iterdir() if not p.name.startswith(".")] == []
+
+
 def test_a_feature_cache_that_is_a_file_is_named_before_any_work(tmp_path):
     (tmp_path / "cache").write_text("")
     with pytest.raises(NotADirectoryError, match=r"feature cache \(feature_cache=...\) .*cache is a file"):

@@ -277,3 +277,73 @@ def test_more_tasks_than_the_split_holds_is_refused(tiny_dataset):
     spec = envs.get_spec("reacher")  # 2 episodes x 11 starts at most
     with pytest.raises(ValueError, match=r"asked for 40 tasks, but the held-out split holds only \d+ distinct"):
         sample_goal_tasks(tiny_dataset.split("heldout"), spec, 40, 10, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def tiny_reacher_model(tmp_path_factory):
+    """A tiny world model that says it was trained on Reacher with the shipped model's env settings."""
+    from tests.models import tiny_world_model
+    from worldmodel.checkpoint import load_config
+
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    trained = load_config("models/reacher")
+    tiny_world_model(block=5).save_pretrained(path, extra={k: trained[k] for k in ("env", "env_kwargs")})
+    return path
+
+
+def test_videos_of_two_evaluations_in_one_output_dir_never_overwrite_each_other(tiny_dataset, tiny_reacher_model,
+                                                                                 tmp_path, monkeypatch):
+    monkeypatch.setattr(plan.time, "strftime", lambda *a: "20260101-000000")  # both in the same second
+    runs = []
+    for pid in (111, 222):
+        monkeypatch.setattr(plan.os, "getpid", lambda pid=pid: pid)
+        runs.append(plan.run(plan_config(tmp_path, tiny_dataset, f"model={tiny_reacher_model}", "hierarchy=false",
+                                         "baselines=[]", "videos=1", "episodes=1", "mpc.cem.samples=8",
+                                         "mpc.cem.elites=2", "mpc.cem.iterations=1")))
+    first, second = (run["videos"] for run in runs)
+    assert first and second and not set(first) & set(second)
+    assert all(Path(v).exists() for v in first + second)  # the first run's JSON still points at its own GIFs
+
+
+def test_restarts_without_resume_keep_every_earlier_journal(tmp_path, capsys):
+    header = {"seed": 0}
+    for n in range(3):  # three starts that were each interrupted
+        TaskJournal(tmp_path / "j.jsonl", header).release()
+    assert sorted(p.name for p in tmp_path.glob("j*.jsonl")) == ["j.jsonl", "j.prev-1.jsonl", "j.prev-2.jsonl"]
+    assert "its tasks are kept in" in capsys.readouterr().err
+
+
+def test_a_task_with_a_budget_of_no_steps_is_refused():
+    from worldmodel.evaluation.protocol import GoalTask
+
+    with pytest.raises(ValueError, match="a task's budget is >= 1 env steps .* got 0"):
+        GoalTask(-1, -1, np.zeros(4), np.zeros(4), np.zeros((4, 4, 3), np.uint8), budget=0)
+
+
+def test_a_slow_level_of_another_level1_model_of_the_same_env_and_layout_is_refused_before_collecting(
+        tiny_reacher_model, tmp_path):
+    """The shipped Reacher slow level has the tiny model's layout and env: only its lineage tells them apart."""
+    cfg = load("plan", [f"model={tiny_reacher_model}", "slow_model=models/reacher/slow", f"root={tmp_path}/data",
+                        f"output_dir={tmp_path}/out"])
+    with pytest.raises(ValueError, match=r"slow level models/reacher/slow was trained on the latents of the level-1 "
+                                         r"model 'models/reacher' \(weights sha256 .*train_slow.py model="):
+        plan.run(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_bad_variant_is_refused_in_the_config_before_any_work():
+    with pytest.raises(ValueError, match=r"variants.fast=.*planner must be one of \['cem', 'gradient', 'icem', "
+                                         r"'mppi'\], got 'ceem'"):
+        load("plan", ["+variants.fast.planner=ceem"])
+    with pytest.raises(ValueError, match=r"variants.fast=.*need 2 <= elites <= samples"):
+        load("plan", ["+variants.fast.cem.samples=4"])
+
+
+def test_the_result_records_the_weights_of_every_model_it_planned_with(tiny_dataset, tiny_reacher_model, tmp_path):
+    from worldmodel.files import file_sha256
+
+    summary = plan.run(plan_config(tmp_path, tiny_dataset, f"model={tiny_reacher_model}", "hierarchy=false",
+                                   "baselines=[]", "episodes=1", "mpc.cem.samples=8", "mpc.cem.elites=2",
+                                   "mpc.cem.iterations=1"))
+    saved = json.loads(Path(summary["result"]).read_text())
+    assert saved["model_weights_sha256"] == file_sha256(tiny_reacher_model / "model.safetensors")

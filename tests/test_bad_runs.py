@@ -247,3 +247,74 @@ def test_build_default_model_names_a_bad_switch(given):
 
     with pytest.raises(ValueError, match=rf"'{given}': slow is this script's switch and takes true or false"):
         main([given])
+
+
+# --- runs of several stages (train_slow.py: jepa/ and dynamics/) ---------------------------------------
+
+STAGES = ("jepa", "dynamics")
+
+
+def test_a_fresh_run_over_any_stage_of_a_multi_stage_run_is_refused(tmp_path):
+    (tmp_path / "dynamics").mkdir()
+    (tmp_path / "dynamics" / "log.csv").write_text("step\n5\n")  # stage 2 was killed before its first checkpoint
+    with pytest.raises(FileExistsError, match="holds a run already.*pass --resume"):
+        with RunDirectory(tmp_path, run_config(), parts=STAGES):
+            pass
+    assert (tmp_path / "dynamics" / "log.csv").read_text() == "step\n5\n"
+
+
+def test_resuming_a_multi_stage_run_compares_the_settings_of_every_stage(tmp_path):
+    fake_run(tmp_path / "jepa", run_config())
+    fake_run(tmp_path / "dynamics", run_config(train={"steps": 10, "lr": 0.5}))  # stage 2 of another run
+    with pytest.raises(RunConfigChanged, match=r"cannot resume .*dynamics/checkpoint .*train.lr: 0.5 -> 0.001"):
+        with RunDirectory(tmp_path, run_config(), resume=True, parts=STAGES):
+            pass
+
+
+def test_resuming_a_stage_over_another_level1_model_or_other_data_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "dynamics" / "checkpoint", {"run": run_config(), "level1_weights_sha256": "a" * 64,
+                                                           "dataset_checksum": "c" * 64}, {"w": torch.zeros(2)})
+    with RunDirectory(tmp_path, run_config(), resume=True, parts=STAGES) as run:
+        with pytest.raises(RunConfigChanged, match=r"dynamics/checkpoint: it was trained on an upstream checkpoint "
+                                                   r"with level1_weights_sha256 aaaaaaaaaaaa"):
+            run.check_upstream({"level1_weights_sha256": "b" * 64})
+        with pytest.raises(RunConfigChanged, match=r"dynamics/checkpoint on other data"):
+            run.check_dataset("d" * 64)
+
+
+def test_a_stage_checkpoint_caught_between_its_renames_is_put_back(tmp_path, capsys):
+    fake_run(tmp_path / "dynamics", run_config())
+    os.rename(tmp_path / "dynamics" / "checkpoint", tmp_path / "dynamics" / f"checkpoint.old-{DEAD_PID}")
+    with RunDirectory(tmp_path, run_config(), resume=True, parts=STAGES):
+        assert load_config(tmp_path / "dynamics" / "checkpoint")["run"] == run_config()
+    assert "restored checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["teacher_weights_sha256"])
+def test_resuming_a_distillation_over_a_teacher_changed_in_place_is_refused(tmp_path, key):
+    save_checkpoint(tmp_path / "checkpoint", {"run": run_config(), key: "a" * 64}, {"w": torch.zeros(2)})
+    with RunDirectory(tmp_path, run_config(), resume=True) as run:
+        with pytest.raises(RunConfigChanged, match=rf"{key} aaaaaaaaaaaa\.\.\., the one read now has bbbbbbbbbbbb"):
+            run.check_upstream({key: "b" * 64})
+
+
+# --- a real full disk: a small tmpfs -------------------------------------------------------------------
+
+def test_a_real_full_disk_while_a_checkpoint_is_written_is_named_and_the_previous_one_kept(small_disk):
+    import errno
+
+    save_checkpoint(small_disk / "c", {"v": 1}, {"w": torch.zeros(4)})
+    # the estimate (weights x 3) fits, the optimizer state written after the weights does not
+    state = {"state": {}, "optimizer": {"m": torch.zeros(400_000)}, "rng": {}}
+    with pytest.raises(OSError, match=r"no space left on the device while writing checkpoint .*disk/c .*previous "
+                                      r"checkpoint is kept") as err:
+        save_checkpoint(small_disk / "c", {"v": 2}, {"w": torch.zeros(60_000)}, training_state=state)
+    assert err.value.errno == errno.ENOSPC
+    assert json.loads((small_disk / "c" / "config.json").read_text())["v"] == 1
+    assert sorted(p.name for p in small_disk.iterdir()) == ["c"]  # nothing half-written is left
+
+
+def test_a_real_disk_too_small_for_a_checkpoint_is_refused_before_writing(small_disk):
+    with pytest.raises(OSError, match=r"no room for checkpoint .*disk/c: it needs about 4 MB, .* MB free"):
+        save_checkpoint(small_disk / "c", {"v": 1}, {"w": torch.zeros(1_000_000)})
+    assert list(small_disk.iterdir()) == []

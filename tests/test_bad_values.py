@@ -264,3 +264,18 @@ def test_slow_level_sizes_beyond_its_weights_are_refused_before_anything_is_allo
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"the sizes in config.json do not fit the weights"):
         SlowModel.from_pretrained(path)
+
+
+@pytest.mark.parametrize("name", ["reacher", "pointmaze", "dmc_reacher"])
+def test_every_env_refuses_a_nan_action_and_writes_no_log(name, tmp_path, monkeypatch):
+    import envs
+
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT into the working directory when it warns
+    env = envs.make_env(name)
+    try:
+        env.reset(seed=0)
+        with pytest.raises(ValueError, match="non-finite"):
+            env.step(np.full(env.action_space.shape, np.nan, dtype=np.float32))
+    finally:
+        env.close()
+    assert list(tmp_path.iterdir()) == []

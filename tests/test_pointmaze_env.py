@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import envs
-from envs.pointmaze import (DISTANCE_BINS, bfs_distances, cell_centre, free_cells, layout_grid, maze_tasks,
+from envs.pointmaze import (DISTANCE_BINS, bfs_distances, cell_centre, free_cells, layout_grid,
                             next_waypoint, sample_cell_pairs, shortest_path, xy_cell)
 from planners.cem import CEMConfig
 from planners.oracle import OracleAgent
