@@ -318,3 +318,35 @@ def test_a_real_disk_too_small_for_a_checkpoint_is_refused_before_writing(small_
     with pytest.raises(OSError, match=r"no room for checkpoint .*disk/c: it needs about 4 MB, .* MB free"):
         save_checkpoint(small_disk / "c", {"v": 1}, {"w": torch.zeros(1_000_000)})
     assert list(small_disk.iterdir()) == []
+
+
+# --- distillation -------------------------------------------------------------------------------------
+
+def test_distilling_a_model_of_another_env_is_refused_before_collecting(tmp_path):
+    from experiments.distill_dynamics import run
+
+    cfg = load("distill_dynamics", ["env=pointmaze", "model=models/reacher", f"root={tmp_path}/data",
+                                    f"out_dir={tmp_path}/run"])
+    with pytest.raises(ValueError, match="model models/reacher was trained on env 'reacher', not 'pointmaze'"):
+        run(cfg)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
+def test_distillation_settings_are_checked_in_the_config():
+    with pytest.raises(ValueError, match="hidden and depth must be >= 1, got 0, 3"):
+        load("distill_dynamics", ["hidden=0"])
+    with pytest.raises(ValueError, match="horizon and val_windows must be >= 1, got 0"):
+        load("distill_dynamics", ["train.horizon=0"])
+    with pytest.raises(ValueError, match=r"need 0 <= random_actions <= 1 and action_noise >= 0, got 0.5, -1.0"):
+        load("distill_dynamics", ["train.action_noise=-1"])
+
+
+def test_windows_longer_than_every_episode_name_the_steps_that_fit(tiny_dataset):
+    from worldmodel.dynamics import WindowBatches
+
+    model = tiny_world_model(block=5)  # episodes of 20 steps: 21 frames hold windows of up to 3 model steps
+    table = torch.zeros(len(tiny_dataset.split("train").obs), 8)
+    with pytest.raises(ValueError, match=r"windows of 4 model steps span 26 frames .* the longest episode has 21: "
+                                         r"use 1 to 3 model steps per window \(train.rollout_steps"):
+        WindowBatches(model, tiny_dataset.split("train"), table, 4)
+    assert WindowBatches(model, tiny_dataset.split("train"), table, 3).R == 3
