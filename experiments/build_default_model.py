@@ -8,12 +8,16 @@ previous run left), then exports the world model without its training state to
 1. ``collect.py``: the dataset (Reacher: uniform random torques; maze: the mixed policy; seeds 0 / 1000);
 2. ``pretrain_encoder.py``: JEPA pretraining of the small ViT encoder;
 3. ``train_dynamics.py``: the action-conditioned predictor on the frozen encoder;
-4. ``train_slow.py``: the slow level (level 2) on the exported model's latents, installed in
+4. ``distill_dynamics.py`` (Reacher, where a narrower predictor keeps the success at a fraction of
+   the planning time): the model of stage 3 is exported to ``models/<env>-teacher/`` and its
+   predictor distilled into the 256-wide one of ``models/<env>/``;
+5. ``train_slow.py``: the slow level (level 2) on the exported model's latents, installed in
    ``models/<env>/slow`` (what ``hierarchy=true`` plans with).
 
-Arguments are Hydra overrides applied to every stage (e.g. ``env.image_size=96``), and
-``slow=false``, which skips stage 4, or ``slow_only=true``, which runs only stage 4 on the model
-already exported to ``models/<env>/`` (collecting its dataset again where it is missing).
+Arguments are Hydra overrides applied to every stage (e.g. ``env.image_size=96``), and this
+script's switches: ``slow=false`` skips stage 5, ``slow_only=true`` runs only stage 5 on the model
+already exported to ``models/<env>/`` (collecting its dataset again where it is missing), and
+``distill=true|false`` runs stage 4 or not (default: on the envs in ``DISTILLED``).
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from pathlib import Path
 
 import torch
 
-from experiments import pretrain_encoder, train_dynamics, train_slow
+from experiments import distill_dynamics, pretrain_encoder, train_dynamics, train_slow
 from experiments.conf import load
 from experiments.provenance import git_commit
-from worldmodel.checkpoint import load_config
+from worldmodel.checkpoint import WEIGHTS, load_config
 from worldmodel.data.collect import ensure_dataset
 from worldmodel.dynamics import WorldModel
+from worldmodel.files import file_sha256
 
 EXPORT_ROOT = Path(__file__).resolve().parents[1] / "models"
 
@@ -50,7 +55,8 @@ def keep_previous(target: Path) -> Path | None:
     return kept
 
 
-FLAGS = {"slow": True, "slow_only": False}  # this script's own switches, and their defaults
+FLAGS = {"slow": True, "slow_only": False, "distill": None}  # this script's switches and defaults (None: per env)
+DISTILLED = ("reacher",)  # envs whose shipped model plans with a distilled predictor (docs/results.md#planning-speed)
 BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
@@ -102,13 +108,36 @@ def main(overrides: list[str]) -> Path:
         "pretrain_config": json.loads((Path(pre.out_dir) / "checkpoint" / "config.json").read_text()),
     }
     # Shipped in fp16 (half the bytes; loading casts back to fp32).
-    keep_previous(EXPORT_ROOT / pre.env.model_name)
-    target = model.save_pretrained(EXPORT_ROOT / pre.env.model_name, extra=config, dtype=torch.float16)
+    distill = pre.env.name in DISTILLED if flags["distill"] is None else flags["distill"]
+    name = f"{pre.env.model_name}-teacher" if distill else pre.env.model_name
+    keep_previous(EXPORT_ROOT / name)
+    target = model.save_pretrained(EXPORT_ROOT / name, extra=config, dtype=torch.float16)
+    if distill:
+        target = export_student(overrides, target, EXPORT_ROOT / pre.env.model_name, config["provenance"])
     if with_slow:
         install_slow(overrides, target)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
     print(f"default world model{' (with its slow level)' if with_slow else ''} exported to {target} ({size:.1f} MiB)")
     return target
+
+
+def export_student(overrides: list[str], teacher: Path, target: Path, provenance: dict) -> Path:
+    """Stage 4: the predictor of the exported ``teacher`` distilled into a narrower one, the student
+    exported to ``target`` (fp16) with the teacher's provenance and the distillation's."""
+    stage = overrides + [f"model={os.path.relpath(teacher)}"]
+    dis = load("distill_dynamics", stage + ["resume=true", "resume_allow=[model]"])
+    if not (Path(dis.out_dir) / "summary.json").exists():
+        distill_dynamics.run(dis)
+    source = Path(dis.out_dir) / "checkpoint"
+    student = WorldModel.from_pretrained(source)
+    config = {k: v for k, v in load_config(source).items() if k not in student.config()}
+    if config.get(distill_dynamics.TEACHER_KEY) != file_sha256(teacher / WEIGHTS):
+        raise ValueError(f"{source} was distilled from other weights than {teacher}'s; remove {dis.out_dir} to distil again")
+    config["distilled_from"] = os.path.relpath(teacher)  # where the teacher is shipped (the weights' sha256 is checked above)
+    config["provenance"] = {**provenance, "distilled_by": "python experiments/distill_dynamics.py " + " ".join(stage),
+                            "distill_summary": json.loads((Path(dis.out_dir) / "summary.json").read_text())}
+    keep_previous(target)
+    return student.save_pretrained(target, extra=config, dtype=torch.float16)
 
 
 def install_slow(overrides: list[str], target: Path) -> Path:

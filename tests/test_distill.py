@@ -95,3 +95,15 @@ def test_distill_dynamics_writes_a_world_model_and_resumes_only_from_its_teacher
     out = subprocess.run([*cmd, "train.steps=20", "--resume", "resume_allow=[train.steps]"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "teacher_weights_sha256" in out.stderr, out.stderr[-2000:]
+
+
+def test_the_shipped_reacher_model_is_distilled_from_the_teacher_shipped_beside_it():
+    from worldmodel.files import file_sha256
+
+    config = load_config(ROOT / "models" / "reacher")
+    teacher = ROOT / config["distilled_from"]
+    assert config["teacher_weights_sha256"] == file_sha256(teacher / "model.safetensors")
+    assert config["dynamics"]["hidden"] < load_config(teacher)["dynamics"]["hidden"]
+    student, weights = load_weights(ROOT / "models" / "reacher"), load_weights(teacher)
+    encoder = [k for k in weights if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(student[k], weights[k]) for k in encoder)  # the same latents

@@ -43,7 +43,7 @@ class DistillTrainConfig(OptimConfig):
         val_windows: fixed validation windows scored at every log step.
     """
 
-    steps: int = 4000
+    steps: int = 8000
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
