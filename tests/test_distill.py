@@ -107,3 +107,14 @@ def test_the_shipped_reacher_model_is_distilled_from_the_teacher_shipped_beside_
     student, weights = load_weights(ROOT / "models" / "reacher"), load_weights(teacher)
     encoder = [k for k in weights if k.startswith("encoder.")]
     assert encoder and all(torch.equal(student[k], weights[k]) for k in encoder)  # the same latents
+
+
+def test_a_model_saved_in_fp16_can_keep_its_predictor_exact(tmp_path):
+    model = tiny_world_model(block=2, moving=True)
+    model.save_pretrained(tmp_path / "m", dtype=torch.float16, keep=("predictor.",))
+    stored = load_weights(tmp_path / "m")
+    assert all(v.dtype == torch.float32 for k, v in stored.items() if k.startswith("predictor."))
+    assert all(v.dtype == torch.float16 for k, v in stored.items() if k.startswith("encoder.vit."))
+    loaded = WorldModel.from_pretrained(tmp_path / "m")
+    assert all(torch.equal(p, q) for p, q in zip(loaded.predictor.parameters(), model.predictor.parameters()))
+    assert load_config(tmp_path / "m")["stored_full_precision"] == ["predictor."]

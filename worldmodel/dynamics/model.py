@@ -239,14 +239,18 @@ class WorldModel(nn.Module):
         return {"format": FORMAT, "encoder": self.encoder.config(),
                 "dynamics": self.cfg.to_dict(), "action_dim": self.action_dim, "image_shape": list(self.image_shape)}
 
-    def save_pretrained(self, path: str | Path, extra: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(self, path: str | Path, extra: dict | None = None, dtype: torch.dtype | None = None,
+                        keep: tuple[str, ...] = ()) -> Path:
         """Write a checkpoint directory (``config.json`` + ``model.safetensors``, atomically); floating
-        weights stored as ``dtype`` when given (loading casts them back)."""
-        weights = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+        weights stored as ``dtype`` when given (loading casts them back), except those whose names start
+        with a prefix in ``keep`` (e.g. ``("predictor.",)``: a planner's outcomes follow its every bit)."""
+        weights = {k: v.to(dtype) if dtype is not None and v.is_floating_point() and not k.startswith(keep) else v
                    for k, v in self.state_dict().items()}
         config = {**self.config(), **(extra or {})}
         if dtype is not None:
             config["stored_dtype"] = str(dtype).removeprefix("torch.")
+            if keep:
+                config["stored_full_precision"] = list(keep)
         return save_checkpoint(path, config, weights)
 
     @classmethod
