@@ -6,14 +6,13 @@ its path and counts.
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from experiments.conf import CONFIG_DIR, to_object
+from experiments.conf import entry_point, to_object
 from worldmodel.data import CollectConfig, build_dataset
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="collect", version_base="1.3")
+@entry_point("collect")
 def main(cfg: DictConfig) -> None:
     config: CollectConfig = to_object(cfg)
     path = build_dataset(config)

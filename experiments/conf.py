@@ -6,8 +6,12 @@ dataclass declares (a typo in a file or on the command line) is an error.
 
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
-from typing import TypeVar
+from typing import Callable, TypeVar
+
+import hydra
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -51,3 +55,17 @@ def load(config_name: str, overrides: list[str] | None = None):
 
 
 register_configs()
+
+
+def entry_point(config_name: str) -> Callable[[Callable[[DictConfig], None]], Callable[[], None]]:
+    """``hydra.main`` on ``configs/<config_name>.yaml`` for an entry point's ``main(cfg)``; the command line
+    also takes ``--resume``, read as ``resume=true`` (the one place that rewrite lives)."""
+    def wrap(main: Callable[[DictConfig], None]) -> Callable[[], None]:
+        composed = hydra.main(config_path=CONFIG_DIR, config_name=config_name, version_base="1.3")(main)
+
+        @functools.wraps(main)
+        def run() -> None:
+            sys.argv = ["resume=true" if a == "--resume" else a for a in sys.argv]
+            composed()
+        return run
+    return wrap

@@ -8,16 +8,14 @@ learns to reproduce the teacher's open-loop rollouts under the action blocks a p
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from experiments.conf import CONFIG_DIR, to_object
+from experiments.conf import entry_point, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.runs import check_trained_env, training_run
 from experiments.schemas import DistillExperimentConfig
@@ -72,7 +70,7 @@ def train(cfg: DistillExperimentConfig, teacher: WorldModel, trained: dict, data
     return summary
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="distill_dynamics", version_base="1.3")
+@entry_point("distill_dynamics")
 def main(cfg: DictConfig) -> None:
     config: DistillExperimentConfig = to_object(cfg)
     summary = run(config)
@@ -86,5 +84,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = ["resume=true" if a == "--resume" else a for a in sys.argv]
     main()

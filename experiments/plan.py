@@ -28,13 +28,12 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 import envs
-from experiments.conf import CONFIG_DIR, to_object
+from experiments.conf import entry_point, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.runs import check_trained_env
 from experiments.schemas import PlanConfig
@@ -353,7 +352,7 @@ def report_bins(summary: dict) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="plan", version_base="1.3")
+@entry_point("plan")
 def main(cfg: DictConfig) -> None:
     config: PlanConfig = to_object(cfg)
     summary = run(config)
@@ -373,5 +372,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = ["resume=true" if a == "--resume" else a for a in sys.argv]
     main()

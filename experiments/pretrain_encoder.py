@@ -9,17 +9,15 @@ one, on the physical quantities one frame shows (``out_dir/summary.json``). Runs
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 import envs
-from experiments.conf import CONFIG_DIR, to_object
+from experiments.conf import entry_point, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.runs import training_run
 from experiments.schemas import PretrainConfig
@@ -73,7 +71,7 @@ def probe(model: JEPA, cfg: PretrainConfig, dataset) -> dict:
             "random_init": linear_probe(random_encoder, train, test, quantities, **kw)}
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="pretrain", version_base="1.3")
+@entry_point("pretrain")
 def main(cfg: DictConfig) -> None:
     config: PretrainConfig = to_object(cfg)
     summary = run(config)
@@ -90,5 +88,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = ["resume=true" if a == "--resume" else a for a in sys.argv]
     main()

@@ -20,12 +20,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 
 import envs
-from experiments.conf import CONFIG_DIR, to_object
+from experiments.conf import entry_point, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.runs import check_trained_env
 from experiments.schemas import ProbeConfig
@@ -158,7 +157,7 @@ def plot(summary: dict, out: Path, stem: str) -> list[str]:
     return paths + [str(path)]
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="probe", version_base="1.3")
+@entry_point("probe")
 def main(cfg: DictConfig) -> None:
     config: ProbeConfig = to_object(cfg)
     out = writable_dir(config.output_dir, "output_dir")  # checked before the (long) probing

@@ -9,16 +9,14 @@ split with a one-step and a rollout loss, validates on the val split, and writes
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from experiments.conf import CONFIG_DIR, to_object
+from experiments.conf import entry_point, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.runs import training_run
 from experiments.schemas import DynamicsExperimentConfig
@@ -94,7 +92,7 @@ def train(cfg: DynamicsExperimentConfig, dataset, vit, upstream: dict[str, str])
     return summary
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="train_dynamics", version_base="1.3")
+@entry_point("train_dynamics")
 def main(cfg: DictConfig) -> None:
     config: DynamicsExperimentConfig = to_object(cfg)
     summary = run(config)
@@ -107,5 +105,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = ["resume=true" if a == "--resume" else a for a in sys.argv]
     main()

@@ -16,11 +16,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from experiments.conf import CONFIG_DIR, to_object
+from experiments.conf import entry_point, to_object
 from experiments.provenance import device_description, write_json
 from experiments.runs import check_trained_env, training_run
 from experiments.schemas import ReachExperimentConfig
@@ -72,7 +71,7 @@ def train(cfg: ReachExperimentConfig, model: WorldModel, dataset, device: torch.
     return summary
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="train_reach", version_base="1.3")
+@entry_point("train_reach")
 def main(cfg: DictConfig) -> None:
     config: ReachExperimentConfig = to_object(cfg)
     summary = run(config)
@@ -85,5 +84,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = ["resume=true" if a == "--resume" else a for a in sys.argv]
     main()

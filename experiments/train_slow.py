@@ -20,12 +20,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from experiments.conf import CONFIG_DIR, to_object
+from experiments.conf import entry_point, to_object
 from experiments.provenance import device_description, git_commit, write_json
 from experiments.runs import check_trained_env, training_run
 from experiments.schemas import SlowExperimentConfig
@@ -122,7 +121,7 @@ def train(cfg: SlowExperimentConfig, model: WorldModel, dataset, device: torch.d
     return summary
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="train_slow", version_base="1.3")
+@entry_point("train_slow")
 def main(cfg: DictConfig) -> None:
     config: SlowExperimentConfig = to_object(cfg)
     summary = run(config)
@@ -136,5 +135,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = ["resume=true" if a == "--resume" else a for a in sys.argv]
     main()
