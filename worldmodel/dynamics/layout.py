@@ -84,6 +84,10 @@ class StateLayout:
         """Offsets of the ``steps + h`` block-boundary frames within such a window."""
         return self.boundary_positions(steps + self.history)
 
+    def most_steps(self, frames: int) -> int:
+        """The most model steps a window within ``frames`` consecutive frames holds (< 1: none)."""
+        return (frames - 1) // self.action_block - self.history + 1
+
     def steps_in(self, frames: int) -> int:
         """Model steps of a window of ``frames`` frames; a clear error unless it is a whole window."""
         steps = (frames - 1) // self.action_block - self.history + 1

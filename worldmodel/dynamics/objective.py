@@ -78,10 +78,10 @@ class WindowBatches:
         self.layout, self.R = model.layout, rollout_steps
         L, frames, longest = self.layout, self.layout.window_frames(rollout_steps), int(episodes.lengths.max()) + 1
         if rollout_steps < 1 or frames > longest:
-            most = (longest - 1) // L.action_block - L.history + 1
             raise ValueError(f"windows of {rollout_steps} model steps span {frames} frames (history {L.history}, "
                              f"{L.action_block}-step action blocks), but the longest episode has {longest}: use 1 to "
-                             f"{most} model steps per window (train.rollout_steps, or train.horizon when distilling)")
+                             f"{L.most_steps(longest)} model steps per window (train.rollout_steps, or train.horizon "
+                             f"when distilling)")
         self.sampler = WindowSampler(episodes, window=frames)
         self.table = table
         self.actions = torch.from_numpy(np.array(episodes.actions, dtype=np.float32))
