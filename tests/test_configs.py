@@ -16,9 +16,14 @@ def test_collect_config_composes_with_overrides():
     assert cfg.dataset_name.startswith("reacher-correlated-96px-7x100-s3-")  # + a hash of every setting
 
 
-def test_default_collect_config():
+def test_the_default_stages_read_one_collection_and_hold_their_tasks_out_of_it():
+    """collect.py's default dataset is the one pretraining, distillation, probes and plan.py read (a
+    mismatch would collect a second copy), and its held-out episodes are drawn with another seed."""
+    names = {name: load(name).dataset_name for name in ("collect", "pretrain", "distill_dynamics", "probe", "plan")}
+    assert len(set(names.values())) == 1, names
     cfg = load("collect")
-    assert cfg.env.image_size == 64 and cfg.policy.name == "uniform" and cfg.seed != cfg.eval_seed
+    assert cfg.seed != cfg.eval_seed
+    assert load("collect", ["eval_seed=7"]).dataset_name != cfg.dataset_name  # the held-out split is part of the name
 
 
 @pytest.mark.parametrize("override", ["env.imagesize=64", "trian_episodes=3", "policy.beta2=1"])

@@ -5,7 +5,7 @@ import json
 import re
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,15 +28,31 @@ def test_dmc_configs_compose_on_one_dataset():
     assert set(plan.baselines) == {"random", "zero", "oracle"}
 
 
-def test_peers_cem_runs_beside_ours_with_its_own_settings():
-    plan = load("plan", ["env=dmc_reacher"])
-    peers = plan.variants["peers"]
-    assert (peers.cem.samples, peers.cem.elites, peers.cem.iterations) == (300, 30, 30)
-    assert (peers.horizon, peers.receding_horizon, peers.goal_reduce, peers.settle) == (5, 25, "terminal", 0.0)
-    assert plan.variant_name("peers") == "cem-peers"
-    reacher = load("plan", ["env=reacher"]).mpc  # ours: the Reacher planner with a smaller CEM
-    assert plan.mpc != peers and {**asdict(plan.mpc), "cem": None} == {**asdict(reacher), "cem": None}
-    assert plan.mpc.cem.samples * plan.mpc.cem.iterations < reacher.cem.samples * reacher.cem.iterations
+def test_peers_cem_executes_its_whole_plan_and_ours_replans_every_block():
+    """The peers' protocol as it acts: their agent executes the whole 25-step plan before replanning,
+    ours replans after every 5-step block."""
+    import numpy as np
+
+    from experiments.plan import planner_agents, variant_agent
+    from tests.models import tiny_world_model
+
+    plan = load("plan", ["env=dmc_reacher", "mpc.cem.samples=20", "mpc.cem.elites=4", "variants.peers.cem.samples=30",
+                         "variants.peers.cem.iterations=3", "variants.peers.cem.elites=4"])
+    model = tiny_world_model(block=5)
+
+    class Env:  # what the agents read of an env
+        action_space = type("Box", (), {"low": np.full(2, -1.0), "high": np.full(2, 1.0)})()
+
+    ours = planner_agents(plan, model, None, Env(), "cem", None, None)[0]
+    peers = variant_agent(plan, model, Env(), "peers")
+    obs = np.zeros((64, 64, 3), np.uint8)
+    for agent in (ours, peers):
+        agent.reset(obs)
+        for _ in range(50):
+            agent.act(obs)
+    assert (ours.name, peers.name) == ("cem-mpc", "cem-peers")
+    assert (len(ours.plan_seconds), len(peers.plan_seconds)) == (10, 2)
+    assert peers.plan_flops[-1] > ours.plan_flops[-1]  # 30 x 3 candidates against 20 x 3 (and two frames encoded)
 
 
 def test_a_variant_may_not_take_another_agents_name():
@@ -61,9 +77,11 @@ def test_peer_scale_starts():
     jepa = JEPA(pre.model)
     frames = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8)
     context, targets = sample_masks(torch.Generator().manual_seed(0), 2, pre.model.encoder.grid, pre.model.masks)
+    assert pre.model.encoder.grid == (16, 16)  # 256 patches of 14 px a frame at the peers' resolution
     loss = jepa_loss(jepa, frames, context, targets)["loss"]
     loss.backward()
-    assert torch.isfinite(loss)
+    grads = [p.grad for p in jepa.encoder.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
 
 
 @pytest.mark.slow
