@@ -26,6 +26,9 @@ from worldmodel.training.logs import write_csv
 from worldmodel.training.schedules import lr_at, weight_decay_at
 
 
+LOGGERS = ("csv", "tensorboard")
+
+
 @dataclass
 class OptimConfig:
     """Optimisation settings every run shares (objectives extend them).
@@ -46,6 +49,8 @@ class OptimConfig:
         amp: bf16 autocast on CUDA.
         compile: ``torch.compile`` the step's loss function on CUDA.
         progress: show a progress bar.
+        logger: where log rows go besides ``log.csv`` (always written): ``csv`` (nowhere else) or
+            ``tensorboard`` (event files in ``<out_dir>/tensorboard``; ``pip install -e ".[tensorboard]"``).
     """
 
     steps: int = 1000
@@ -63,6 +68,7 @@ class OptimConfig:
     amp: bool = True
     compile: bool = True
     progress: bool = True
+    logger: str = "csv"
 
     def __post_init__(self):
         if self.weight_decay_end is None:
@@ -77,6 +83,8 @@ class OptimConfig:
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be >= 0 and < 2**63 (a torch seed), got {self.seed}")
         check_device_name(self.device)
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger must be one of {LOGGERS}, got {self.logger!r}")
 
 
 class Objective(Protocol):
@@ -127,6 +135,7 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         self.loss_fn = torch.compile(objective.loss) if self.cuda and cfg.compile else objective.loss
         self.step, self.log_rows = 0, []
+        self.events = tensorboard_writer(self.out_dir) if cfg.logger == "tensorboard" and self.rank == 0 else None
 
     def train_step(self) -> dict:
         """One optimiser step; returns the step's scalars (averaged over ranks) and the objective's extras."""
@@ -175,6 +184,8 @@ class Trainer:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
         bar.close()
+        if self.events is not None:
+            self.events.flush()
         return self.log_rows
 
     def log(self, row: dict, elapsed: float) -> None:
@@ -183,6 +194,11 @@ class Trainer:
         self.log_rows.append({"step": self.step, **row, **self.objective.log(self.step, out), "seconds": elapsed})
         if self.rank == 0:
             write_csv(self.out_dir / "log.csv", self.log_rows)
+        if self.events is not None:
+            for key, value in self.log_rows[-1].items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.events.add_scalar(key, value, self.step)
+            self.events.flush()
         self.objective.check(self.step, self.log_rows[-1])
 
     def save(self) -> None:
@@ -207,6 +223,16 @@ class Trainer:
         self.objective.restore(state["objective"])
         set_global_rng_state(global_rng, self.device)
         return True
+
+
+def tensorboard_writer(out_dir: Path):
+    """A TensorBoard ``SummaryWriter`` on ``out_dir/tensorboard``; a clear error without the package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("train.logger=tensorboard needs the tensorboard package: pip install -e \".[tensorboard]\" "
+                          "(log.csv is written either way)") from None
+    return SummaryWriter(str(out_dir / "tensorboard"))
 
 
 def global_rng_state(device: torch.device) -> dict[str, torch.Tensor]:

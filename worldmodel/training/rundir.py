@@ -27,7 +27,7 @@ from worldmodel.files import DirectoryLock, changed_keys, flatten
 RUN_KEY = "run"  # the checkpoint config.json key holding the run's settings
 # Settings that do not change what a run computes: never compared on resume.
 VOLATILE = ("resume", "resume_allow", "progress", "train.progress", "train.log_every", "train.checkpoint_every",
-            "train.device", "num_envs", "out_dir", "root", "feature_cache", "minari")
+            "train.device", "train.logger", "num_envs", "out_dir", "root", "feature_cache", "minari")
 
 
 class RunConfigChanged(ValueError):
