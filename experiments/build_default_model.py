@@ -56,7 +56,7 @@ def keep_previous(target: Path) -> Path | None:
 
 
 FLAGS = {"slow": True, "slow_only": False, "distill": None}  # this script's switches and defaults (None: per env)
-DISTILLED = ("reacher",)  # envs whose shipped model plans with a distilled predictor (docs/results.md#planning-speed)
+DISTILLED = ("reacher",)  # envs whose shipped model plans with a distilled predictor (docs/results.md#distilled-reacher)
 BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
@@ -123,7 +123,7 @@ def main(overrides: list[str]) -> Path:
 
 def export_student(overrides: list[str], teacher: Path, target: Path, provenance: dict) -> Path:
     """Stage 4: the predictor of the exported ``teacher`` distilled into a narrower one, the student
-    exported to ``target`` (fp16) with the teacher's provenance and the distillation's."""
+    exported to ``target`` (fp16, its predictor fp32) with the teacher's provenance and the distillation's."""
     stage = overrides + [f"model={os.path.relpath(teacher)}"]
     dis = load("distill_dynamics", stage + ["resume=true", "resume_allow=[model]"])
     if not (Path(dis.out_dir) / "summary.json").exists():

@@ -1,9 +1,9 @@
 """Latent dynamics: frame encoders, the state layout, the predictor, the world model and its training."""
 
+from worldmodel.data.features import FeatureCache
 from worldmodel.dynamics.frames import (
     FRAME_ENCODERS,
     ConvFrames,
-    FeatureCache,
     FrameEncoder,
     FrozenJEPAFrames,
     ImageTable,

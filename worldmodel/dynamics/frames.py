@@ -22,10 +22,7 @@ Two implementations; a new kind is a new class here, registered in ``FRAME_ENCOD
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,43 +30,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from tqdm.auto import tqdm
 
 from worldmodel.data.episodes import Episodes
-from worldmodel.files import verified, writable_dir, write_verified
+from worldmodel.data.features import FeatureCache, cached_state, digest, feature_table
 from worldmodel.jepa.vit import ViTEncoder, normalize_images
-
-
-@dataclass(frozen=True)
-class FeatureCache:
-    """Where feature tables are cached, and what identifies the frames (e.g. a dataset's checksum and split)."""
-
-    dir: Path
-    data_key: str
-
-    def __post_init__(self):  # a cache that cannot be written fails here, before any fit or encoding
-        writable_dir(self.dir, "feature cache (feature_cache=...)")
-
-
-def digest(tensors, *settings) -> str:
-    """A short key: the bytes of ``tensors`` and the ``settings`` they were made with."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().numpy().tobytes())
-    h.update(repr(settings).encode())
-    return h.hexdigest()[:16]
-
-
-def cached(path: Path | None, what: str) -> bool:
-    """Whether a cache file can be used: it exists and matches its recorded checksum. A file that
-    does not match (changed on disk, or written by an older version) is reported and recomputed."""
-    if path is None or not path.exists():
-        return False
-    if verified(path):
-        return True
-    print(f"warning: the cached {what} {path} does not match its recorded checksum (changed on disk, or "
-          f"written by an older version); recomputing it", file=sys.stderr)
-    return False
 
 
 class ImageTable:
@@ -245,19 +209,17 @@ class FrozenJEPAFrames(FrameEncoder):
         the train split's feature table."""
         if self.cfg.project_dim:
             key = digest([], self.vit_key(), cache and cache.data_key, self.cfg.project_dim, seed, self.device.type)
-            path = cache and cache.dir / f"projection-{key}.pt"
-            if cached(path, "projection"):
-                saved = torch.load(path, weights_only=True)
-                self.pca_mean.copy_(saved["mean"])
-                self.pca_components.copy_(saved["components"])
-            else:
+
+            def fit() -> dict[str, torch.Tensor]:
                 devices = [self.device] if self.device.type == "cuda" else []
                 with torch.random.fork_rng(devices=devices):  # pca_lowrank draws from the global generator
                     torch.manual_seed(seed)
                     self.fit_projection(train, seed=seed)
-                if path:
-                    state = {"mean": self.pca_mean.cpu().clone(), "components": self.pca_components.cpu().clone()}
-                    write_verified(path, lambda tmp: torch.save(state, tmp))
+                return {"mean": self.pca_mean.cpu().clone(), "components": self.pca_components.cpu().clone()}
+
+            saved = cached_state(cache and cache.path("projection", key, ".pt"), "projection", fit)
+            self.pca_mean.copy_(saved["mean"])
+            self.pca_components.copy_(saved["components"])
         table = self.feature_table(train, cache, progress)
         self.set_statistics(table)
         return table
@@ -270,28 +232,16 @@ class FrozenJEPAFrames(FrameEncoder):
             std = std.pow(2).mean().sqrt().expand_as(std)
         self.feature_std.copy_(std)
 
-    @torch.no_grad()
     def feature_table(self, episodes: Episodes, cache: FeatureCache | None = None, progress: bool = True,
                       batch: int = 256) -> torch.Tensor:
         """Features of every frame ``(F, feature_dim)`` float32 on the CPU, computed on the encoder's device
-        (cached as ``.npy`` under ``cache`` when given)."""
+        (cached under ``cache`` when given, keyed by the frames, the encoder and the projection)."""
         path = None
         if cache is not None:
             projection = [self.pca_mean, self.pca_components] if self.cfg.project_dim else []
             key = digest(projection, self.vit_key(), self.cfg.project_dim, cache.data_key, self.device.type)
-            path = cache.dir / f"features-{key}.npy"
-            if cached(path, "features"):
-                return torch.from_numpy(np.load(path))
-        out = torch.empty(len(episodes.obs), self.feature_dim)
-        for i in tqdm(range(0, len(out), batch), desc="encode frames", disable=not progress):
-            obs = torch.from_numpy(np.array(episodes.obs[i : i + batch])).permute(0, 3, 1, 2).to(self.device)
-            out[i : i + batch] = self.features(obs).float().cpu()
-        if not bool(torch.isfinite(out).all()):
-            raise FloatingPointError(f"the frame features hold {int((~torch.isfinite(out)).sum())} non-finite values: "
-                                     f"the encoder's weights or the projection are not finite")
-        if path is not None:
-            write_verified(path, lambda tmp: np.save(tmp, out.numpy()))
-        return out
+            path = cache.path("features", key, ".npy")
+        return feature_table(episodes, self.features, self.feature_dim, self.device, path, progress, batch)
 
     def probe_representations(self, table: torch.Tensor) -> dict[str, np.ndarray]:
         """The standardised frozen features under the head (``encoder``)."""
