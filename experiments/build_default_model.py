@@ -93,9 +93,7 @@ def main(overrides: list[str]) -> Path:
     dyn = load("train_dynamics", overrides + ["resume=true", f"encoder_checkpoint={pre.out_dir}/checkpoint"])
     if not (Path(dyn.out_dir) / "summary.json").exists():
         train_dynamics.run(dyn)
-    source = Path(dyn.out_dir) / "checkpoint"
-    model = WorldModel.from_pretrained(source)
-    config = {k: v for k, v in load_config(source).items() if k not in model.config()}  # training, dataset
+    model, config = trained(Path(dyn.out_dir) / "checkpoint")
     config["provenance"] = {
         "built_by": built_by,
         "commit": git_commit(),
@@ -107,11 +105,8 @@ def main(overrides: list[str]) -> Path:
         "dynamics_summary": json.loads((Path(dyn.out_dir) / "summary.json").read_text()),
         "pretrain_config": json.loads((Path(pre.out_dir) / "checkpoint" / "config.json").read_text()),
     }
-    # Shipped in fp16 (half the bytes; loading casts back to fp32).
     distill = pre.env.name in DISTILLED if flags["distill"] is None else flags["distill"]
-    name = f"{pre.env.model_name}-teacher" if distill else pre.env.model_name
-    keep_previous(EXPORT_ROOT / name)
-    target = model.save_pretrained(EXPORT_ROOT / name, extra=config, dtype=torch.float16)
+    target = export(model, config, EXPORT_ROOT / (f"{pre.env.model_name}-teacher" if distill else pre.env.model_name))
     if distill:
         target = export_student(overrides, target, EXPORT_ROOT / pre.env.model_name, config["provenance"])
     if with_slow:
@@ -128,22 +123,32 @@ def export_student(overrides: list[str], teacher: Path, target: Path, provenance
     dis = load("distill_dynamics", stage + ["resume=true", "resume_allow=[model]"])
     if not (Path(dis.out_dir) / "summary.json").exists():
         distill_dynamics.run(dis)
-    source = Path(dis.out_dir) / "checkpoint"
-    student = WorldModel.from_pretrained(source)
-    config = {k: v for k, v in load_config(source).items() if k not in student.config()}
+    student, config = trained(Path(dis.out_dir) / "checkpoint")
     if config.get(distill_dynamics.TEACHER_KEY) != file_sha256(teacher / WEIGHTS):
-        raise ValueError(f"{source} was distilled from other weights than {teacher}'s; remove {dis.out_dir} to distil again")
-    config["distilled_from"] = os.path.relpath(teacher)  # where the teacher is shipped (the weights' sha256 is checked above)
+        raise ValueError(f"{dis.out_dir} was distilled from other weights than {teacher}'s; remove it to distil again")
+    config["distilled_from"] = os.path.relpath(teacher)  # where the teacher ships (its weights' sha256 checked above)
     config["provenance"] = {**provenance, "distilled_by": "python experiments/distill_dynamics.py " + " ".join(stage),
                             "distill_summary": json.loads((Path(dis.out_dir) / "summary.json").read_text())}
-    # fp16 for the encoder and head, which are the fp16-shipped teacher's (so lossless); the predictor
-    # as trained: rounding it to fp16 changed 4 of 100 Reacher outcomes (docs/results.md#planning-speed)
+    # fp16 is lossless for the encoder and head (the fp16-shipped teacher's); the predictor stays as trained:
+    # rounding it re-drew several Reacher outcomes (docs/results.md#distilled-reacher)
+    return export(student, config, target, keep=("predictor.",))
+
+
+def trained(source: Path) -> tuple[WorldModel, dict]:
+    """The world model of training checkpoint ``source`` and what its training recorded (data, settings)."""
+    model = WorldModel.from_pretrained(source)
+    return model, {k: v for k, v in load_config(source).items() if k not in model.config()}
+
+
+def export(model: WorldModel, config: dict, target: Path, keep: tuple[str, ...] = ()) -> Path:
+    """``model`` written to ``target`` with ``config`` in fp16 (half the bytes; loading casts back to fp32),
+    the weights named by ``keep`` as they are; a model already in ``target`` is kept aside first."""
     keep_previous(target)
-    return student.save_pretrained(target, extra=config, dtype=torch.float16, keep=("predictor.",))
+    return model.save_pretrained(target, extra=config, dtype=torch.float16, keep=keep)
 
 
 def install_slow(overrides: list[str], target: Path) -> Path:
-    """Stage 4: the slow level of the exported model ``target``, installed in ``target/slow``."""
+    """Stage 5: the slow level of the exported model ``target``, installed in ``target/slow``."""
     model = os.path.relpath(target)  # provenance names the model relative to the repository
     slow = load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={model}",
                                            "install=true"])

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.config import EnvConfig, PointMazeConfig
 from worldmodel.data.config import CollectConfig, PolicyConfig
-from experiments.schemas import (DistillExperimentConfig, DynamicsExperimentConfig, PlanConfig, PretrainConfig, ProbeConfig,
+from experiments.schemas import (DistillExperimentConfig, DynamicsExperimentConfig, PlanConfig, PretrainConfig,
+                                 ProbeConfig,
                                  ReachExperimentConfig, SlowExperimentConfig)
 
 CONFIG_DIR = str(Path(__file__).parent / "configs")

@@ -1,4 +1,5 @@
-"""Distil a world model's predictor into a narrower one: ``python experiments/distill_dynamics.py env=reacher [--resume]``.
+"""Distil a world model's predictor into a narrower one:
+``python experiments/distill_dynamics.py env=reacher [--resume]``.
 
 The student keeps the teacher's frame encoder and head (the same latents and goal costs) and
 learns to reproduce the teacher's open-loop rollouts under the action blocks a planner tries

@@ -92,7 +92,8 @@ def main(argv: list[str]) -> None:
                 "median_error_rollout_by_chunk": [err(on_pred[:, j - 1], truth[:, j]) for j in range(1, R + 1)],
             }
     result = {"model": cfg.model, "model_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS),
-              "slow_weights_sha256": file_sha256(Path(slow_dir) / WEIGHTS), "slow": slow.config(), "chunks": R, "windows": {"train": 4 * n, "val": n},
+              "slow_weights_sha256": file_sha256(Path(slow_dir) / WEIGHTS), "slow": slow.config(), "chunks": R,
+              "windows": {"train": 4 * n, "val": n},
               "chunk_env_steps": slow.chunk_steps, "probes": rows}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "probe_slow.json", result)

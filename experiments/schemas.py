@@ -52,16 +52,16 @@ def default_model(cfg) -> str:
     return relative if Path(relative).is_dir() else str(PACKAGE_ROOT / relative)
 
 
-def mpc_config(key: str, value) -> MPCConfig:
-    """``value`` (an ``MPCConfig`` or a mapping of some of its keys, the rest its defaults) as an ``MPCConfig``;
-    a clear error naming ``key`` for a key it does not have or a value of the wrong type."""
-    if isinstance(value, MPCConfig):
+def structured(key: str, cls: type, value, expected: str):
+    """``value`` (a ``cls`` or a mapping of some of its fields, the rest their defaults) as a ``cls``: what a
+    dict-valued setting holds, so that ``+key.<new>...`` can add entries from the command line. A field it
+    does not have, or a value of the wrong type, is a clear error naming ``key`` and the ``expected`` form."""
+    if isinstance(value, cls):
         return value
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MPCConfig), value))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), value))
     except (OmegaConfBaseException, ValueError) as e:
-        raise ValueError(f"{key}={value} is not MPC settings (keys of MPCConfig: planner, horizon, cem.samples, "
-                         f"...): {str(e).splitlines()[0]}") from None
+        raise ValueError(f"{key}={value} {expected}: {str(e).splitlines()[0]}") from None
 
 
 @dataclass
@@ -144,7 +144,7 @@ class PlanConfig(CollectConfig):
     subgoals: dict[str, int] = field(default_factory=dict)
     flat: bool = True
     planners: list[str] = field(default_factory=list)
-    variants: dict[str, Any] = field(default_factory=dict)  # MPCConfig each; untyped so that +variants.<new>.<key>=... works
+    variants: dict[str, Any] = field(default_factory=dict)  # MPCConfig each (untyped: +variants.<new>.<key>=...)
     protocol: str = "recorded"
     bins: dict[str, Any] = field(default_factory=dict)  # DistanceBin each; untyped so that +bins.<new>=... works
     oracle: OracleConfig = field(default_factory=OracleConfig)
@@ -176,7 +176,8 @@ class PlanConfig(CollectConfig):
                              "and hierarchy=false runs none: drop one of the two")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        self.variants = {name: mpc_config(f"variants.{name}", v) for name, v in self.variants.items()}
+        self.variants = {name: structured(f"variants.{name}", MPCConfig, v, "is not MPC settings (keys of MPCConfig: "
+                                          "planner, horizon, cem.samples, ...)") for name, v in self.variants.items()}
         for name in self.planners:
             if name not in PLANNERS:
                 raise ValueError(f"planners lists {name!r}; expected a subset of {sorted(PLANNERS)}")
@@ -188,12 +189,8 @@ class PlanConfig(CollectConfig):
         if self.protocol == "maze":
             if not self.bins:
                 raise ValueError("protocol=maze needs distance bins (bins.<name>: {lo, hi, budget})")
-            for name, b in self.bins.items():
-                if not isinstance(b, DistanceBin):
-                    try:
-                        self.bins[name] = DistanceBin(**b)
-                    except TypeError:
-                        raise ValueError(f"bins.{name}={b} must be {{lo, hi, budget}}") from None
+            self.bins = {name: structured(f"bins.{name}", DistanceBin, b, "must be {lo, hi, budget}")
+                         for name, b in self.bins.items()}
             ranked = sorted(self.bins.items(), key=lambda kv: kv[1].lo)
             for (a, x), (b, y) in zip(ranked, ranked[1:]):
                 if y.lo <= x.hi:
