@@ -21,7 +21,7 @@ import torch
 
 import envs
 from experiments.provenance import write_json
-from worldmodel.data import CollectConfig, PolicyConfig, WindowSampler, build_dataset, open_dataset
+from worldmodel.data import CollectConfig, DataConfig, PolicyConfig, WindowSampler, build_dataset, open_dataset
 from worldmodel.data.collect import collect_episodes, episode_seeds, single_env_rate
 
 
@@ -65,15 +65,9 @@ def read_rates(env: str, episodes: int, window: int = 4, batch: int = 64, iters:
 
     root = Path(tempfile.mkdtemp())
     try:
-        cfg = CollectConfig(
-            env=envs.EnvConfig(name=env, episode_steps=100),
-            train_episodes=episodes,
-            val_episodes=0,
-            heldout_episodes=0,
-            root=str(root),
-            progress=False,
-        )
-        ds = open_dataset(build_dataset(cfg))
+        data = DataConfig(train_episodes=episodes, val_episodes=0, heldout_episodes=0, root=str(root))
+        cfg = CollectConfig(env=envs.EnvConfig(name=env, episode_steps=100), data=data)
+        ds = open_dataset(build_dataset(cfg, progress=False))
         sampler = WindowSampler(ds.split("train"), window)
         g = torch.Generator().manual_seed(0)
         sampler.sample(batch, g)

@@ -33,7 +33,7 @@ import envs
 from experiments.conf import load
 from experiments.provenance import device_description, git_commit, write_json
 from planners.mpc import LatentMPCAgent, MPCConfig
-from worldmodel.data import CollectConfig, open_dataset
+from worldmodel.data import CollectConfig, DataConfig, open_dataset
 from worldmodel.data.collect import build_dataset
 from worldmodel.dynamics import DynamicsConfig, DynamicsObjective, DynamicsTrainConfig, WindowBatches, WorldModel
 from worldmodel.dynamics import validate
@@ -61,11 +61,11 @@ def matmul_tflops(device: torch.device, n: int, dtype: torch.dtype, reps: int = 
 
 
 def collect(args, root: Path) -> dict:
-    cfg = CollectConfig(env=envs.EnvConfig(episode_steps=100), train_episodes=args.train_episodes, val_episodes=20,
-                        heldout_episodes=args.heldout_episodes, num_envs=args.num_envs, root=str(root),
-                        minari=False, progress=False)
+    data = DataConfig(train_episodes=args.train_episodes, val_episodes=20, heldout_episodes=args.heldout_episodes,
+                      num_envs=args.num_envs, root=str(root), minari=False)
+    cfg = CollectConfig(env=envs.EnvConfig(episode_steps=100), data=data)
     start = time.perf_counter()
-    path = build_dataset(cfg)
+    path = build_dataset(cfg, progress=False)
     seconds = time.perf_counter() - start
     frames = sum(s["frames"] for s in open_dataset(path, verify=False).manifest["splits"].values())
     return {"path": str(path), "frames": frames, "seconds": seconds, "frames_per_s": frames / seconds,

@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="collect.py overrides naming the dataset")
     args = parser.parse_args()
     cfg = load("collect", ["env=pointmaze", *args.overrides])
-    dataset = open_dataset(Path(cfg.root) / cfg.dataset_name)
+    dataset = open_dataset(Path(cfg.data.root) / cfg.data.dataset_name(cfg.env))
     train = dataset.split("train")
     walls = layout_grid(cfg.env.maze)
     xy = ball_positions(train.physics)

@@ -1,12 +1,15 @@
 """Pixel environments for latent planning.
 
 Importing this package imports every module in it, and each module registers its
-environments (see :mod:`envs.registry`). Add an environment by adding a module.
+environments (see :mod:`envs.registry`). Add an environment by adding a module and its
+config file (``envs/<name>.yaml``); one kept elsewhere is found through ``HJEPA_ENV_PATH``.
 """
 
 import importlib
 import os
 import pkgutil
+import sys
+from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless by default; must precede the first mujoco import
 
@@ -39,10 +42,26 @@ from envs.registry import (  # noqa: E402
     wrap_angle,
 )
 
-_INFRASTRUCTURE = {"registry", "config"}
-for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_") and _module.name not in _INFRASTRUCTURE:
-        importlib.import_module(f"{__name__}.{_module.name}")
+ENV_PATH = "HJEPA_ENV_PATH"  # directories (os.pathsep between them) whose modules register more envs
+
+
+def _import_envs() -> None:
+    """Import this package's env modules, then every module in the directories of ``HJEPA_ENV_PATH``
+    (as top-level modules: the directory goes on ``sys.path``, so subprocesses find them too)."""
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_") and module.name not in {"registry", "config"}:
+            importlib.import_module(f"{__name__}.{module.name}")
+    for directory in filter(None, os.environ.get(ENV_PATH, "").split(os.pathsep)):
+        if not Path(directory).is_dir():
+            raise FileNotFoundError(f"{ENV_PATH} names {directory!r}, which is not a directory of env modules")
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+        for module in pkgutil.iter_modules([directory]):
+            if not module.name.startswith("_"):
+                importlib.import_module(module.name)
+
+
+_import_envs()
 
 __all__ = [
     "EnvConfig",

@@ -53,38 +53,6 @@ class EnvConfig:
         return make_env(self.name, max_episode_steps=max_episode_steps or self.episode_steps, **self.env_kwargs())
 
 
-@dataclass
-class PointMazeConfig(EnvConfig):
-    """The maze's settings (``env=pointmaze env.maze=large``).
-
-    Attributes:
-        maze: layout, ``medium`` or ``large``.
-        action_repeat: raw 0.01 s simulation steps per control step.
-    """
-
-    name: str = "pointmaze"
-    maze: str = "medium"
-    action_repeat: int = 8
-    antialias: bool = False
-
-    def __post_init__(self):
-        super().__post_init__()
-        from envs.pointmaze import LAYOUTS
-
-        if self.maze not in LAYOUTS:
-            raise ValueError(f"env.maze must be one of {sorted(LAYOUTS)}, got {self.maze!r}")
-        if self.action_repeat < 1:
-            raise ValueError(f"env.action_repeat must be >= 1, got {self.action_repeat}")
-
-    @property
-    def model_name(self) -> str:
-        """``pointmaze`` for the medium layout, ``pointmaze-<layout>`` for another."""
-        return self.name if self.maze == "medium" else f"{self.name}-{self.maze}"
-
-    def env_kwargs(self) -> dict[str, Any]:
-        return {**super().env_kwargs(), "maze": self.maze, "action_repeat": self.action_repeat}
-
-
 def check_patch_grid(image_size: int, patch_size: int) -> None:
     """Raise unless ``image_size`` is a positive multiple of ``patch_size``."""
     if patch_size < 1 or image_size < patch_size or image_size % patch_size:

@@ -25,6 +25,7 @@ import io
 import math
 import warnings
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium
@@ -32,6 +33,7 @@ import mujoco
 import numpy as np
 from gymnasium.spaces import Box
 
+from envs.config import EnvConfig
 from envs.registry import EnvSpec, Quantity, checked_action, checked_state, register_env
 
 # The package prints a notice about unrelated (Adroit) envs to stderr at import; keep it quiet.
@@ -301,6 +303,36 @@ def path_distance(physics: dict[str, np.ndarray], env_kwargs: dict) -> dict[str,
     return {"path_distance": dist[cells[:, 0], cells[:, 1]].astype(np.float64)[:, None]}
 
 
+@dataclass
+class PointMazeConfig(EnvConfig):
+    """The maze's settings (``env=pointmaze env.maze=large``).
+
+    Attributes:
+        maze: layout, ``medium`` or ``large``.
+        action_repeat: raw 0.01 s simulation steps per control step.
+    """
+
+    name: str = "pointmaze"
+    maze: str = "medium"
+    action_repeat: int = 8
+    antialias: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.maze not in LAYOUTS:
+            raise ValueError(f"env.maze must be one of {sorted(LAYOUTS)}, got {self.maze!r}")
+        if self.action_repeat < 1:
+            raise ValueError(f"env.action_repeat must be >= 1, got {self.action_repeat}")
+
+    @property
+    def model_name(self) -> str:
+        """``pointmaze`` for the medium layout, ``pointmaze-<layout>`` for another."""
+        return self.name if self.maze == "medium" else f"{self.name}-{self.maze}"
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {**super().env_kwargs(), "maze": self.maze, "action_repeat": self.action_repeat}
+
+
 SPEC = register_env(
     EnvSpec(
         name="pointmaze",
@@ -318,5 +350,6 @@ SPEC = register_env(
         distance_tasks=maze_tasks,
         subgoal=next_waypoint,
         derived_quantities=path_distance,
+        config=PointMazeConfig,
     )
 )

@@ -1,10 +1,12 @@
 """Registry of the toolkit's pixel environments.
 
 An environment is added by writing one module in ``envs/`` that calls
-:func:`register_env` at import time, and one config file
-``experiments/configs/env/<name>.yaml`` that sets ``name: <name>``. Every module
-of the ``envs`` package is imported when the package is imported, so nothing
-else needs editing.
+:func:`register_env` at import time, and one config file beside it, ``envs/<name>.yaml``:
+its settings (``env:``), its dataset (``data:``) and each entry point's defaults for it
+(a section per entry point: ``pretrain:``, ``plan:``, ...). Every module of the ``envs``
+package is imported when the package is imported, and so is every module in the
+directories ``HJEPA_ENV_PATH`` names (an env kept outside this package), so nothing
+else needs editing (docs/envs.md shows the recipe).
 
 Each registered environment is also a Gymnasium id, so ``gymnasium.make(gym_id)``
 works after ``import envs``.
@@ -12,8 +14,10 @@ works after ``import envs``.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium
@@ -121,6 +125,7 @@ class EnvSpec:
     distance_tasks: Callable[..., list[tuple[str, np.ndarray, np.ndarray, dict]]] | None = None
     subgoal: Callable[[gymnasium.Env, np.ndarray, np.ndarray], np.ndarray] | None = None
     derived_quantities: Callable[[dict[str, np.ndarray], dict], dict[str, np.ndarray]] | None = None
+    config: type | None = None
 
     def __post_init__(self):
         keys = [q.key for q in self.quantities]
@@ -146,6 +151,15 @@ class EnvSpec:
     def describe_error(self, error: float) -> str:
         """A goal error with its label and unit, for captions and prints (``distance to goal 0.031 m``)."""
         return f"{self.goal_error_label} {error:.3f} {self.goal_error_unit}".rstrip()
+
+    @property
+    def config_file(self) -> Path:
+        """``<name>.yaml`` beside the module of its environment class: the env's settings and each entry
+        point's defaults for it (it need not exist: then the defaults are ``config``'s)."""
+        module = importlib.util.find_spec(self.entry_point.split(":")[0])
+        if module is None or module.origin is None:
+            raise UnknownEnvError(f"env {self.name!r}: the module of its entry point {self.entry_point!r} is not found")
+        return Path(module.origin).with_name(f"{self.name}.yaml")
 
     @property
     def version(self) -> int:

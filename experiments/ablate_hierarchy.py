@@ -9,7 +9,7 @@ tasks, as the reference row.
 
 Overrides go to both commands when both know the key (``env=...``, ``env.maze=...``, ``model=...``);
 ``plan.<key>=...`` goes only to ``plan.py`` and ``slow.<key>``/``train.<key>`` only to training.
-Default evaluation: the far bin of ``plan_env``, ``episodes=30``, CEM.
+Default evaluation: the far bin of the env's ``plan`` section, ``episodes=30``, CEM.
 """
 
 from __future__ import annotations

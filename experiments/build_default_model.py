@@ -87,7 +87,7 @@ def main(overrides: list[str]) -> Path:
         if not (target / "config.json").exists():
             raise FileNotFoundError(f"slow_only=true trains the slow level of {target}, which holds no model")
         return install_slow(overrides, target)
-    ensure_dataset(pre)
+    ensure_dataset(pre, progress=pre.train.progress)
     if not (Path(pre.out_dir) / "summary.json").exists():
         pretrain_encoder.run(pre)
     dyn = load("train_dynamics", overrides + ["resume=true", f"encoder_checkpoint={pre.out_dir}/checkpoint"])
@@ -99,8 +99,8 @@ def main(overrides: list[str]) -> Path:
         "commit": git_commit(),
         "dataset": config.get("dataset"),
         "dataset_checksum": config.get("dataset_checksum"),
-        "data_seed": pre.seed,
-        "eval_seed": pre.eval_seed,
+        "data_seed": pre.data.seed,
+        "eval_seed": pre.data.eval_seed,
         "pretrain_summary": json.loads((Path(pre.out_dir) / "summary.json").read_text()),
         "dynamics_summary": json.loads((Path(dyn.out_dir) / "summary.json").read_text()),
         "pretrain_config": json.loads((Path(pre.out_dir) / "checkpoint" / "config.json").read_text()),

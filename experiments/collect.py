@@ -1,7 +1,7 @@
-"""Collect an offline dataset: ``python experiments/collect.py env=reacher [policy=correlated]``.
+"""Collect an offline dataset: ``python experiments/collect.py env=reacher [data.policy.name=correlated]``.
 
-Writes ``<root>/<name>/`` (manifest, Minari copies, fast arrays) atomically and prints
-its path and counts.
+Writes ``<data.root>/<data.name>/`` (manifest, Minari copies, fast arrays) atomically and prints
+its path.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from worldmodel.data import CollectConfig, build_dataset
 @entry_point("collect")
 def main(cfg: DictConfig) -> None:
     config: CollectConfig = to_object(cfg)
-    path = build_dataset(config)
+    path = build_dataset(config, progress=config.progress)
     print(f"dataset written to {path}")
 
 

@@ -176,7 +176,7 @@ def draw_tasks(cfg: PlanConfig, spec, env):
         bins = {k: (b.lo, b.hi) for k, b in cfg.bins.items()}
         return sample_distance_tasks(env, spec, bins, cfg.episodes, {k: b.budget for k, b in cfg.bins.items()},
                                      rng), None
-    dataset = load_dataset(cfg, splits=("heldout",))
+    dataset = load_dataset(cfg, splits=("heldout",), progress=cfg.progress)
     return sample_goal_tasks(dataset.split("heldout"), spec, cfg.episodes, cfg.goal_offset, rng), dataset
 
 

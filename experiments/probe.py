@@ -47,7 +47,7 @@ def run(cfg: ProbeConfig) -> dict:
     if model.image_shape[-1] != cfg.env.image_size:
         raise ValueError(f"model {cfg.model} takes {model.image_shape[-1]}px images, the dataset has "
                          f"{cfg.env.image_size}px")
-    dataset = load_dataset(cfg)
+    dataset = load_dataset(cfg, progress=cfg.progress)
     full_train, test = dataset.split("train"), dataset.split("heldout")
     rng = np.random.default_rng(cfg.probe_seed)
     picked = np.sort(rng.choice(full_train.num_episodes, min(cfg.train_probe_episodes, full_train.num_episodes),

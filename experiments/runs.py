@@ -26,7 +26,7 @@ def training_run(cfg, parts: tuple[str, ...] = ("",), upstream: dict[str, str] |
         rank, _ = distributed()
         resolve_device(cfg.train.device, rank)  # a missing GPU fails here, before any collection
         with rank_zero_first():  # under torchrun: rank 0 collects what is missing, the other ranks then read it
-            dataset = load_dataset(cfg)
+            dataset = load_dataset(cfg, progress=cfg.train.progress)
         rundir.check_dataset(dataset.manifest["checksum"])
         yield dataset
 

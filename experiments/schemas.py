@@ -1,8 +1,8 @@
-"""Typed schemas of the entry points: a dataset (``CollectConfig``) plus what runs on it.
-
-Each entry point names the dataset it reads with the same keys as ``collect.py``, and
-collects the splits it needs first when they are missing. These schemas are the only
-place where the library's configs meet the planners' and the command line's.
+"""Typed schemas of the entry points. Each holds its parts as fields: ``env`` (the env and its
+rendering), ``data`` (the dataset it reads, with the same keys as ``collect.py``'s; the splits it
+needs are collected first when missing), and what it runs (``model``, ``train``, the planner's
+settings), each part checked in its own ``__post_init__``. These schemas are the only place where
+the library's configs meet the planners' and the command line's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from planners.hierarchy import SlowPlanConfig
 from planners.mpc import PLANNERS, MPCConfig
-from worldmodel.data.config import CollectConfig
+from envs.config import EnvConfig, check_patch_grid
+from worldmodel.data.config import DataConfig
 from worldmodel.dynamics import DynamicsConfig, DynamicsTrainConfig
 from worldmodel.dynamics.distill import DistillTrainConfig
 from worldmodel.evaluation import BASELINES, REFERENCE_AGENTS
@@ -33,6 +34,12 @@ def check_resume_allow(cfg) -> None:
     unknown = [k for k in cfg.resume_allow if k not in known]
     if unknown:
         raise ValueError(f"resume_allow names unknown settings {unknown}; use dotted keys such as train.steps")
+
+
+def require_episodes(data: DataConfig, split: str, purpose: str) -> None:
+    """Refuse a dataset without ``<split>_episodes``, naming what the stage needs them for."""
+    if getattr(data, f"{split}_episodes") < 1:
+        raise ValueError(f"data.{split}_episodes must be >= 1 {purpose}, got {getattr(data, f'{split}_episodes')}")
 
 
 PROTOCOLS = ("recorded", "maze")
@@ -92,10 +99,12 @@ class OracleConfig:
 
 
 @dataclass
-class PlanConfig(CollectConfig):
+class PlanConfig:
     """The dataset whose held-out split supplies the tasks, plus the protocol's settings.
 
     Attributes:
+        env: the environment and its rendering.
+        data: the dataset it reads.
         model: world-model checkpoint directory to plan with; ``default``: the env's shipped model
             ``models/<env.model_name>``; empty = baselines only.
         mpc: the planner and its receding horizon.
@@ -105,7 +114,7 @@ class PlanConfig(CollectConfig):
         slow: the slow level's planning settings (with ``hierarchy``).
         slow_model: the slow level the hierarchical agents plan with (empty: ``<model>/slow``).
         subgoals: the slow plan's subgoal chunk by maze layout (``env.maze``); the maze's
-            ``plan_env`` config sets ``slow.subgoal`` from it (empty for the other envs).
+            config file sets ``slow.subgoal`` from it (empty for the other envs).
         flat: run the flat agents (``false``: only the hierarchical ones, e.g. in ablations).
         planners: planners compared side by side with the same model and ``mpc`` settings
             (``cem``, ``icem``, ``mppi``, ``gradient``); empty: only ``mpc.planner``.
@@ -134,8 +143,11 @@ class PlanConfig(CollectConfig):
             journal in ``output_dir`` (finished tasks are not run again).
         allow_unverified: load checkpoints whose ``config.json`` records no ``weights_sha256`` (refused
             otherwise: their weights cannot be checked).
+        progress: show progress bars (the collection of missing episodes, the tasks).
     """
 
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     model: str = DEFAULT_MODEL
     mpc: MPCConfig = field(default_factory=MPCConfig)
     hierarchy: bool = True
@@ -159,9 +171,9 @@ class PlanConfig(CollectConfig):
     device: str = "auto"
     resume: bool = False
     allow_unverified: bool = False
+    progress: bool = True
 
     def __post_init__(self):
-        super().__post_init__()
         if self.episodes < 1 or self.budget < 1:
             raise ValueError(f"episodes and budget must be >= 1, got {self.episodes}, {self.budget}")
         if not 1 <= self.goal_offset <= self.env.episode_steps:
@@ -197,13 +209,13 @@ class PlanConfig(CollectConfig):
                     raise ValueError(f"distance bins {a} ({x.lo}-{x.hi}) and {b} ({y.lo}-{y.hi}) overlap: a task would "
                                      f"be drawn into both; give them disjoint cell ranges")
             return self._check_agents()
-        if self.heldout_episodes < 1:
-            raise ValueError(f"heldout_episodes must be >= 1 to evaluate, got {self.heldout_episodes}")
-        pairs = self.heldout_episodes * (self.env.episode_steps - self.goal_offset + 1)
+        require_episodes(self.data, "heldout", "to evaluate")
+        pairs = self.data.heldout_episodes * (self.env.episode_steps - self.goal_offset + 1)
         if self.episodes > pairs:
-            raise ValueError(f"episodes={self.episodes} distinct tasks asked for, but {self.heldout_episodes} held-out "
-                             f"episodes of {self.env.episode_steps} steps hold at most {pairs} (episode, start) pairs "
-                             f"with goal_offset={self.goal_offset}; collect more (heldout_episodes=...) or ask for fewer")
+            raise ValueError(f"episodes={self.episodes} distinct tasks asked for, but {self.data.heldout_episodes} "
+                             f"held-out episodes of {self.env.episode_steps} steps hold at most {pairs} (episode, "
+                             f"start) pairs with goal_offset={self.goal_offset}; collect more "
+                             f"(data.heldout_episodes=...) or ask for fewer")
         self._check_agents()
 
     def _check_agents(self) -> None:
@@ -241,11 +253,13 @@ class PlanConfig(CollectConfig):
 
 
 @dataclass
-class PretrainConfig(CollectConfig):
+class PretrainConfig:
     """JEPA pretraining on the train split of a dataset.
 
     Attributes:
-        model: the JEPA (its encoder's image and patch size must equal the dataset's).
+        env: the environment and its rendering.
+        data: the dataset it reads.
+        model: the JEPA (its encoder's image size must equal the env's, and tile into its patches).
         train: optimisation settings.
         out_dir: run directory (log.csv, loss.png, summary.json, checkpoint/).
         resume: continue from ``out_dir/checkpoint`` when it exists (with the same settings).
@@ -255,6 +269,8 @@ class PretrainConfig(CollectConfig):
         probe_test_frames: held-out frames it is scored on.
     """
 
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     model: JEPAConfig = field(default_factory=JEPAConfig)
     train: JEPATrainConfig = field(default_factory=JEPATrainConfig)
     out_dir: str = "runs/pretrain"
@@ -264,15 +280,12 @@ class PretrainConfig(CollectConfig):
     probe_test_frames: int = 2000
 
     def __post_init__(self):
-        super().__post_init__()
         enc = self.model.encoder
-        if (enc.image_size, enc.patch_size) != (self.env.image_size, self.patch_size):
-            raise ValueError(
-                f"model.encoder image/patch size ({enc.image_size}, {enc.patch_size}) must equal the dataset's "
-                f"env.image_size and patch_size ({self.env.image_size}, {self.patch_size})"
-            )
-        if self.heldout_episodes < 1:
-            raise ValueError(f"heldout_episodes must be >= 1 for the probe, got {self.heldout_episodes}")
+        if enc.image_size != self.env.image_size:
+            raise ValueError(f"model.encoder.image_size ({enc.image_size}) must equal env.image_size "
+                             f"({self.env.image_size})")
+        check_patch_grid(self.env.image_size, enc.patch_size)
+        require_episodes(self.data, "heldout", "for the probe")
         if min(self.probe_train_frames, self.probe_test_frames) < 1:
             raise ValueError(f"probe_train_frames and probe_test_frames must be >= 1, got {self.probe_train_frames}, "
                              f"{self.probe_test_frames}")
@@ -280,10 +293,12 @@ class PretrainConfig(CollectConfig):
 
 
 @dataclass
-class DynamicsExperimentConfig(CollectConfig):
+class DynamicsExperimentConfig:
     """Training the action-conditioned predictor on a frozen pretrained encoder.
 
     Attributes:
+        env: the environment and its rendering.
+        data: the dataset it reads.
         encoder_checkpoint: pretraining checkpoint whose (EMA) encoder is frozen.
         dynamics: latent state and predictor settings.
         train: optimisation settings (``train.seed``: initial weights and window draws).
@@ -297,6 +312,8 @@ class DynamicsExperimentConfig(CollectConfig):
         resume_allow: dotted settings allowed to differ from the checkpoint's on resume.
     """
 
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     encoder_checkpoint: str = "runs/pretrain/reacher-small/checkpoint"
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     train: DynamicsTrainConfig = field(default_factory=DynamicsTrainConfig)
@@ -307,19 +324,19 @@ class DynamicsExperimentConfig(CollectConfig):
     resume_allow: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        super().__post_init__()
-        if self.val_episodes < 1:
-            raise ValueError(f"val_episodes must be >= 1 to validate the predictor, got {self.val_episodes}")
+        require_episodes(self.data, "val", "to validate the predictor")
         if not 0 <= self.projection_seed < 2**63:
             raise ValueError(f"projection_seed must be >= 0 and < 2**63, got {self.projection_seed}")
         check_resume_allow(self)
 
 
 @dataclass
-class DistillExperimentConfig(CollectConfig):
+class DistillExperimentConfig:
     """Distilling a trained world model's predictor into a narrower one (``worldmodel.dynamics.distill``).
 
     Attributes:
+        env: the environment and its rendering.
+        data: the dataset it reads.
         model: the teacher (``default``: the env's shipped model); its frame encoder and head are kept.
         hidden: the student predictor's hidden width.
         depth: the student predictor's hidden layers.
@@ -331,6 +348,8 @@ class DistillExperimentConfig(CollectConfig):
         resume_allow: dotted settings allowed to differ from the checkpoint's on resume.
     """
 
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     model: str = DEFAULT_MODEL
     hidden: int = 256
     depth: int = 3
@@ -341,20 +360,20 @@ class DistillExperimentConfig(CollectConfig):
     resume_allow: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        super().__post_init__()
         self.model = default_model(self)
-        if self.val_episodes < 1:
-            raise ValueError(f"val_episodes must be >= 1 to validate the student, got {self.val_episodes}")
+        require_episodes(self.data, "val", "to validate the student")
         if self.hidden < 1 or self.depth < 1:
             raise ValueError(f"hidden and depth must be >= 1, got {self.hidden}, {self.depth}")
         check_resume_allow(self)
 
 
 @dataclass
-class SlowExperimentConfig(CollectConfig):
+class SlowExperimentConfig:
     """Training the slow level (level 2) of a trained world model on the data its level 1 trained on.
 
     Attributes:
+        env: the environment and its rendering.
+        data: the dataset it reads.
         model: the level-1 world model (``default``: the env's shipped model); its frame encoder and head
             (fixed) give the level-1 latents.
         slow: the slow level's settings.
@@ -370,6 +389,8 @@ class SlowExperimentConfig(CollectConfig):
         resume_allow: dotted settings allowed to differ from the checkpoint's on resume.
     """
 
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     model: str = DEFAULT_MODEL
     slow: SlowConfig = field(default_factory=SlowConfig)
     jepa_train: SlowTrainConfig = field(default_factory=lambda: SlowTrainConfig(steps=2000))
@@ -383,10 +404,8 @@ class SlowExperimentConfig(CollectConfig):
     resume_allow: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        super().__post_init__()
         self.model = default_model(self)
-        if self.val_episodes < 1:
-            raise ValueError(f"val_episodes must be >= 1 to validate the slow level, got {self.val_episodes}")
+        require_episodes(self.data, "val", "to validate the slow level")
         if self.macro_prior_chunks < 2 or self.atlas_frames < 1:
             raise ValueError(f"macro_prior_chunks must be >= 2 and atlas_frames >= 1, got {self.macro_prior_chunks}, "
                              f"{self.atlas_frames}")
@@ -394,11 +413,13 @@ class SlowExperimentConfig(CollectConfig):
 
 
 @dataclass
-class ReachExperimentConfig(CollectConfig):
+class ReachExperimentConfig:
     """Training a learned temporal distance between level-1 latents (the hand-down rule ``learned``)
     on the data level 1 trained on.
 
     Attributes:
+        env: the environment and its rendering.
+        data: the dataset it reads.
         model: the level-1 world model (``default``: the env's shipped model).
         reach: the head's settings.
         train: its optimisation.
@@ -410,6 +431,8 @@ class ReachExperimentConfig(CollectConfig):
         resume_allow: dotted settings allowed to differ from the checkpoint's on resume.
     """
 
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     model: str = DEFAULT_MODEL
     reach: ReachConfig = field(default_factory=ReachConfig)
     train: ReachTrainConfig = field(default_factory=ReachTrainConfig)
@@ -420,18 +443,18 @@ class ReachExperimentConfig(CollectConfig):
     resume_allow: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        super().__post_init__()
         self.model = default_model(self)
-        if self.val_episodes < 1:
-            raise ValueError(f"val_episodes must be >= 1 to validate the temporal distance, got {self.val_episodes}")
+        require_episodes(self.data, "val", "to validate the temporal distance")
         check_resume_allow(self)
 
 
 @dataclass
-class ProbeConfig(CollectConfig):
+class ProbeConfig:
     """Probing a world model's latents: frames, open-loop rollouts, surprise.
 
     Attributes:
+        env: the environment and its rendering.
+        data: the dataset it reads.
         model: world-model checkpoint directory.
         quantities: recorded physical quantities to probe (empty = all in the dataset).
         probes: probe kinds, ``linear`` and/or ``mlp``.
@@ -448,8 +471,11 @@ class ProbeConfig(CollectConfig):
         probe_seed: seed of the episode choice, the MLP probes and the surprise segments.
         output_dir: where the JSON, Markdown and plots go.
         device: ``auto``, ``cpu`` or ``cuda``.
+        progress: show progress bars.
     """
 
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     model: str = DEFAULT_MODEL
     quantities: list[str] = field(default_factory=list)
     probes: list[str] = field(default_factory=lambda: ["linear", "mlp"])
@@ -465,9 +491,9 @@ class ProbeConfig(CollectConfig):
     probe_seed: int = 0
     output_dir: str = "results/probe"
     device: str = "auto"
+    progress: bool = True
 
     def __post_init__(self):
-        super().__post_init__()
         self.model = default_model(self)
         unknown = [p for p in self.probes if p not in ("linear", "mlp")] + [
             b for b in self.baselines if b not in ("random_encoder", "pixels")]
@@ -480,7 +506,6 @@ class ProbeConfig(CollectConfig):
         if not 0 <= self.event_step < self.surprise_steps:
             raise ValueError(f"event_step must be in [0, surprise_steps={self.surprise_steps}), got {self.event_step}")
         check_device_name(self.device)
-        if self.heldout_episodes < 1:
-            raise ValueError(f"heldout_episodes must be >= 1 to probe held-out episodes, got {self.heldout_episodes}")
+        require_episodes(self.data, "heldout", "to probe held-out episodes")
         if not 0 <= self.probe_seed < 2**63:
             raise ValueError(f"probe_seed must be >= 0 and < 2**63, got {self.probe_seed}")

@@ -7,36 +7,30 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import pytest  # noqa: E402
 
 from envs import EnvConfig  # noqa: E402
-from worldmodel.data import CollectConfig, build_dataset, open_dataset  # noqa: E402
+from worldmodel.data import CollectConfig, DataConfig, build_dataset, open_dataset  # noqa: E402
 
 
 def dataset_args(dataset) -> list[str]:
     """Command-line settings that name ``dataset`` (a tiny_dataset-like fixture) by its content."""
     s = dataset.manifest["splits"]
     count = lambda split: s.get(split, {}).get("episodes", 0)  # noqa: E731
-    return [f"root={dataset.path.parent}", f"env.episode_steps={dataset.manifest['env']['episode_steps']}",
-            f"train_episodes={count('train')}", f"val_episodes={count('val')}", f"heldout_episodes={count('heldout')}"]
+    return [f"data.root={dataset.path.parent}", f"env.episode_steps={dataset.manifest['env']['episode_steps']}",
+            f"data.train_episodes={count('train')}", f"data.val_episodes={count('val')}",
+            f"data.heldout_episodes={count('heldout')}"]
 
 
-def tiny_collect_config(root, **overrides) -> CollectConfig:
-    settings = dict(
-        env=EnvConfig(episode_steps=20),
-        train_episodes=6,
-        val_episodes=2,
-        heldout_episodes=2,
-        num_envs=2,
-        root=str(root),
-        progress=False,
-    )
+def tiny_collect_config(root, env: EnvConfig | None = None, **overrides) -> CollectConfig:
+    """A tiny Reacher dataset's settings (``env``: 20-step episodes), ``overrides`` of its ``DataConfig``."""
+    settings = dict(train_episodes=6, val_episodes=2, heldout_episodes=2, num_envs=2, root=str(root))
     settings.update(overrides)
-    return CollectConfig(**settings)
+    return CollectConfig(env=env or EnvConfig(episode_steps=20), data=DataConfig(**settings), progress=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """A real (tiny) Reacher dataset, collected once per pytest run with 2 subprocess envs."""
     root = tmp_path_factory.mktemp("data")
-    return open_dataset(build_dataset(tiny_collect_config(root)))
+    return open_dataset(build_dataset(tiny_collect_config(root), progress=False))
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +38,7 @@ def small_dataset(tmp_path_factory):
     """60 training and 10 validation episodes of 20 steps: enough for a predictor to generalise."""
     root = tmp_path_factory.mktemp("small")
     return open_dataset(build_dataset(tiny_collect_config(root, train_episodes=60, val_episodes=10, heldout_episodes=0,
-                                                          minari=False)))
+                                                          minari=False), progress=False))
 
 
 def mounted_tmpfs(path, options: str):

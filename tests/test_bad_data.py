@@ -12,7 +12,7 @@ import torch
 import envs
 from tests.conftest import tiny_collect_config
 from tests.models import tiny_world_model
-from worldmodel.data import CollectConfig, DatasetError, PolicyConfig, ensure_dataset, open_dataset
+from worldmodel.data import CollectConfig, DataConfig, DatasetError, PolicyConfig, ensure_dataset, open_dataset
 from worldmodel.data.storage import MANIFEST, manifest_checksum
 from worldmodel.dynamics import FeatureCache
 
@@ -42,14 +42,16 @@ def edit_manifest(path: Path, edit, keep_checksum_valid: bool = False) -> None:
                                     {"policy": PolicyConfig(name="correlated", beta=0.5)},
                                     {"env": envs.EnvConfig(episode_steps=50)}])
 def test_every_setting_that_changes_the_heldout_data_changes_its_name(change):
-    base, other = CollectConfig(), CollectConfig(**change)
+    env = change.pop("env", envs.EnvConfig())
+    base, other = CollectConfig(), CollectConfig(env=env, data=DataConfig(**change))
     assert other.heldout_dataset_name != base.heldout_dataset_name
     assert other.dataset_name != base.dataset_name
 
 
 def test_settings_of_other_splits_leave_the_heldout_name_alone():
-    assert CollectConfig(train_episodes=3000).heldout_dataset_name == CollectConfig().heldout_dataset_name
-    assert CollectConfig(train_episodes=3000).dataset_name != CollectConfig().dataset_name
+    more = CollectConfig(data=DataConfig(train_episodes=3000))
+    assert more.heldout_dataset_name == CollectConfig().heldout_dataset_name
+    assert more.dataset_name != CollectConfig().dataset_name
 
 
 def test_a_dataset_holding_other_data_than_requested_is_refused_naming_the_keys(tiny_dataset):
@@ -160,10 +162,10 @@ def test_a_manifest_naming_a_file_outside_its_dataset_is_refused_without_reading
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"train_episodes": 10**9}, r"train_episodes must be <= 10,000,000, got 1,000,000,000"),
-    ({"heldout_episodes": 10**8}, r"heldout_episodes must be <= 10,000,000"),
-    ({"seed": 2**70}, r"seed and eval_seed must be < 2\*\*63"),
-    ({"eval_seed": 2**63}, r"seed and eval_seed must be < 2\*\*63"),
+    ({"train_episodes": 10**9}, r"data.train_episodes must be in \[0, 10,000,000\], got 1,000,000,000"),
+    ({"heldout_episodes": 10**8}, r"data.heldout_episodes must be in \[0, 10,000,000\]"),
+    ({"seed": 2**70}, r"data.seed and data.eval_seed must be >= 0 and < 2\*\*63"),
+    ({"eval_seed": 2**63}, r"data.seed and data.eval_seed must be >= 0 and < 2\*\*63"),
 ])
 def test_counts_and_seeds_beyond_reason_are_refused_naming_the_key(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -185,7 +187,8 @@ def test_a_collection_larger_than_the_disk_is_refused_before_any_episode(tmp_pat
     from worldmodel.data.collect import build_dataset
 
     cfg = tiny_collect_config(tmp_path, train_episodes=9_000_000, env=envs.EnvConfig(image_size=1024))
-    with pytest.raises(OSError, match=r"needs at least .* GB \(train_episodes=9000000.*env.image_size=1024\); .* GB free") as err:
+    sizing = r"\(data.train_episodes=9000000.*env.image_size=1024\)"
+    with pytest.raises(OSError, match=rf"needs at least .* GB {sizing}; .* GB free") as err:
         build_dataset(cfg)
     assert err.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []

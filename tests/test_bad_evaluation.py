@@ -26,7 +26,7 @@ def plan_config(tmp_path, dataset, *overrides):
 
 def test_an_output_dir_that_is_a_file_fails_before_any_work(tmp_path):
     (tmp_path / "out").write_text("")
-    cfg = load("plan", [f"root={tmp_path}/data", "model=", f"output_dir={tmp_path}/out"])
+    cfg = load("plan", [f"data.root={tmp_path}/data", "model=", f"output_dir={tmp_path}/out"])
     with pytest.raises(NotADirectoryError, match="output_dir .* is a file"):
         plan.run(cfg)
     assert not (tmp_path / "data").exists()  # nothing was collected
@@ -40,7 +40,7 @@ def test_a_read_only_output_dir_fails_before_any_work(tmp_path):
 
 
 def test_a_model_that_does_not_fit_the_env_fails_before_collecting(tmp_path):
-    cfg = load("plan", [f"root={tmp_path}/data", "env.image_size=96", f"output_dir={tmp_path}/out"])
+    cfg = load("plan", [f"data.root={tmp_path}/data", "env.image_size=96", f"output_dir={tmp_path}/out"])
     with pytest.raises(ValueError, match=r"trained on reacher with other settings: env.image_size=64 \(asked: 96\)"):
         plan.run(cfg)
     assert not (tmp_path / "data").exists()
@@ -72,7 +72,7 @@ def test_a_model_trained_on_another_env_is_refused(tmp_path):
 def test_probing_a_model_trained_on_another_env_is_refused_before_collecting(tmp_path):
     from experiments import probe
 
-    cfg = load("probe", ["env=pointmaze", "model=models/reacher", f"root={tmp_path}/data"])
+    cfg = load("probe", ["env=pointmaze", "model=models/reacher", f"data.root={tmp_path}/data"])
     with pytest.raises(ValueError, match="model models/reacher was trained on env 'reacher', not 'pointmaze'"):
         probe.run(cfg)
     assert not (tmp_path / "data").exists()
@@ -103,7 +103,7 @@ def test_maze_protocol_settings_are_checked_in_the_config():
 def test_a_missing_encoder_checkpoint_fails_before_collecting(tmp_path):
     from experiments import train_dynamics
 
-    cfg = load("train_dynamics", [f"root={tmp_path}/data", f"encoder_checkpoint={tmp_path}/none",
+    cfg = load("train_dynamics", [f"data.root={tmp_path}/data", f"encoder_checkpoint={tmp_path}/none",
                                   f"out_dir={tmp_path}/run"])
     with pytest.raises(CheckpointError, match="does not exist"):
         train_dynamics.run(cfg)
@@ -112,7 +112,7 @@ def test_a_missing_encoder_checkpoint_fails_before_collecting(tmp_path):
 
 def test_more_tasks_than_the_heldout_episodes_can_hold_fail_in_the_config():
     with pytest.raises(ValueError, match=r"hold at most 760 \(episode, start\) pairs"):
-        load("plan", ["heldout_episodes=10", "episodes=1000"])
+        load("plan", ["data.heldout_episodes=10", "episodes=1000"])
 
 
 def test_a_model_without_a_slow_level_fails_before_collecting_and_names_the_way_out(tmp_path):
@@ -121,7 +121,7 @@ def test_a_model_without_a_slow_level_fails_before_collecting_and_names_the_way_
     from tests.models import tiny_world_model
 
     tiny_world_model(block=5).save_pretrained(tmp_path / "model")
-    cfg = load("plan", [f"root={tmp_path}/data", f"model={tmp_path}/model", f"output_dir={tmp_path}/out"])
+    cfg = load("plan", [f"data.root={tmp_path}/data", f"model={tmp_path}/model", f"output_dir={tmp_path}/out"])
     with pytest.raises(FileNotFoundError, match=r"no slow level at .*model/slow.*train_slow\.py.*hierarchy=false"):
         plan.run(cfg)
     assert not (tmp_path / "data").exists()
@@ -134,7 +134,7 @@ def test_a_slow_level_trained_on_another_env_or_layout_is_refused_before_collect
              (["env=pointmaze", "env.maze=large", "slow_model=models/pointmaze/slow"],
               r"slow level models/pointmaze/slow was trained on pointmaze with other settings: env.maze='medium'")]
     for overrides, message in cases:
-        cfg = load("plan", [*overrides, f"root={tmp_path}/data", f"output_dir={tmp_path}/out"])
+        cfg = load("plan", [*overrides, f"data.root={tmp_path}/data", f"output_dir={tmp_path}/out"])
         with pytest.raises(ValueError, match=message):
             plan.run(cfg)
     assert not (tmp_path / "data").exists()
@@ -146,7 +146,7 @@ def test_a_slow_model_without_the_hierarchy_is_refused():
 
 
 def test_a_missing_model_fails_before_collecting(tmp_path):
-    cfg = load("plan", [f"root={tmp_path}/data", f"model={tmp_path}/none", f"output_dir={tmp_path}/out"])
+    cfg = load("plan", [f"data.root={tmp_path}/data", f"model={tmp_path}/none", f"output_dir={tmp_path}/out"])
     with pytest.raises(FileNotFoundError, match="not found"):
         plan.run(cfg)
     assert not (tmp_path / "data").exists()
@@ -323,7 +323,7 @@ def test_a_task_with_a_budget_of_no_steps_is_refused():
 def test_a_slow_level_of_another_level1_model_of_the_same_env_and_layout_is_refused_before_collecting(
         tiny_reacher_model, tmp_path):
     """The shipped Reacher slow level has the tiny model's layout and env: only its lineage tells them apart."""
-    cfg = load("plan", [f"model={tiny_reacher_model}", "slow_model=models/reacher/slow", f"root={tmp_path}/data",
+    cfg = load("plan", [f"model={tiny_reacher_model}", "slow_model=models/reacher/slow", f"data.root={tmp_path}/data",
                         f"output_dir={tmp_path}/out"])
     with pytest.raises(ValueError, match=r"slow level models/reacher/slow was trained on the latents of the level-1 "
                                          r"model 'models/reacher' \(weights sha256 .*train_slow.py model="):

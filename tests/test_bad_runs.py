@@ -326,7 +326,7 @@ def test_a_real_disk_too_small_for_a_checkpoint_is_refused_before_writing(small_
 def test_distilling_a_model_of_another_env_is_refused_before_collecting(tmp_path):
     from experiments.distill_dynamics import run
 
-    cfg = load("distill_dynamics", ["env=pointmaze", "model=models/reacher", f"root={tmp_path}/data",
+    cfg = load("distill_dynamics", ["env=pointmaze", "model=models/reacher", f"data.root={tmp_path}/data",
                                     f"out_dir={tmp_path}/run"])
     with pytest.raises(ValueError, match="model models/reacher was trained on env 'reacher', not 'pointmaze'"):
         run(cfg)

@@ -171,8 +171,8 @@ def test_cuda_without_a_gpu_is_a_clear_error(name):
 
 
 @pytest.mark.parametrize("config, overrides, match", [
-    ("collect", ["seed=-1"], "seed and eval_seed must be >= 0"),
-    ("plan", ["eval_seed=-5"], "seed and eval_seed must be >= 0"),
+    ("collect", ["data.seed=-1"], "data.seed and data.eval_seed must be >= 0"),
+    ("plan", ["data.eval_seed=-5"], "data.seed and data.eval_seed must be >= 0"),
     ("plan", ["task_seed=-1"], "videos and task_seed must be >= 0"),
     ("plan", ["videos=-1"], "videos and task_seed must be >= 0"),
     ("plan", ["episodes=0"], "episodes and budget must be >= 1"),
@@ -180,8 +180,8 @@ def test_cuda_without_a_gpu_is_a_clear_error(name):
     ("plan", ["baselines=[random,best]"], "unknown baseline 'best'"),
     ("plan", ["mpc.planner=ilqr"], r"planner must be one of \['cem', 'gradient', 'icem', 'mppi'\], got 'ilqr'"),
     ("plan", ["mpc.cem.elites=1"], "need 2 <= elites <= samples"),
-    ("plan", ["env=reacher", "env.image_size=60"], "multiple of the patch size"),
-    ("collect", ["policy=correlated", "policy.beta=1.5"], r"policy.beta must be in \[0, 1\)"),
+    ("pretrain", ["env.image_size=60", "model.encoder.image_size=60"], "multiple of the patch size"),
+    ("collect", ["data.policy.name=correlated", "data.policy.beta=1.5"], r"policy.beta must be in \[0, 1\)"),
     ("pretrain", ["train.seed=-1"], "seed must be >= 0"),
     ("train_dynamics", ["projection_seed=-2"], "projection_seed must be >= 0"),
     ("probe", ["probe_seed=-1"], "probe_seed must be >= 0"),

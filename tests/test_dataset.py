@@ -155,8 +155,8 @@ def test_collection_killed_while_writing_leaves_no_complete_looking_dataset(tmp_
 
 
 def test_collection_killed_while_collecting_leaves_nothing(tmp_path):
-    cmd = [sys.executable, str(ROOT / "experiments" / "collect.py"), f"root={tmp_path}", "name=killed",
-           "train_episodes=400", "num_envs=1", "progress=true", f"hydra.run.dir={tmp_path}/hydra"]
+    cmd = [sys.executable, str(ROOT / "experiments" / "collect.py"), f"data.root={tmp_path}", "data.name=killed",
+           "data.train_episodes=400", "data.num_envs=1", "progress=true", f"hydra.run.dir={tmp_path}/hydra"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     os.set_blocking(proc.stderr.fileno(), False)
     progress, deadline = b"", time.monotonic() + 120

@@ -78,7 +78,7 @@ def test_distill_dynamics_writes_a_world_model_and_resumes_only_from_its_teacher
     teacher_dir = tmp_path / "teacher"
     tiny_world_model(block=2, moving=True, project_dim=8).save_pretrained(teacher_dir)
     cmd = [sys.executable, str(ROOT / "experiments" / "distill_dynamics.py"), *dataset_args(tiny_dataset),
-           "progress=false", f"model={teacher_dir}", "hidden=16", "depth=1", "train.batch_size=16",
+           f"model={teacher_dir}", "hidden=16", "depth=1", "train.batch_size=16",
            "train.horizon=2", "train.log_every=5", "train.val_windows=32", "train.progress=false",
            f"feature_cache={tmp_path}/cache", f"out_dir={tmp_path}/run", f"hydra.run.dir={tmp_path}/h"]
     out = subprocess.run([*cmd, "train.steps=10"], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -18,10 +18,10 @@ from worldmodel.jepa import JEPA, jepa_loss, sample_masks
 
 def test_dmc_configs_compose_on_one_dataset():
     stages = {name: load(name, ["env=dmc_reacher"]) for name in ("collect", "pretrain", "train_dynamics", "plan")}
-    names = {cfg.dataset_name for cfg in stages.values()}
+    names = {cfg.data.dataset_name(cfg.env) for cfg in stages.values()}
     assert len(names) == 1, f"every stage must read the same dataset, got {names}"
     pre = stages["pretrain"]
-    assert pre.model.encoder.image_size == pre.env.image_size and pre.env.image_size % pre.patch_size == 0
+    assert pre.model.encoder.image_size == pre.env.image_size and pre.env.image_size % pre.model.encoder.patch_size == 0
     assert stages["train_dynamics"].encoder_checkpoint == pre.out_dir + "/checkpoint"
     plan = stages["plan"]
     assert plan.model == "models/dmc_reacher" and (plan.goal_offset, plan.budget) == (25, 50)
@@ -62,16 +62,16 @@ def test_a_variant_may_not_take_another_agents_name():
 
 
 def test_peer_scale_starts():
-    """The peers' data size and resolution (data=dmc_reacher_peers): every stage's config composes,
+    """The peers' data size and resolution (preset=dmc_reacher-peers): every stage's config composes,
     and the encoder takes a training step on 224 px frames."""
-    over = ["env=dmc_reacher", "data=dmc_reacher_peers"]
+    over = ["env=dmc_reacher", "preset=dmc_reacher-peers"]
     collect = load("collect", over)
-    assert (collect.env.image_size, collect.env.episode_steps, collect.train_episodes) == (224, 200, 10000)
+    assert (collect.env.image_size, collect.env.episode_steps, collect.data.train_episodes) == (224, 200, 10000)
     pre = load("pretrain", over)
     dyn = load("train_dynamics", over)
     plan = load("plan", over)
-    assert pre.dataset_name == dyn.dataset_name == plan.dataset_name == collect.dataset_name
-    grid = pre.env.image_size // pre.patch_size
+    assert len({c.data.dataset_name(c.env) for c in (collect, pre, dyn, plan)}) == 1
+    grid = pre.env.image_size // pre.model.encoder.patch_size
     assert grid % dyn.dynamics.pool == 0
     torch.manual_seed(0)
     jepa = JEPA(pre.model)
@@ -89,8 +89,9 @@ def test_plan_on_dmc_reacher_runs_ours_and_the_peers_cem_side_by_side(tmp_path):
     """The shipped DMC model through ``plan.py env=dmc_reacher``: our CEM, the peers' CEM and the three
     reference agents on the same tasks from a freshly collected held-out split."""
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, str(root / "experiments" / "plan.py"), "env=dmc_reacher", f"root={tmp_path}/data",
-           "heldout_episodes=2", "env.episode_steps=30", "episodes=2", "budget=6", "goal_offset=10", "num_envs=1",
+    cmd = [sys.executable, str(root / "experiments" / "plan.py"), "env=dmc_reacher", f"data.root={tmp_path}/data",
+           "data.heldout_episodes=2", "env.episode_steps=30", "episodes=2", "budget=6", "goal_offset=10",
+           "data.num_envs=1",
            "progress=false", "videos=1", f"output_dir={tmp_path}/results", f"hydra.run.dir={tmp_path}/hydra"]
     out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -64,9 +64,10 @@ def test_replaying_the_recorded_actions_succeeds_and_zero_does_not(tiny_dataset)
 
 
 def test_plan_entry_point_runs_end_to_end(tmp_path):
-    cmd = [sys.executable, str(ROOT / "experiments" / "plan.py"), "env=reacher", f"root={tmp_path}/data",
-           "train_episodes=2", "val_episodes=0", "heldout_episodes=3", "env.episode_steps=30", "episodes=4",
-           "budget=10", "goal_offset=10", "num_envs=1", "progress=false", f"output_dir={tmp_path}/results", "model=",
+    cmd = [sys.executable, str(ROOT / "experiments" / "plan.py"), "env=reacher", f"data.root={tmp_path}/data",
+           "data.train_episodes=2", "data.val_episodes=0", "data.heldout_episodes=3", "env.episode_steps=30",
+           "episodes=4", "budget=10", "goal_offset=10", "data.num_envs=1", "progress=false",
+           f"output_dir={tmp_path}/results", "model=",
            f"hydra.run.dir={tmp_path}/hydra"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

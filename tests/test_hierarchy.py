@@ -181,7 +181,7 @@ def test_nothing_outside_the_slow_model_asks_which_kind_of_state_it_has():
 def test_train_slow_resumes_installs_and_plan_runs_flat_and_hierarchical(tiny_dataset, tmp_path):
     model = tmp_path / "model"
     tiny_world_model(block=5).save_pretrained(model, extra={"env": "reacher"})
-    data = [*dataset_args(tiny_dataset), "progress=false"]
+    data = dataset_args(tiny_dataset)
     train = [sys.executable, str(ROOT / "experiments" / "train_slow.py"), *data, f"model={model}", "slow.state=jepa",
              "slow.window=3", "slow.chunk=1", "slow.width=16", "slow.heads=2", "slow.depth=1", "slow.hidden=32",
              "slow.layers=1", "jepa_train.batch_size=8", "jepa_train.log_every=2", "jepa_train.steps=4",
@@ -208,7 +208,7 @@ def test_train_slow_resumes_installs_and_plan_runs_flat_and_hierarchical(tiny_da
     plan = [sys.executable, str(ROOT / "experiments" / "plan.py"), *data, f"model={model}",  # hierarchical by default
             "slow.horizon=2", "slow.cem.samples=10", "slow.cem.elites=2", "slow.cem.iterations=1",
             "episodes=2", "goal_offset=10", "budget=6", "mpc.cem.samples=10", "mpc.cem.elites=2",
-            "mpc.cem.iterations=1", "videos=1", "baselines=[]", f"output_dir={tmp_path}/out",
+            "mpc.cem.iterations=1", "videos=1", "baselines=[]", "progress=false", f"output_dir={tmp_path}/out",
             f"hydra.run.dir={tmp_path}/h2"]
     out = subprocess.run(plan, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

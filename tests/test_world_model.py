@@ -157,7 +157,7 @@ def test_conv_encoder_trains_end_to_end_against_its_ema_target(tiny_dataset, tmp
 
 
 def test_train_dynamics_resumes_and_its_conv_model_plans(tiny_dataset, tmp_path):
-    data = [*dataset_args(tiny_dataset), "progress=false"]
+    data = dataset_args(tiny_dataset)
     train = [sys.executable, str(ROOT / "experiments" / "train_dynamics.py"), *data, "dynamics.encoder=conv",
              "dynamics.latent_dim=8", "dynamics.conv_width=8", "dynamics.head_hidden=32", "dynamics.hidden=32",
              "dynamics.depth=1", "train.batch_size=16", "train.rollout_steps=1", "train.log_every=5",
@@ -177,7 +177,8 @@ def test_train_dynamics_resumes_and_its_conv_model_plans(tiny_dataset, tmp_path)
     assert type(model.encoder).__name__ == "ConvFrames" and model.image_shape == (3, 64, 64)
     plan = [sys.executable, str(ROOT / "experiments" / "plan.py"), *data, f"model={tmp_path}/run/checkpoint",
             "episodes=1", "goal_offset=10", "budget=5", "mpc.cem.samples=10", "mpc.cem.elites=2",
-            "mpc.cem.iterations=1", "videos=0", "baselines=[]", "hierarchy=false", f"output_dir={tmp_path}/out",
+            "mpc.cem.iterations=1", "videos=0", "baselines=[]", "hierarchy=false", "progress=false",
+            f"output_dir={tmp_path}/out",
             f"hydra.run.dir={tmp_path}/h2"]
     out = subprocess.run(plan, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -191,7 +192,7 @@ def test_train_dynamics_on_a_pretrained_encoder_shares_the_feature_cache_across_
     pre = tiny_jepa_train(steps=2, log_every=1)
     Trainer(PretrainObjective(tiny_jepa(), pre, tiny_dataset.split("train")), pre, tmp_path / "pre").run()
     cmd = [sys.executable, str(ROOT / "experiments" / "train_dynamics.py"), *dataset_args(tiny_dataset),
-           "progress=false", f"encoder_checkpoint={tmp_path}/pre/checkpoint", "dynamics.pool=2",
+           f"encoder_checkpoint={tmp_path}/pre/checkpoint", "dynamics.pool=2",
            "dynamics.project_dim=8", "dynamics.latent_dim=4", "dynamics.head_hidden=16", "dynamics.hidden=32",
            "train.batch_size=16", "train.rollout_steps=1", "train.steps=4", "train.log_every=2", "train.progress=false",
            f"feature_cache={tmp_path}/cache"]
@@ -339,8 +340,8 @@ def test_the_shipped_model_plans_better_than_random_on_fresh_tasks(tmp_path):
     shipped = WorldModel.from_pretrained(ROOT / "models" / "reacher")
     size = shipped.image_shape[-1]
     cfg = tiny_collect_config(tmp_path, env=EnvConfig(episode_steps=50, image_size=size), heldout_episodes=40,
-                              eval_seed=4242, patch_size=size // 8)
-    data = open_dataset(build_dataset(cfg, splits=("heldout",)))
+                              eval_seed=4242)
+    data = open_dataset(build_dataset(cfg, splits=("heldout",), progress=False))
     spec = envs.get_spec("reacher")
     tasks = sample_goal_tasks(data.split("heldout"), spec, 40, 10, np.random.default_rng(0))
     env = envs.make_env("reacher", max_episode_steps=20, image_size=size)

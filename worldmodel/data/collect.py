@@ -26,7 +26,7 @@ from worldmodel.data.storage import SPLITS, Dataset, DatasetError, open_dataset,
 from worldmodel.files import DirectoryLock
 
 if TYPE_CHECKING:
-    from worldmodel.data.config import CollectConfig
+    from worldmodel.data.config import DataSource
 
 
 def episode_seeds(seed: int, n: int) -> np.ndarray:
@@ -162,12 +162,13 @@ def single_env_rate(env_name: str, steps: int = 500, env_kwargs: dict[str, Any] 
     return rate
 
 
-def build_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS, path: str | Path | None = None) -> Path:
+def build_dataset(cfg: "DataSource", splits: tuple[str, ...] = SPLITS, path: str | Path | None = None,
+                  progress: bool = True) -> Path:
     """Collect the ``splits`` of ``cfg`` and write them atomically (to ``path``, by default
-    ``cfg.root / cfg.dataset_name``).
+    ``cfg.data.root / cfg.data.dataset_name(cfg.env)``).
 
-    Train and validation episodes come from ``cfg.seed`` and are split by episode (asking
-    for either collects both); held-out episodes come from their own seed, ``cfg.eval_seed``.
+    Train and validation episodes come from ``cfg.data.seed`` and are split by episode (asking
+    for either collects both); held-out episodes come from their own seed, ``cfg.data.eval_seed``.
     Every episode is a pure function of its seed, so a split is the same whichever
     dataset holds it. Returns the dataset directory.
     """
@@ -175,31 +176,31 @@ def build_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS, path: 
     if unknown or not splits:
         raise ValueError(f"splits must be a non-empty subset of {list(SPLITS)}, got {list(splits)}")
     spec = envs.get_spec(cfg.env.name)
-    path = Path(cfg.root) / cfg.dataset_name if path is None else Path(path)
+    path = Path(cfg.data.root) / cfg.data.dataset_name(cfg.env) if path is None else Path(path)
     check_room(cfg, splits, path)
-    policy = cfg.policy.build()
+    policy = cfg.data.policy.build()
     common = dict(
         env_name=cfg.env.name,
         policy=policy,
         episode_steps=cfg.env.episode_steps,
         env_kwargs=cfg.env.env_kwargs(),
-        num_envs=cfg.num_envs,
-        progress=cfg.progress,
+        num_envs=cfg.data.num_envs,
+        progress=progress,
     )
     collected = {}
     if "train" in splits or "val" in splits:
-        n_fit = cfg.train_episodes + cfg.val_episodes
-        fit = collect_episodes(seeds=episode_seeds(cfg.seed, n_fit), desc="train+val", **common)
-        order = np.random.default_rng(cfg.seed).permutation(n_fit)
-        collected["train"] = fit.select(np.sort(order[: cfg.train_episodes]))
-        if cfg.val_episodes:
-            collected["val"] = fit.select(np.sort(order[cfg.train_episodes :]))
-    if "heldout" in splits and cfg.heldout_episodes:
+        n_fit = cfg.data.train_episodes + cfg.data.val_episodes
+        fit = collect_episodes(seeds=episode_seeds(cfg.data.seed, n_fit), desc="train+val", **common)
+        order = np.random.default_rng(cfg.data.seed).permutation(n_fit)
+        collected["train"] = fit.select(np.sort(order[: cfg.data.train_episodes]))
+        if cfg.data.val_episodes:
+            collected["val"] = fit.select(np.sort(order[cfg.data.train_episodes :]))
+    if "heldout" in splits and cfg.data.heldout_episodes:
         collected["heldout"] = collect_episodes(
-            seeds=episode_seeds(cfg.eval_seed, cfg.heldout_episodes), desc="heldout", **common
+            seeds=episode_seeds(cfg.data.eval_seed, cfg.data.heldout_episodes), desc="heldout", **common
         )
     if not collected:
-        raise ValueError(f"nothing to collect for splits {list(splits)} (heldout_episodes={cfg.heldout_episodes})")
+        raise ValueError(f"nothing to collect for splits {list(splits)} (heldout_episodes={cfg.data.heldout_episodes})")
     meta = {
         "env": {
             "name": spec.name,
@@ -211,32 +212,33 @@ def build_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS, path: 
         },
         "image_size": cfg.env.image_size,
         "policy": policy.params(),
-        "seed": cfg.seed,
-        "eval_seed": cfg.eval_seed,
+        "seed": cfg.data.seed,
+        "eval_seed": cfg.data.eval_seed,
         "software": software_versions(),
     }
-    return write_dataset(path, collected, meta, minari_env_id=spec.gym_id if cfg.minari else None)
+    return write_dataset(path, collected, meta, minari_env_id=spec.gym_id if cfg.data.minari else None)
 
 
-def dataset_bytes(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS) -> int:
+def dataset_bytes(cfg: "DataSource", splits: tuple[str, ...] = SPLITS) -> int:
     """A lower bound on the bytes a collection of ``splits`` writes: its frames (the Minari copy
     doubles them); the same bytes are held in memory until they are written."""
-    episodes = (cfg.train_episodes + cfg.val_episodes if {"train", "val"} & set(splits) else 0) + (
-        cfg.heldout_episodes if "heldout" in splits else 0)
+    episodes = (cfg.data.train_episodes + cfg.data.val_episodes if {"train", "val"} & set(splits) else 0) + (
+        cfg.data.heldout_episodes if "heldout" in splits else 0)
     frames = episodes * (cfg.env.episode_steps + 1) * cfg.env.image_size**2 * 3
-    return frames * (2 if cfg.minari else 1)
+    return frames * (2 if cfg.data.minari else 1)
 
 
-def check_room(cfg: "CollectConfig", splits: tuple[str, ...], path: Path) -> None:
+def check_room(cfg: "DataSource", splits: tuple[str, ...], path: Path) -> None:
     """Refuse, before anything is collected, a dataset larger than the free disk under ``path`` or the
     available memory, naming the settings that size it."""
     need = dataset_bytes(cfg, splits)
     parent = next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
     free = shutil.disk_usage(parent).free
     memory = available_memory()
-    held = need // (2 if cfg.minari else 1)
-    sizing = (f"train_episodes={cfg.train_episodes}, val_episodes={cfg.val_episodes}, heldout_episodes="
-              f"{cfg.heldout_episodes}, env.episode_steps={cfg.env.episode_steps}, env.image_size={cfg.env.image_size}")
+    held = need // (2 if cfg.data.minari else 1)
+    d, e = cfg.data, cfg.env
+    sizing = (f"data.train_episodes={d.train_episodes}, data.val_episodes={d.val_episodes}, data.heldout_episodes="
+              f"{d.heldout_episodes}, env.episode_steps={e.episode_steps}, env.image_size={e.image_size}")
     if need > free:
         raise OSError(errno.ENOSPC, f"dataset {path} needs at least {need / 1e9:.1f} GB ({sizing}); "
                       f"{parent} has {free / 1e9:.1f} GB free")
@@ -263,15 +265,15 @@ def software_versions() -> dict[str, str]:
     return {"gymnasium": gymnasium.__version__, "mujoco": mujoco.__version__, "numpy": np.__version__}
 
 
-def ensure_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS) -> Path:
+def ensure_dataset(cfg: "DataSource", splits: tuple[str, ...] = SPLITS, progress: bool = True) -> Path:
     """A dataset directory of ``cfg`` holding ``splits``, collecting what is missing (once).
 
-    Names carry a hash of everything that determines the content (``cfg.identity()``), so a
+    Names carry a hash of everything that determines the content (``cfg.data.identity(cfg.env)``), so a
     request never gets other data that happens to exist; an existing directory is checked
-    against the request when it is opened (``open_dataset(path, expect=cfg.identity(splits))``).
-    The full dataset (``cfg.dataset_name``) is used whenever it exists. An entry point that
+    against the request when it is opened (``open_dataset(path, expect=cfg.data.identity(cfg.env, splits))``).
+    The full dataset (``cfg.data.dataset_name(cfg.env)``) is used whenever it exists. An entry point that
     needs only the held-out split (planning) does not collect the training episodes: it
-    collects ``cfg.heldout_dataset_name``, which holds just the held-out episodes.
+    collects ``cfg.data.heldout_dataset_name(cfg.env)``, which holds just the held-out episodes.
     Unfinished writes of dead processes (``<name>.partial-<pid>``) are removed, and reported.
     """
     path, _ = _dataset_path(cfg, splits)
@@ -279,29 +281,29 @@ def ensure_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS) -> Pa
     if path.exists():
         return path
     # two processes asking for one new dataset: the second waits for the first and uses its copy
-    lock = DirectoryLock(cfg.root, "dataset root (a collection)", ".collect.lock").acquire(wait=True)
+    lock = DirectoryLock(cfg.data.root, "dataset root (a collection)", ".collect.lock").acquire(wait=True)
     try:
         path, collect_splits = _dataset_path(cfg, splits)
         if not path.exists():
-            what = "it" if collect_splits == SPLITS else f"the {cfg.heldout_episodes} held-out episodes"
+            what = "it" if collect_splits == SPLITS else f"the {cfg.data.heldout_episodes} held-out episodes"
             print(f"dataset {path} not found: collecting {what} (once)")
-            build_dataset(cfg, splits=collect_splits, path=path)
+            build_dataset(cfg, splits=collect_splits, path=path, progress=progress)
     finally:
         lock.release()
     return path
 
 
-def _dataset_path(cfg: "CollectConfig", splits: tuple[str, ...]) -> tuple[Path, tuple[str, ...]]:
+def _dataset_path(cfg: "DataSource", splits: tuple[str, ...]) -> tuple[Path, tuple[str, ...]]:
     """Where ``ensure_dataset`` finds (or collects) the dataset of ``cfg`` holding ``splits``, and which
     splits a collection there writes."""
-    root = Path(cfg.root)
-    legacy_full = None if cfg.name else root / legacy_name(cfg, SPLITS)  # an explicit name is used as given
-    full = _existing(root / cfg.dataset_name, legacy_full, cfg.identity())
-    if full is not None or cfg.name or set(splits) - {"heldout"}:
-        path, collect_splits = full or root / cfg.dataset_name, SPLITS
+    root = Path(cfg.data.root)
+    legacy_full = None if cfg.data.name else root / legacy_name(cfg, SPLITS)  # an explicit name is used as given
+    full = _existing(root / cfg.data.dataset_name(cfg.env), legacy_full, cfg.data.identity(cfg.env))
+    if full is not None or cfg.data.name or set(splits) - {"heldout"}:
+        path, collect_splits = full or root / cfg.data.dataset_name(cfg.env), SPLITS
     else:
-        path = _existing(root / cfg.heldout_dataset_name, root / legacy_name(cfg, ("heldout",)),
-                         cfg.identity(("heldout",))) or root / cfg.heldout_dataset_name
+        path = _existing(root / cfg.data.heldout_dataset_name(cfg.env), root / legacy_name(cfg, ("heldout",)),
+                         cfg.data.identity(cfg.env, ("heldout",))) or root / cfg.data.heldout_dataset_name(cfg.env)
         collect_splits = ("heldout",)
     return path, collect_splits
 
@@ -323,15 +325,16 @@ def _existing(path: Path, legacy: Path | None, identity: dict) -> Path | None:
     return legacy
 
 
-def legacy_name(cfg: "CollectConfig", splits: tuple[str, ...]) -> str:
+def legacy_name(cfg: "DataSource", splits: tuple[str, ...]) -> str:
     """The name a dataset of ``cfg`` had before names carried a hash of every setting."""
-    prefix = f"{cfg.env.name}-{cfg.policy.name}-{cfg.env.image_size}px"
+    prefix = f"{cfg.env.name}-{cfg.data.policy.name}-{cfg.env.image_size}px"
     if splits == ("heldout",):
-        return f"{prefix}-heldout{cfg.heldout_episodes}x{cfg.env.episode_steps}-e{cfg.eval_seed}"
-    return f"{prefix}-{cfg.train_episodes}x{cfg.env.episode_steps}-s{cfg.seed}"
+        return f"{prefix}-heldout{cfg.data.heldout_episodes}x{cfg.env.episode_steps}-e{cfg.data.eval_seed}"
+    return f"{prefix}-{cfg.data.train_episodes}x{cfg.env.episode_steps}-s{cfg.data.seed}"
 
 
-def load_dataset(cfg: "CollectConfig", splits: tuple[str, ...] = SPLITS, verify: bool = True) -> Dataset:
+def load_dataset(cfg: "DataSource", splits: tuple[str, ...] = SPLITS, verify: bool = True,
+                 progress: bool = True) -> Dataset:
     """The dataset of ``cfg`` holding ``splits`` (collected first when missing), opened and checked
     against the request: what the entry points call."""
-    return open_dataset(ensure_dataset(cfg, splits), verify=verify, expect=cfg.identity(splits))
+    return open_dataset(ensure_dataset(cfg, splits, progress), verify=verify, expect=cfg.data.identity(cfg.env, splits))

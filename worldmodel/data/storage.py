@@ -18,7 +18,7 @@ reader refuses a directory without a manifest, a manifest edited after it was wr
 (it carries a checksum of itself), a file whose checksum or size disagrees with it, and
 arrays whose shapes disagree with the counts and image size it states. What a dataset
 holds is :func:`dataset_identity` of its manifest; opening one with ``expect=`` (a
-``CollectConfig.identity``) refuses other data, naming the settings that differ.
+``DataConfig.identity``) refuses other data, naming the settings that differ.
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def open_dataset(path: str | Path, verify: bool = True, expect: dict[str, Any] |
         path: the dataset directory (holding ``manifest.json``).
         verify: recompute every file's sha256 against the manifest (sizes, the manifest's own
             checksum and the arrays' shapes are always checked).
-        expect: what the dataset must hold (``CollectConfig.identity(splits)``); a dataset holding
+        expect: what the dataset must hold (``DataConfig.identity(env, splits)``); a dataset holding
             anything else is refused, naming the settings that differ.
     """
     path = Path(path)
@@ -258,7 +258,7 @@ def open_dataset(path: str | Path, verify: bool = True, expect: dict[str, Any] |
 
 
 def dataset_identity(manifest: dict[str, Any], groups: list[str] | None = None) -> dict[str, Any]:
-    """What a manifest says its dataset holds, in the form of ``CollectConfig.identity`` (``groups``:
+    """What a manifest says its dataset holds, in the form of ``DataConfig.identity`` (``groups``:
     which split groups, ``fit`` and/or ``heldout``; default both)."""
     env, splits = manifest["env"], manifest["splits"]
     count = lambda split: splits.get(split, {}).get("episodes", 0)  # noqa: E731
