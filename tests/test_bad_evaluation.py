@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import envs
-from experiments import plan
+from experiments import plan, report
 from experiments.conf import load
 from tests.conftest import dataset_args
 from worldmodel.checkpoint import CheckpointError
@@ -220,10 +220,10 @@ def test_a_journal_cut_by_a_kill_resumes_and_keeps_appending_whole_lines(tiny_da
 
 
 def test_two_evaluations_into_one_output_dir_in_the_same_second_keep_both_results(tiny_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(plan.time, "strftime", lambda *a: "20260101-000000")  # both finish "in the same second"
-    monkeypatch.setattr(plan.os, "getpid", lambda: 111)
+    monkeypatch.setattr(report.time, "strftime", lambda *a: "20260101-000000")  # both finish "in the same second"
+    monkeypatch.setattr(report.os, "getpid", lambda: 111)
     first = plan.run(plan_config(tmp_path, tiny_dataset, "baselines=[zero]"))
-    monkeypatch.setattr(plan.os, "getpid", lambda: 222)  # another process
+    monkeypatch.setattr(report.os, "getpid", lambda: 222)  # another process
     second = plan.run(plan_config(tmp_path, tiny_dataset, "baselines=[zero]"))
     assert first["result"] != second["result"] and first["task_journal"] != second["task_journal"]
     for run in (first, second):
@@ -293,10 +293,10 @@ def tiny_reacher_model(tmp_path_factory):
 
 def test_videos_of_two_evaluations_in_one_output_dir_never_overwrite_each_other(tiny_dataset, tiny_reacher_model,
                                                                                  tmp_path, monkeypatch):
-    monkeypatch.setattr(plan.time, "strftime", lambda *a: "20260101-000000")  # both in the same second
+    monkeypatch.setattr(report.time, "strftime", lambda *a: "20260101-000000")  # both in the same second
     runs = []
     for pid in (111, 222):
-        monkeypatch.setattr(plan.os, "getpid", lambda pid=pid: pid)
+        monkeypatch.setattr(report.os, "getpid", lambda pid=pid: pid)
         runs.append(plan.run(plan_config(tmp_path, tiny_dataset, f"model={tiny_reacher_model}", "hierarchy=false",
                                          "baselines=[]", "videos=1", "episodes=1", "mpc.cem.samples=8",
                                          "mpc.cem.elites=2", "mpc.cem.iterations=1")))

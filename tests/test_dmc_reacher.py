@@ -33,7 +33,7 @@ def test_peers_cem_executes_its_whole_plan_and_ours_replans_every_block():
     ours replans after every 5-step block."""
     import numpy as np
 
-    from experiments.plan import planner_agents, variant_agent
+    from experiments.agents import Levels, make_agent
     from tests.models import tiny_world_model
 
     plan = load("plan", ["env=dmc_reacher", "mpc.cem.samples=20", "mpc.cem.elites=4", "variants.peers.cem.samples=30",
@@ -43,8 +43,8 @@ def test_peers_cem_executes_its_whole_plan_and_ours_replans_every_block():
     class Env:  # what the agents read of an env
         action_space = type("Box", (), {"low": np.full(2, -1.0), "high": np.full(2, 1.0)})()
 
-    ours = planner_agents(plan, model, None, Env(), "cem", None, None)[0]
-    peers = variant_agent(plan, model, Env(), "peers")
+    ours = make_agent("cem-mpc", plan, Env(), None, Levels(model))
+    peers = make_agent("cem-peers", plan, Env(), None, Levels(model))
     obs = np.zeros((64, 64, 3), np.uint8)
     for agent in (ours, peers):
         agent.reset(obs)
