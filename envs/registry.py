@@ -24,7 +24,7 @@ import gymnasium
 import numpy as np
 
 GoalErrorFn = Callable[[np.ndarray, np.ndarray], float]
-QUANTITY_KINDS = ("angle", "position", "velocity")
+QUANTITY_KINDS = ("angle", "position", "velocity", "fraction")
 
 
 class UnknownEnvError(ValueError):
@@ -38,8 +38,9 @@ class Quantity:
 
     Attributes:
         key: the ``info`` key.
-        kind: ``angle`` (radians, compared modulo 2*pi; probes regress sin/cos),
-            ``position`` or ``velocity``. One frame shows angles and positions, not velocities.
+        kind: ``angle`` (radians, compared modulo 2*pi; probes regress sin/cos), ``position``,
+            ``velocity`` or ``fraction`` (a share in [0, 1], as Push-T's goal-zone coverage). One
+            frame shows angles, positions and fractions, not velocities.
         unit: its unit, for tables and captions (``rad``, ``m``, ``rad/s``).
         dims: values per step.
         label: a human name (``joint angles``).
@@ -125,6 +126,7 @@ class EnvSpec:
     distance_tasks: Callable[..., list[tuple[str, np.ndarray, np.ndarray, dict]]] | None = None
     subgoal: Callable[[gymnasium.Env, np.ndarray, np.ndarray], np.ndarray] | None = None
     derived_quantities: Callable[[dict[str, np.ndarray], dict], dict[str, np.ndarray]] | None = None
+    expert: Callable[[np.random.Generator], Callable[[np.ndarray], np.ndarray]] | None = None
     config: type | None = None
 
     def __post_init__(self):

@@ -101,7 +101,12 @@ def _rollout_chunk(vec, spec: envs.EnvSpec, policy: BehaviourPolicy, seeds: np.n
     """One synchronised episode in each sub-env of ``vec``."""
     n = len(seeds)
     space = vec.single_action_space
-    actions = np.stack([policy.sample(policy_rng(s), steps, space.low, space.high) for s in seeds])  # (n, T, A)
+    closed_loop = hasattr(policy, "start")  # acts on the state each step (the expert), else drawn up front
+    if closed_loop:
+        controllers = [policy.start(policy_rng(s), steps, space.low, space.high, spec) for s in seeds]
+        actions = np.zeros((n, steps) + space.shape, dtype=np.float32)
+    else:
+        actions = np.stack([policy.sample(policy_rng(s), steps, space.low, space.high) for s in seeds])  # (n, T, A)
     obs0, info = vec.reset(seed=[int(s) for s in seeds])
     obs = np.empty((n, steps + 1) + obs0.shape[1:], dtype=obs0.dtype)
     states = np.empty((n, steps + 1, spec.state_dim))
@@ -117,6 +122,8 @@ def _rollout_chunk(vec, spec: envs.EnvSpec, policy: BehaviourPolicy, seeds: np.n
 
     record(0, obs0, info)
     for t in range(steps):
+        if closed_loop:
+            actions[:, t] = [act(states[e, t]) for e, act in enumerate(controllers)]
         o, r, term, _trunc, info = vec.step(actions[:, t])
         record(t + 1, o, info)
         rewards[:, t] = r

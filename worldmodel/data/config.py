@@ -20,11 +20,13 @@ class PolicyConfig:
     """Behaviour policy.
 
     Attributes:
-        name: ``uniform`` (i.i.d. uniform torques), ``correlated`` (AR(1) noise) or ``mixed``
-            (each episode one or the other).
+        name: ``uniform`` (i.i.d. uniform torques), ``correlated`` (AR(1) noise), ``mixed``
+            (each episode one or the other) or ``expert`` (the env's scripted expert, with noise,
+            and uniform episodes).
         beta: correlation of consecutive actions (``correlated`` and ``mixed``).
-        sigma: stationary std in half-widths of the action box (``correlated`` and ``mixed``).
-        uniform_fraction: share of uniform episodes (``mixed`` only).
+        sigma: stationary std in half-widths of the action box (``correlated`` and ``mixed``); the
+            expert's action noise (``expert``).
+        uniform_fraction: share of uniform episodes (``mixed`` and ``expert``).
     """
 
     name: str = "uniform"
@@ -42,8 +44,10 @@ class PolicyConfig:
     def build(self):
         """The behaviour policy these settings describe."""
         params = {"beta": self.beta, "sigma": self.sigma} if self.name in ("correlated", "mixed") else {}
-        if self.name == "mixed":
+        if self.name in ("mixed", "expert"):
             params["uniform_fraction"] = self.uniform_fraction
+        if self.name == "expert":
+            params["sigma"] = self.sigma
         return make_policy(self.name, **params)
 
 

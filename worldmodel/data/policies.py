@@ -1,15 +1,17 @@
 """Behaviour policies for offline data collection.
 
-The toolkit's behaviour policies are open-loop random processes: an episode's
-whole action sequence is drawn up front from a ``numpy.random.Generator``. That
-makes a collected episode a pure function of (episode seed, policy), independent
-of how many environments run in parallel.
+Most of the toolkit's behaviour policies are open-loop random processes: an episode's
+whole action sequence is drawn up front from a ``numpy.random.Generator``. The
+``expert`` policy is closed loop: it acts on the flat state at every step, through the
+env's scripted expert (``EnvSpec.expert``), with its own noise. Either way a collected
+episode is a pure function of (episode seed, policy), independent of how many
+environments run in parallel.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -111,11 +113,56 @@ class MixedPolicy:
         return asdict(self)
 
 
-POLICIES = {"uniform": UniformPolicy, "correlated": CorrelatedPolicy, "mixed": MixedPolicy}
+Controller = Callable[[np.ndarray], np.ndarray]  # one episode's closed-loop policy: flat state -> action
+
+
+@dataclass(frozen=True)
+class ExpertPolicy:
+    """The env's scripted expert (``EnvSpec.expert``), closed loop, with noise; mixed with random motion.
+
+    Each episode is uniform random motion with probability ``uniform_fraction``; otherwise the expert
+    acts on the state at every step, its actions moved by Gaussian noise of std ``sigma`` half-widths
+    of the action box and clipped to it.
+
+    Attributes:
+        uniform_fraction: probability that an episode is uniform, in [0, 1].
+        sigma: the expert's action noise, in half-widths of the box (> 0).
+    """
+
+    uniform_fraction: float = 0.2
+    sigma: float = 0.3
+    name: str = "expert"
+
+    def __post_init__(self):
+        if not 0.0 <= self.uniform_fraction <= 1.0 or not self.sigma > 0:
+            raise ValueError(f"uniform_fraction must be in [0, 1] and sigma > 0, got {self.uniform_fraction}, "
+                             f"{self.sigma}")
+
+    def start(self, rng: np.random.Generator, steps: int, low: np.ndarray, high: np.ndarray, spec) -> Controller:
+        """The controller of one episode of the env ``spec`` (an ``envs.EnvSpec``)."""
+        if spec.expert is None:
+            raise ValueError(f"env {spec.name!r} has no scripted expert (EnvSpec.expert); use the uniform, "
+                             f"correlated or mixed policy")
+        low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+        if rng.random() < self.uniform_fraction:
+            actions = iter(UniformPolicy().sample(rng, steps, low, high))
+            return lambda state: next(actions)
+        expert, half = spec.expert(rng), (high - low) / 2
+
+        def act(state: np.ndarray) -> np.ndarray:
+            noisy = expert(state) + self.sigma * half * rng.standard_normal(len(low))
+            return np.clip(noisy, low, high).astype(np.float32)
+        return act
+
+    def params(self) -> dict:
+        return asdict(self)
+
+
+POLICIES = {"uniform": UniformPolicy, "correlated": CorrelatedPolicy, "mixed": MixedPolicy, "expert": ExpertPolicy}
 
 
 def make_policy(name: str, **params) -> BehaviourPolicy:
-    """Build a behaviour policy by name (``uniform``, ``correlated`` or ``mixed``)."""
+    """Build a behaviour policy by name (``uniform``, ``correlated``, ``mixed`` or ``expert``)."""
     if name not in POLICIES:
         raise ValueError(f"unknown behaviour policy {name!r}; expected one of {sorted(POLICIES)}")
     return POLICIES[name](**params)
