@@ -185,6 +185,30 @@ def pusht_expert(rng: np.random.Generator):
     return act
 
 
+def pose_coverage(states: np.ndarray, starts: np.ndarray, cell: float = 32.0, angle_bins: int = 12) -> dict:
+    """How a dataset's flat states ``(N, 10)`` (episodes beginning at rows ``starts``) cover the T's poses:
+    the share of ``cell``-px position cells of the arena's interior [32, 480]^2 the T's position visits,
+    of ``angle_bins`` angle bins, and of (position cell, angle bin) pairs; and how often the T moves:
+    the share of steps that move it (> 0.5 px or > 0.01 rad) and of episodes that carry it > 10 px or
+    > 0.2 rad from where it began."""
+    xy, angle = states[:, 2:4], np.mod(states[:, 4], 2 * math.pi)
+    n = int((480 - 32) // cell)
+    ij = np.clip(((xy - 32) // cell).astype(int), 0, n - 1)
+    a = np.minimum((angle / (2 * math.pi) * angle_bins).astype(int), angle_bins - 1)
+    cells = set(map(tuple, ij))
+    pairs = set(zip(ij[:, 0], ij[:, 1], a))
+    ends = np.append(starts[1:], len(states))
+    step = np.concatenate([(np.linalg.norm(np.diff(states[s:e, 2:4], axis=0), axis=1) > 0.5)
+                           | (np.abs(np.diff(states[s:e, 4])) > 0.01) for s, e in zip(starts, ends)])
+    carried = [np.linalg.norm(states[e - 1, 2:4] - states[s, 2:4]) > 10 or abs(states[e - 1, 4] - states[s, 4]) > 0.2
+               for s, e in zip(starts, ends)]
+    return {"frames": len(states), "episodes": len(starts), "position_cells": n * n,
+            "position_cells_visited": len(cells), "angle_bins": angle_bins,
+            "angle_bins_visited": len(set(a.tolist())), "pose_cells": n * n * angle_bins,
+            "pose_cells_visited": len(pairs), "steps_moving_block": float(step.mean()),
+            "episodes_moving_block": float(np.mean(carried))}
+
+
 SPEC = register_env(
     EnvSpec(
         name="pusht",

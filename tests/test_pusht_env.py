@@ -154,3 +154,16 @@ def test_the_expert_policy_needs_an_env_with_an_expert():
     space = envs.make_env("reacher").action_space
     with pytest.raises(ValueError, match="env 'reacher' has no scripted expert"):
         ExpertPolicy(uniform_fraction=0.0).start(policy_rng(0), 5, space.low, space.high, envs.get_spec("reacher"))
+
+
+def test_pose_coverage_counts_cells_bins_and_the_steps_that_move_the_t():
+    from envs.pusht import pose_coverage
+
+    still = np.tile([100.0, 100.0, 40.0, 40.0, 0.1, 0, 0, 0, 0, 0], (5, 1))  # never moves, one cell, one bin
+    moving = still.copy()
+    moving[:, 2] = [40.0, 80.0, 120.0, 120.0, 120.0]  # two steps that move it 40 px: three cells
+    moving[:, 4] = [0.1, 0.1, 0.1, 0.1, 3.3]  # and a turn into another angle bin
+    stats = pose_coverage(np.concatenate([still, moving]), np.array([0, 5]))
+    assert (stats["position_cells_visited"], stats["angle_bins_visited"], stats["pose_cells_visited"]) == (3, 2, 4)
+    assert stats["steps_moving_block"] == 3 / 8 and stats["episodes_moving_block"] == 0.5
+    assert stats["position_cells"] == 14 * 14 and stats["pose_cells"] == 14 * 14 * 12
