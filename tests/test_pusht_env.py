@@ -167,3 +167,30 @@ def test_pose_coverage_counts_cells_bins_and_the_steps_that_move_the_t():
     assert (stats["position_cells_visited"], stats["angle_bins_visited"], stats["pose_cells_visited"]) == (3, 2, 4)
     assert stats["steps_moving_block"] == 3 / 8 and stats["episodes_moving_block"] == 0.5
     assert stats["position_cells"] == 14 * 14 and stats["pose_cells"] == 14 * 14 * 12
+
+
+def test_plan_py_runs_on_pusht_with_a_tiny_model(tmp_path):
+    """plan.py env=pusht end to end: held-out expert episodes collected, our CEM and the peers' CEM and
+    the reference agents on the same tasks, goal offset and budget printed beside the numbers."""
+    import json
+
+    from tests.models import tiny_world_model
+
+    model = tmp_path / "model"
+    tiny_world_model(block=5, moving=True).save_pretrained(
+        model, extra={"env": "pusht", "env_kwargs": {"image_size": 64, "antialias": True}})
+    cmd = [sys.executable, str(ROOT / "experiments" / "plan.py"), "env=pusht", "env.image_size=64",
+           "env.episode_steps=30", f"model={model}", f"data.root={tmp_path}/data", "data.heldout_episodes=2",
+           "data.num_envs=1", "episodes=2", "goal_offset=10", "budget=10", "mpc.cem.samples=10",
+           "mpc.cem.elites=2", "mpc.cem.iterations=1", "variants.peers.cem.samples=10", "variants.peers.cem.elites=2",
+           "variants.peers.cem.iterations=2", "videos=1", "progress=false", f"output_dir={tmp_path}/out",
+           f"hydra.run.dir={tmp_path}/h"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (result,) = (tmp_path / "out").glob("plan-pusht-*.json")
+    summary = json.loads(result.read_text())
+    assert [r["agent"] for r in summary["results"]] == ["cem-mpc", "cem-peers", "random", "zero"]
+    assert all(r["episodes"] == 2 for r in summary["results"])
+    assert "goal 10 steps ahead, budget 10 steps" in out.stdout and "pose error" in out.stdout
+    (dataset,) = [d for d in (tmp_path / "data").iterdir() if not d.name.startswith(".")]
+    assert dataset.name.startswith("pusht-expert-64px-heldout2x30-")
