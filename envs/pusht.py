@@ -109,6 +109,20 @@ class PixelPushTEnv(PushTEnv):
         self.space.debug_draw(options)
         return screen
 
+    def recolour(self):
+        """Rotate the RGB channels of the agent's and the T's colours (the surprise test's ``colour``
+        event: a change of appearance, not of motion); returns an undo."""
+        shapes = [*self.agent.shapes, *self.block.shapes]
+        saved = [pygame.Color(s.color) for s in shapes]
+        for s, c in zip(shapes, saved):
+            s.color = pygame.Color(c.b, c.r, c.g, c.a)
+
+        def undo():
+            for s, c in zip(shapes, saved):
+                s.color = c
+
+        return undo
+
     def render(self) -> np.ndarray:
         """The observation frame (``image_size`` px), not gym-pusht's 680 px view with the action marked."""
         return self._render(visualize=False)

@@ -112,6 +112,19 @@ def test_it_renders_without_a_display():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
+def test_the_surprise_tests_colour_event_changes_the_look_not_the_motion_and_is_undone(env):
+    from worldmodel.evaluation.surprise import replay
+
+    start = random_walk(env, 3, 5)[-1][0]
+    actions = np.random.default_rng(0).uniform(-1, 1, (6, 2))
+    plain = replay(env, SPEC, start, actions)
+    end = env.unwrapped.get_state()
+    recoloured = replay(env, SPEC, start, actions, "colour", at=2)
+    assert (plain[:3] == recoloured[:3]).all() and (plain[3:] != recoloured[3:]).any(axis=(1, 2, 3)).all()
+    assert (env.unwrapped.get_state() == end).all()  # the same motion
+    assert (replay(env, SPEC, start, actions) == plain).all()  # the colours came back
+
+
 def block_moves(env, policy, episodes: int, steps: int = 60) -> tuple[int, float]:
     """Episodes whose T ends > 10 px or > 0.2 rad from its start, and the share of steps that move it."""
     moved, moving = 0, 0

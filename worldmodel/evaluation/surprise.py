@@ -9,7 +9,8 @@ as recorded and once with an event injected before one action:
 - ``teleport_<group>``: only the state entries of one of the env's ``state_groups``
   jump (Reacher: ``arm`` = joint angles and velocities, ``target`` = target position);
 - ``colour``: the colours of every moving body change (physically possible: a
-  change of appearance, not of motion).
+  change of appearance, not of motion); an env drawn without MuJoCo supplies its own
+  ``recolour()`` (returning an undo).
 
 A perturbation is detected when its surprise at the step that contains it exceeds
 the unperturbed segment's; ``auroc`` scores that over many segments.
@@ -78,7 +79,7 @@ def replay(env, spec: EnvSpec, start_state: np.ndarray, actions: np.ndarray, per
         for i, action in enumerate(actions):
             if perturbation is not None and i == at:
                 if perturbation == "colour":
-                    undo = _recolour(base.model)
+                    undo = base.recolour() if hasattr(base, "recolour") else _recolour(base.model)
                 else:
                     state = spec.get_state(env)
                     idx = list(groups[perturbation[len("teleport_") :]]) if perturbation != "teleport" else slice(None)
