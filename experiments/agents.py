@@ -129,7 +129,8 @@ def load_model(cfg: PlanConfig) -> WorldModel:
     if not Path(cfg.model).is_dir():
         raise FileNotFoundError(
             f"world model {cfg.model!r} not found (expected a checkpoint directory); build the default one with "
-            f"`python experiments/build_default_model.py env={cfg.env.name}`, or pass model='' to run only the baselines"
+            f"`python experiments/build_default_model.py env={cfg.env.name}`, or pass model='' to run only the "
+            f"baselines"
         )
     check_trained_env(cfg.env, cfg.model)
     model = WorldModel.from_pretrained(cfg.model, resolve_device(cfg.device), cfg.allow_unverified)
