@@ -11,6 +11,7 @@ from tests.conftest import dataset_args
 from tests.models import tiny_jepa, tiny_jepa_train
 from worldmodel.jepa import JEPA, EncoderConfig, JEPAConfig, MaskConfig, PretrainObjective, ViTEncoder, apply_masks
 from worldmodel.jepa import sample_masks
+from worldmodel.jepa.masks import patch_content
 from worldmodel.training import RepresentationCollapse, Trainer, ema_momentum, ema_update, embedding_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,67 @@ def test_random_masks_are_scattered_and_disjoint():
     for t in targets:
         for b in range(16):
             assert not set(ctx[b].tolist()) & set(t[b].tolist())
+
+
+def test_content_biased_blocks_cover_the_content_and_keep_their_contract():
+    content = torch.zeros(16, *GRID)
+    content[torch.arange(16), torch.arange(16) % 8, (3 * torch.arange(16)) % 8] = 1.0  # one object patch each
+    cell = (torch.arange(16) % 8) * GRID[1] + (3 * torch.arange(16)) % 8
+    ctx, targets = sample_masks(torch.Generator().manual_seed(0), 16, GRID, MaskConfig(content_bias=1.0), content)
+    for tgt in targets:
+        for b in range(16):
+            assert cell[b].item() in tgt[b].tolist() and is_rectangle(tgt[b])
+            assert not set(ctx[b].tolist()) & set(tgt[b].tolist())
+    _, uniform = sample_masks(torch.Generator().manual_seed(0), 16, GRID)
+    hits = sum(cell[b].item() in t[b].tolist() for t in uniform for b in range(16))
+    assert hits < 0.6 * 64  # placed uniformly, a block covers a given patch far less often
+    # an empty frame falls back to uniform placement; no bias ignores the weights
+    sample_masks(torch.Generator().manual_seed(0), 2, GRID, MaskConfig(content_bias=1.0), torch.zeros(2, *GRID))
+    with_weights = sample_masks(torch.Generator().manual_seed(5), 4, GRID, MaskConfig(), content[:4])
+    without = sample_masks(torch.Generator().manual_seed(5), 4, GRID, MaskConfig())
+    assert torch.equal(with_weights[0], without[0])
+
+
+def test_content_bias_needs_weights_and_a_valid_value():
+    with pytest.raises(ValueError, match="needs per-patch content of shape"):
+        sample_masks(torch.Generator().manual_seed(0), 2, GRID, MaskConfig(content_bias=0.5))
+    with pytest.raises(ValueError, match="content_bias must be in"):
+        MaskConfig(content_bias=1.5)
+    with pytest.raises(ValueError, match="'blocks' strategy"):
+        MaskConfig(strategy="random", content_bias=0.5)
+
+
+def test_patch_content_measures_distance_from_the_background():
+    background = torch.full((3, 16, 16), 255.0)
+    images = torch.full((2, 3, 16, 16), 255, dtype=torch.uint8)
+    images[1, :, 8:, :8] = 0  # the bottom-left patch of a 2 x 2 grid
+    content = patch_content(images, background, 8)
+    assert content.shape == (2, 2, 2) and content[0].abs().sum() == 0
+    assert content[1, 1, 0] == 255 and content[1].sum() == 255
+    with pytest.raises(ValueError, match="does not match"):
+        patch_content(images, background[:, :8], 8)
+
+
+def test_content_biased_pretraining_targets_the_scene_and_resumes_exactly(tiny_dataset, tmp_path):
+    train, cpu = tiny_dataset.split("train"), torch.device("cpu")
+    biased_cfg = tiny_jepa(masks=MaskConfig(content_bias=1.0))
+    biased = PretrainObjective(biased_cfg, tiny_jepa_train(), train)
+    uniform = PretrainObjective(tiny_jepa(), tiny_jepa_train(), train)
+    (images, _, b_tgt), (same_images, _, u_tgt) = biased.batch(0, 1, cpu), uniform.batch(0, 1, cpu)
+    assert torch.equal(images, same_images)
+    content = patch_content(images, biased.background, biased_cfg.encoder.patch_size).flatten(1)
+    covered = [torch.cat([content.gather(1, t) for t in tgt], 1).mean() for tgt in (b_tgt, u_tgt)]
+    assert covered[0] > 1.5 * covered[1]
+
+    def trainer(out):
+        cfg = tiny_jepa_train(steps=12, checkpoint_every=6)
+        return Trainer(PretrainObjective(biased_cfg, cfg, train), cfg, out)
+
+    full_log = trainer(tmp_path / "a").run()
+    trainer(tmp_path / "b").run(until=6)
+    resumed = trainer(tmp_path / "b")
+    assert resumed.resume() and resumed.step == 6
+    assert [r["jepa"] for r in resumed.run()] == [r["jepa"] for r in full_log]
 
 
 def test_apply_masks_gathers_tokens():

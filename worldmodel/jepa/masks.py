@@ -10,6 +10,12 @@ and its position per sample, so every sample has the same ``Nt_k``; context sets
 different numbers of patches to the targets, so all are cut to the smallest count
 (keeping a random subset) to stack into one tensor. Context and targets never share a
 patch. :func:`apply_masks` is the one gather that applies any of these indices.
+
+On scenes that are mostly empty floor (Push-T: a small agent and a T on white), blocks
+placed uniformly hide floor most of the time and the loss is met by predicting floor.
+``content_bias`` places that fraction of the target blocks in proportion to the content
+they cover instead: a per-patch weight (:func:`patch_content`, how far each patch is from
+the dataset's static background) summed over the block.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class MaskConfig:
         target_aspect: range of a target block's aspect ratio (height / width).
         context_scale: range of the context block's area before targets are removed.
         min_context: fewest context patches kept (a draw leaving fewer is redrawn).
+        content_bias: probability that a target block is placed in proportion to the
+            content it covers (needs per-patch weights) rather than uniformly; 0 is I-JEPA.
     """
 
     strategy: str = "blocks"
@@ -40,6 +48,7 @@ class MaskConfig:
     target_aspect: tuple[float, float] = (0.75, 1.5)
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_context: int = 4
+    content_bias: float = 0.0
 
     def __post_init__(self):
         self.target_scale, self.target_aspect = tuple(self.target_scale), tuple(self.target_aspect)
@@ -52,6 +61,10 @@ class MaskConfig:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi or (name != "target_aspect" and hi > 1):
                 raise ValueError(f"{name} must be an increasing range in (0, 1] (aspect: > 0), got {(lo, hi)}")
+        if not 0.0 <= self.content_bias <= 1.0:
+            raise ValueError(f"content_bias must be in [0, 1], got {self.content_bias}")
+        if self.content_bias > 0 and self.strategy != "blocks":
+            raise ValueError(f"content_bias applies to the 'blocks' strategy, got strategy={self.strategy!r}")
 
 
 def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
@@ -67,32 +80,55 @@ def _block_shape(generator: torch.Generator, grid: tuple[int, int], scale, aspec
     return h, w
 
 
-def _place(generator: torch.Generator, grid: tuple[int, int], shape: tuple[int, int]) -> torch.Tensor:
-    """Boolean ``(gh, gw)`` map of a block of ``shape`` at a random position."""
+def _place(generator: torch.Generator, grid: tuple[int, int], shape: tuple[int, int],
+           weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean ``(gh, gw)`` map of a block of ``shape`` at a random position: uniform, or with
+    probability proportional to the sum of ``weights (gh, gw)`` it covers."""
     gh, gw = grid
     h, w = shape
-    top = int(torch.randint(0, gh - h + 1, (), generator=generator))
-    left = int(torch.randint(0, gw - w + 1, (), generator=generator))
+    if weights is None:
+        top = int(torch.randint(0, gh - h + 1, (), generator=generator))
+        left = int(torch.randint(0, gw - w + 1, (), generator=generator))
+    else:
+        mass = torch.nn.functional.avg_pool2d(weights[None, None].double(), (h, w), stride=1)[0, 0].flatten()
+        pos = int(torch.multinomial(mass + 1e-12, 1, generator=generator))
+        top, left = divmod(pos, gw - w + 1)
     m = torch.zeros(gh, gw, dtype=torch.bool)
     m[top : top + h, left : left + w] = True
     return m
 
 
 def sample_masks(
-    generator: torch.Generator, batch: int, grid: tuple[int, int], cfg: MaskConfig | None = None
+    generator: torch.Generator, batch: int, grid: tuple[int, int], cfg: MaskConfig | None = None,
+    content: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Context ``(B, Nc)`` and K target ``(B, Nt_k)`` patch indices for a batch (I-JEPA's defaults if no cfg)."""
+    """Context ``(B, Nc)`` and K target ``(B, Nt_k)`` patch indices for a batch (I-JEPA's defaults if no cfg).
+
+    ``content (B, gh, gw)``: non-negative per-patch weights, required when ``cfg.content_bias > 0``.
+    """
     cfg = cfg or MaskConfig()
     gh, gw = grid
     n = gh * gw
+    if cfg.content_bias > 0:
+        if content is None or tuple(content.shape) != (batch, gh, gw):
+            got = None if content is None else tuple(content.shape)
+            raise ValueError(f"content_bias={cfg.content_bias} needs per-patch content of shape {(batch, gh, gw)}, "
+                             f"got {got}")
+        if (content < 0).any() or not torch.isfinite(content).all():
+            raise ValueError("per-patch content weights must be finite and >= 0")
     if cfg.strategy == "random":
         return _random_masks(generator, batch, n, cfg)
     t_shapes = [_block_shape(generator, grid, cfg.target_scale, cfg.target_aspect) for _ in range(cfg.num_targets)]
     c_shape = _block_shape(generator, grid, cfg.context_scale, (1.0, 1.0))
     contexts, targets = [], []
-    for _ in range(batch):
+    for b in range(batch):
         for _attempt in range(100):
-            t_maps = [_place(generator, grid, s) for s in t_shapes]
+            if cfg.content_bias > 0:
+                by_content = (torch.rand(len(t_shapes), generator=generator) < cfg.content_bias).tolist()
+                t_maps = [_place(generator, grid, s, content[b] if c and content[b].sum() > 0 else None)
+                          for s, c in zip(t_shapes, by_content)]
+            else:
+                t_maps = [_place(generator, grid, s) for s in t_shapes]
             ctx = _place(generator, grid, c_shape) & ~torch.stack(t_maps).any(0)
             if ctx.sum() >= cfg.min_context:
                 break
@@ -134,6 +170,15 @@ def _random_masks(
     keep = min(nc, min(len(c) for c in contexts))
     context = torch.stack([_subset(generator, c, keep) for c in contexts])
     return context, [torch.stack([t[k] for t in targets]) for k in range(cfg.num_targets)]
+
+
+def patch_content(images: torch.Tensor, background: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Per-patch content ``(B, gh, gw)``: the mean absolute difference of ``images (B, C, H, W)``
+    from a static ``background (C, H, W)`` (e.g. the per-pixel median of the dataset's frames)."""
+    if images.shape[1:] != background.shape:
+        raise ValueError(f"background of shape {tuple(background.shape)} does not match images {tuple(images.shape)}")
+    diff = (images.float() - background.to(images.device, torch.float32)).abs().mean(1, keepdim=True)
+    return torch.nn.functional.avg_pool2d(diff, patch_size)[:, 0]
 
 
 def apply_masks(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from worldmodel.data.episodes import Episodes
 from worldmodel.data.windows import WindowSampler
-from worldmodel.jepa.masks import sample_masks
+from worldmodel.jepa.masks import patch_content, sample_masks
 from worldmodel.jepa.model import JEPA, JEPAConfig, jepa_loss
 from worldmodel.training.collapse import RepresentationCollapse, embedding_stats
 from worldmodel.training.distributed import rank_slice
@@ -67,6 +67,14 @@ class PretrainObjective:
         self.generators = {"data": torch.Generator().manual_seed(cfg.seed + 1),
                            "mask": torch.Generator().manual_seed(cfg.seed + 2)}
         self.low_std_checks = 0
+        self.background = self._background() if model_cfg.masks.content_bias > 0 else None
+
+    def _background(self, frames: int = 512) -> torch.Tensor:
+        """The per-pixel median of ``frames`` training frames ``(C, H, W)``: the static scene that
+        content-biased target blocks avoid (drawn from a generator of its own)."""
+        gen = torch.Generator().manual_seed(self.cfg.seed + 3)
+        index = torch.randint(len(self.sampler), (min(frames, len(self.sampler)),), generator=gen).numpy()
+        return self.sampler.get(index).obs[:, 0].float().median(0).values
 
     def optimizer(self) -> torch.optim.Optimizer:
         return make_optimizer(self.model)
@@ -75,9 +83,15 @@ class PretrainObjective:
         """This rank's slice of the global batch: images ``(b, C, H, W)``, context and target indices."""
         B = self.cfg.batch_size
         index = torch.randint(len(self.sampler), (B,), generator=self.generators["data"]).numpy()
-        ctx, tgt = sample_masks(self.generators["mask"], B, self.model_cfg.encoder.grid, self.model_cfg.masks)
         part = rank_slice(B, rank, world)
-        images = self.sampler.get(index[part]).obs[:, 0]
+        content = None
+        if self.background is not None:  # every rank weighs the whole global batch, so masks agree
+            images = self.sampler.get(index).obs[:, 0]
+            content = patch_content(images, self.background, self.model_cfg.encoder.patch_size)
+            images = images[part]
+        else:
+            images = self.sampler.get(index[part]).obs[:, 0]
+        ctx, tgt = sample_masks(self.generators["mask"], B, self.model_cfg.encoder.grid, self.model_cfg.masks, content)
         return images.to(device), ctx[part].to(device), [t[part].to(device) for t in tgt]
 
     def loss(self, model: JEPA, batch) -> dict[str, torch.Tensor]:
