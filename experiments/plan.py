@@ -23,7 +23,7 @@ carry the run's own name: runs into one ``output_dir`` never overwrite each othe
 from __future__ import annotations
 
 import sys
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -39,7 +39,8 @@ from planners.hierarchy import HierarchicalAgent
 from planners.mpc import LatentMPCAgent
 from worldmodel.checkpoint import WEIGHTS
 from worldmodel.data import load_dataset
-from worldmodel.evaluation import TaskJournal, evaluate_agent, sample_distance_tasks, sample_goal_tasks, task_seed
+from worldmodel.evaluation import (TaskJournal, batches_agent, evaluate_agent, sample_distance_tasks,
+                                   sample_goal_tasks, task_seed)
 from worldmodel.files import config_hash, file_sha256, writable_dir
 from worldmodel.hierarchy.reach import REACH_DIR
 
@@ -58,7 +59,8 @@ def protocol_header(cfg: PlanConfig, dataset) -> dict:
             "planners": cfg.planner_names, "baselines": list(cfg.baselines),
             **({"variants": {k: asdict(v) for k, v in cfg.variants.items()}} if cfg.variants else {}),
             **({"oracle": asdict(cfg.oracle)} if "oracle" in cfg.baselines else {}),
-            **({"only_tasks": list(cfg.only_tasks)} if cfg.only_tasks else {})}
+            **({"only_tasks": list(cfg.only_tasks)} if cfg.only_tasks else {}),
+            **({"batch_tasks": cfg.batch_tasks} if cfg.batch_tasks > 1 else {})}
 
 
 def draw_tasks(cfg: PlanConfig, spec, env):
@@ -95,7 +97,8 @@ def shown_tasks(cfg: PlanConfig, tasks, agent) -> set[int]:
 
 def evaluate(cfg: PlanConfig, env, spec, tasks, agent, journal: TaskJournal, folder: Path, atlas):
     """``agent`` on every task (those in ``journal`` already done are not run again, each one finished is
-    appended to it): its summary, and the videos of its shown tasks."""
+    appended to it), in batches of ``cfg.batch_tasks`` where it batches (``env``: one env per task of a
+    batch): its summary, and the videos of its shown tasks."""
     shown, subgoals = shown_tasks(cfg, tasks, agent), {}  # per shown task: the (step, latent) of each subgoal
 
     def finished(i, r):
@@ -103,6 +106,8 @@ def evaluate(cfg: PlanConfig, env, spec, tasks, agent, journal: TaskJournal, fol
         if i in shown and hasattr(agent, "subgoals"):
             subgoals[i] = list(agent.subgoals)
 
+    if not batches_agent(agent):
+        env = env[0]
     summary, per_task = evaluate_agent(env, spec, tasks, agent, cfg.budget, progress=cfg.progress, record=shown,
                                        done=journal.done.get(agent.name), on_result=finished)
     videos = report.write_videos(cfg, spec, agent.name, tasks, per_task, shown, subgoals, folder, atlas)
@@ -115,7 +120,10 @@ def run(cfg: PlanConfig) -> dict:
     out = writable_dir(cfg.output_dir, "output_dir")
     levels = Levels.load(cfg)
     stem = report.run_stem(cfg)
-    with closing(cfg.env.make(max_episode_steps=cfg.max_budget)) as env:
+    with ExitStack() as stack:
+        batch = [stack.enter_context(closing(cfg.env.make(max_episode_steps=cfg.max_budget)))
+                 for _ in range(min(cfg.batch_tasks, cfg.episodes * max(1, len(cfg.bins))))]
+        env = batch[0]
         tasks, dataset = draw_tasks(cfg, spec, env)
         header = protocol_header(cfg, dataset)
         journal = TaskJournal(out / f"plan-{cfg.env.name}-{config_hash(header)}.tasks.jsonl", header, cfg.resume)
@@ -124,7 +132,7 @@ def run(cfg: PlanConfig) -> dict:
             levels.calibrate(cfg, spec)
             atlas = report.atlas_of(cfg, levels)
             for name in agent_names(cfg, levels):
-                summary, shown = evaluate(cfg, env, spec, tasks, make_agent(name, cfg, env, spec, levels), journal,
+                summary, shown = evaluate(cfg, batch, spec, tasks, make_agent(name, cfg, env, spec, levels), journal,
                                           out / "videos" / stem, atlas)
                 results.append(summary)
                 videos += shown

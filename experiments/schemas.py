@@ -137,6 +137,10 @@ class PlanConfig:
         baselines: reference agents run in the same invocation: ``random``, ``zero``, and
             ``oracle`` (the same CEM planning with the true simulator; an upper bound).
         videos: planner episodes written as GIFs (current | goal).
+        batch_tasks: tasks a latent planner plays at once, each in an env of its own, its candidates
+            evaluated for all of them in one model call per iteration (1: one after another). Each
+            task keeps its seed and its draws, so the results are the one-by-one results up to the
+            float noise of batched arithmetic.
         output_dir: where the JSON result, the task journal and the videos are written.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` for the model.
         resume: continue an interrupted evaluation with the same settings from its task
@@ -167,6 +171,7 @@ class PlanConfig:
     task_seed: int = 0
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     videos: int = 3
+    batch_tasks: int = 1
     output_dir: str = "results"
     device: str = "auto"
     resume: bool = False
@@ -219,6 +224,8 @@ class PlanConfig:
         self._check_agents()
 
     def _check_agents(self) -> None:
+        if self.batch_tasks < 1:
+            raise ValueError(f"batch_tasks must be >= 1 (tasks played at once), got {self.batch_tasks}")
         if self.videos < 0 or self.task_seed < 0:
             raise ValueError(f"videos and task_seed must be >= 0, got {self.videos}, {self.task_seed}")
         if self.task_seed >= 2**63:

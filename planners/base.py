@@ -3,15 +3,19 @@
 Device and dtype follow the inputs: a planner works on the device and in the dtype of
 its :class:`Bounds` (move them with ``bounds.to(device, dtype)``), and every tensor it
 creates is created there. Random draws come from the caller's ``torch.Generator`` on its
-own device and are then moved, so a CPU generator gives the same plans on every device.
+own device and are then moved, so a CPU generator gives the same plans on every device. A
+sequence of generators, one per problem, draws each problem's noise from its own: a batch of
+problems then plans exactly as each would alone (up to the float noise of batched arithmetic).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence, Union
 
 import torch
+
+Generators = Union[torch.Generator, Sequence[torch.Generator]]  # one for the batch, or one per problem
 
 
 class CostFn(Protocol):
@@ -93,10 +97,15 @@ def as_float_tensor(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float32)
 
 
-def gaussian(shape: tuple[int, ...], generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+def gaussian(shape: tuple[int, ...], generator: Generators, like: torch.Tensor) -> torch.Tensor:
     """Standard normal noise drawn from ``generator`` (on its device, float32), then moved to ``like``'s
-    device and dtype."""
-    return torch.randn(shape, generator=generator, device=generator.device).to(like)
+    device and dtype. With one generator per problem (``shape[0]`` of them), problem ``i``'s noise
+    ``(1, *shape[1:])`` comes from generator ``i``."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=generator.device).to(like)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} problems; give one per problem")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device).to(like) for g in generator])
 
 
 def shift_plan(plan: torch.Tensor, steps: int, bounds: Bounds) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 
 from planners.base import (
     CostFn,
+    Generators,
     PlanResult,
     SamplingPlanner,
     evaluate_cost,
@@ -51,7 +52,7 @@ class CEM(SamplingPlanner):
 
     @torch.no_grad()
     def plan(
-        self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None,
+        self, cost: CostFn, batch: int, generator: Generators, warm_start: torch.Tensor | None = None,
         iterations: int | None = None,
     ) -> PlanResult:
         """Minimise ``cost`` for ``batch`` problems; ``warm_start (B, H, A)`` seeds the mean; ``iterations``

@@ -36,6 +36,13 @@ class FrameHistory:
         self.actions: list[np.ndarray] = []
         self.latents: list[torch.Tensor | None] = []  # of each frame, once a model has encoded it
 
+    def select(self, keep: list[int]) -> None:
+        """Keep the tasks ``keep`` (indices into the batch) and drop the others."""
+        self.frames = [f[keep] for f in self.frames]
+        self.actions = [a[keep] for a in self.actions]
+        idx = torch.as_tensor(keep, dtype=torch.long)
+        self.latents = [None if z is None else z[idx.to(z.device)] for z in self.latents]
+
     def add_frame(self, obs: np.ndarray) -> None:
         """The newest observations ``(B, H, W, C)`` (copied)."""
         self.frames = (self.frames + [np.array(obs, copy=True)])[-self.keep - 1 :]

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from planners.base import CostFn, PlanResult, SamplingPlanner, evaluate_cost, finish, gaussian, initial_mean
+from planners.base import (CostFn, Generators, PlanResult, SamplingPlanner, evaluate_cost, finish, gaussian,
+                           initial_mean)
 
 
 @dataclass
@@ -33,7 +34,7 @@ class GradientPlanner(SamplingPlanner):
     """Needs a differentiable ``cost``; respects the bounds by construction."""
 
     def plan(
-        self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None,
+        self, cost: CostFn, batch: int, generator: Generators, warm_start: torch.Tensor | None = None,
         iterations: int | None = None,
     ) -> PlanResult:
         """Minimise ``cost`` by Adam from ``warm_start`` (and random restarts); ``iterations`` replaces the

@@ -22,6 +22,7 @@ import torch
 
 from planners.base import (
     CostFn,
+    Generators,
     PlanResult,
     SamplingPlanner,
     evaluate_cost,
@@ -87,7 +88,7 @@ def _colour(horizon: int, beta: float) -> torch.Tensor:
     return torch.linalg.cholesky(cov + 1e-9 * torch.eye(horizon, dtype=torch.float64))
 
 
-def coloured(shape: tuple[int, ...], beta: float, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+def coloured(shape: tuple[int, ...], beta: float, generator: Generators, like: torch.Tensor) -> torch.Tensor:
     """Unit-variance noise of ``shape (B, S, H, A)``, correlated over ``H`` as ``beta`` says."""
     white = gaussian(shape, generator, like)
     if beta == 0:
@@ -100,7 +101,7 @@ class ICEM(SamplingPlanner):
 
     @torch.no_grad()
     def plan(
-        self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None,
+        self, cost: CostFn, batch: int, generator: Generators, warm_start: torch.Tensor | None = None,
         iterations: int | None = None,
     ) -> PlanResult:
         """Minimise ``cost`` for ``batch`` problems; ``warm_start (B, H, A)`` seeds the mean; ``iterations``

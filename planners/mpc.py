@@ -156,20 +156,21 @@ def goal_cost(model: LatentModel, start: torch.Tensor, goal: torch.Tensor, cfg: 
 
 class FlopCounter:
     """Model FLOPs of named computations, counted on their first run and reused after: a plan's FLOPs
-    do not depend on the images, only on what its name says (its iterations, the frames it encodes)."""
+    do not depend on the images, only on what its name says (its iterations, the frames it encodes),
+    and grow in proportion to the tasks planned for at once."""
 
     def __init__(self):
-        self.flops: dict[str, float] = {}
+        self.flops: dict[str, float] = {}  # per task
 
-    def run(self, what: str, fn: Callable[[], object]) -> float:
-        """Run ``fn``; its model FLOPs."""
+    def run(self, what: str, fn: Callable[[], object], tasks: int = 1) -> float:
+        """Run ``fn`` (for ``tasks`` tasks at once); its model FLOPs."""
         if what in self.flops:
             fn()
         else:
             with FlopCounterMode(display=False) as counter:
                 fn()
-            self.flops[what] = float(counter.get_total_flops())
-        return self.flops[what]
+            self.flops[what] = float(counter.get_total_flops()) / tasks
+        return self.flops[what] * tasks
 
 
 def as_batch(obs: np.ndarray, what: str = "image") -> tuple[np.ndarray, bool]:
@@ -187,7 +188,9 @@ class LatentMPCAgent:
 
     Its goal is set by :meth:`reset` from a goal image, or by :meth:`set_goal` as frame latents, which
     may change between calls (a waypoint set by a planner above). Everything works on ``B`` tasks at once: images
-    ``(B, H, W, C)`` and goals ``(B, h, latent_dim)``; one image ``(H, W, C)`` is a batch of one.
+    ``(B, H, W, C)`` and goals ``(B, h, latent_dim)``; one image ``(H, W, C)`` is a batch of one. Seeded with
+    one seed per task (:meth:`seed`), each task draws from its own generator, so a batch plans as its tasks
+    would one by one; :meth:`select` drops finished tasks from the batch.
     """
 
     def __init__(self, model: LatentModel, cfg: MPCConfig, action_low: np.ndarray, action_high: np.ndarray,
@@ -199,6 +202,7 @@ class LatentMPCAgent:
             raise ValueError(f"receding_horizon {cfg.receding_horizon} must be at most the plan's "
                              f"{layout.env_steps(cfg.horizon)} env steps")
         self.model, self.cfg, self.gen, self.name = model, cfg, generator, name
+        self.draws: torch.Generator | list[torch.Generator] = generator  # per task after seed([...])
         self.action_dim = layout.action_dim
         self.device, self.dtype = model.device, model.dtype
         self.env_bounds = Bounds(action_low, action_high).to(self.device, self.dtype)
@@ -221,9 +225,28 @@ class LatentMPCAgent:
         z, a = self.history.latent_window(L.history, self.model.latents, self.device, self.dtype)
         return L.compose(z, L.blocks(a).to(z.dtype))
 
-    def seed(self, seed: int) -> None:
-        """Reseed the planner's draws (the protocol does it before each task)."""
-        self.gen.manual_seed(seed)
+    def seed(self, seed: int | list[int]) -> None:
+        """Reseed the planner's draws (the protocol does it before each task): one seed, or one per task
+        of the next batch (each task's draws then come from a generator of its own)."""
+        if isinstance(seed, (int, np.integer)):
+            self.gen.manual_seed(int(seed))
+            self.draws = self.gen
+        else:
+            self.draws = [torch.Generator(device=self.gen.device).manual_seed(int(s)) for s in seed]
+
+    def select(self, keep) -> None:
+        """Keep only the tasks ``keep`` (indices into the batch, in order): the others are finished."""
+        keep = [int(i) for i in keep]
+        idx = torch.as_tensor(keep, dtype=torch.long)
+        self.history.select(keep)
+        self.goal = self.goal[idx.to(self.goal.device)] if self.goal is not None else None
+        self.queue = [a[keep] for a in self.queue]
+        if self.warm is not None:
+            self.warm = self.warm[idx.to(self.warm.device)]
+        if self.last_plan is not None:
+            self.last_plan = tuple(x[idx.to(x.device)] for x in self.last_plan)
+        if not isinstance(self.draws, torch.Generator):
+            self.draws = [self.draws[i] for i in keep]
 
     def check_images(self, obs: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
         """``obs`` as a batch of images of the model's size, and whether it was one image."""
@@ -309,7 +332,7 @@ class LatentMPCAgent:
         start = time.perf_counter()
         fewer = self.cfg.warm_iterations if self.warm is not None else 0  # the first plan of an episode: all
         key = f"plan/iterations {fewer or 'all'}/frames {self.history.unencoded(self.model.layout.history)}"
-        self.plan_flops.append(self.flops.run(key, lambda: self._plan(fewer or None)))
+        self.plan_flops.append(self.flops.run(key, lambda: self._plan(fewer or None), tasks=len(self.goal)))
         self.plan_seconds.append(time.perf_counter() - start)
 
     def _plan(self, iterations: int | None = None) -> None:
@@ -322,7 +345,7 @@ class LatentMPCAgent:
             cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])
         grad = cfg.planner == "gradient"
         with torch.enable_grad() if grad else torch.no_grad():
-            result = self.planner.plan(cost, len(s0), self.gen, warm_start=self.warm, iterations=iterations)
+            result = self.planner.plan(cost, len(s0), self.draws, warm_start=self.warm, iterations=iterations)
         env_actions = result.actions.detach().reshape(len(s0), -1, self.action_dim)  # (B, H*k, A)
         self.last_plan = (s0, result.actions.detach(), self.goal[:, -1].to(s0))
         executed = env_actions[:, : cfg.receding_horizon].float().cpu().numpy()  # (B, r, A)

@@ -8,6 +8,7 @@ import torch
 
 from planners.base import (
     CostFn,
+    Generators,
     PlanResult,
     SamplingPlanner,
     evaluate_cost,
@@ -49,7 +50,7 @@ class MPPI(SamplingPlanner):
 
     @torch.no_grad()
     def plan(
-        self, cost: CostFn, batch: int, generator: torch.Generator, warm_start: torch.Tensor | None = None,
+        self, cost: CostFn, batch: int, generator: Generators, warm_start: torch.Tensor | None = None,
         iterations: int | None = None,
     ) -> PlanResult:
         cfg, b = self.cfg, self.bounds

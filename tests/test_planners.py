@@ -307,3 +307,15 @@ def test_an_agent_encodes_each_frame_once_and_its_states_equal_the_models_encodi
 def latents_state(model, latents, x, a):
     L = model.layout
     return L.compose(latents(x), L.blocks(a))
+
+
+@pytest.mark.parametrize("name", list(PLANNERS))
+def test_one_generator_per_problem_plans_each_problem_as_it_would_alone(name):
+    target = targets(batch=3)
+    seeds = [11, 12, 13]
+    together = PLANNERS[name]().plan(quadratic(target), 3, [torch.Generator().manual_seed(s) for s in seeds])
+    for i, s in enumerate(seeds):
+        alone = PLANNERS[name]().plan(quadratic(target[i : i + 1]), 1, torch.Generator().manual_seed(s))
+        assert torch.allclose(together.actions[i], alone.actions[0], atol=1e-5), i
+    with pytest.raises(ValueError, match="2 generators for a batch of 3 problems"):
+        PLANNERS[name]().plan(quadratic(target), 3, [torch.Generator(), torch.Generator()])

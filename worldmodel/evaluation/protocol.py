@@ -237,8 +237,71 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def run_tasks(envs: list[gymnasium.Env], spec: EnvSpec, tasks: list[GoalTask], agent: Agent, budget: int,
+              record: set[int] = frozenset(),
+              on_result: Callable[[int, EpisodeResult], None] | None = None) -> list[EpisodeResult]:
+    """Run ``tasks`` at once, task ``i`` in ``envs[i]``, with an agent that acts on a batch of images
+    (``act((B, H, W, C)) -> (B, A)``) and can drop finished tasks (``select(keep)``): every step, one
+    call for the tasks still running. Each task ends as :func:`run_task` ends it (the env's success
+    test, or its budget); ``record`` holds the indices (into ``tasks``) whose frames are kept. A task's
+    share of a batched step's time (and of a replan's time and FLOPs) is the step's divided by the
+    tasks in it."""
+    if len(envs) < len(tasks):
+        raise ValueError(f"{len(tasks)} tasks need as many envs, got {len(envs)}")
+    budgets = [t.budget if t.budget is not None else budget for t in tasks]
+    if min(budgets) < 1:
+        raise ValueError(f"an evaluation's budget is >= 1 env steps, got {min(budgets)}")
+    obs = []
+    for env, task in zip(envs, tasks):
+        env.reset(seed=0)
+        spec.set_state(env, task.start_state)
+        obs.append(env.unwrapped.render())
+    agent.reset(np.stack([t.goal_obs for t in tasks]))
+    n = len(tasks)
+    errors = [spec.goal_error(spec.get_state(env), t.goal_state) for env, t in zip(envs, tasks)]
+    frames = [[(obs[i], errors[i])] if i in record else [] for i in range(n)]
+    times, plans, flops = [[] for _ in range(n)], [[] for _ in range(n)], [[] for _ in range(n)]
+    best, results, active = [math.inf] * n, [None] * n, list(range(n))
+    agent_plans, agent_flops = getattr(agent, "plan_seconds", []), getattr(agent, "plan_flops", [])
+    for step in range(1, max(budgets) + 1):
+        plans_before, flops_before = len(agent_plans), len(agent_flops)
+        t0 = time.perf_counter()
+        actions = agent.act(np.stack([obs[i] for i in active]))
+        share = (time.perf_counter() - t0) / len(active)
+        new_plans = [p / len(active) for p in agent_plans[plans_before:]]
+        new_flops = [f / len(active) for f in agent_flops[flops_before:]]
+        for j, i in enumerate(active):
+            times[i].append(share)
+            plans[i] += new_plans
+            flops[i] += new_flops
+            obs[i], *_ = envs[i].step(actions[j])
+            state = spec.get_state(envs[i])
+            errors[i] = spec.goal_error(state, tasks[i].goal_state)
+            best[i] = min(best[i], errors[i])
+            if i in record:
+                frames[i].append((obs[i], errors[i]))
+            success = spec.success(state, tasks[i].goal_state)
+            if success or step == budgets[i]:
+                results[i] = EpisodeResult(bool(success), step, errors[i], best[i], times[i], plans[i], flops[i],
+                                           frames[i])
+                if on_result is not None:
+                    on_result(i, results[i])
+        keep = [j for j, i in enumerate(active) if results[i] is None]
+        if len(keep) < len(active):
+            active = [active[j] for j in keep]
+            if not active:
+                break
+            agent.select(keep)
+    return results
+
+
+def batches_agent(agent: Agent) -> bool:
+    """Whether ``agent`` plays many tasks at once (acts on a batch, drops finished tasks, seeds per task)."""
+    return callable(getattr(agent, "select", None))
+
+
 def evaluate_agent(
-    env: gymnasium.Env,
+    env: gymnasium.Env | list[gymnasium.Env],
     spec: EnvSpec,
     tasks: list[GoalTask],
     agent: Agent,
@@ -254,26 +317,44 @@ def evaluate_agent(
     holds, with their frames).
 
     Args:
+        env: one env (tasks one after another), or several: an agent that batches (:func:`batches_agent`)
+            then plays as many tasks at once (:func:`run_tasks`), the rest of the tasks in later batches;
+            any other agent plays them one after another in the first.
         seed: reseed the agent before task ``i`` with ``task_seed(seed, i)`` (``None``: don't).
         done: results of tasks finished before (by index), not run again (resuming).
         on_result: called with ``(index, result)`` after each task that runs (e.g. to append it to a file).
     """
     done = dict(done or {})
     recorded = set(range(record)) if isinstance(record, int) else set(record)
-    results = []
-    for i, task in enumerate(tqdm(tasks, desc=agent.name, disable=not progress)):
-        if i in done:
-            results.append(done[i])
-            continue
-        if task.seed is not None:
-            agent.seed(task.seed)
-        elif seed is not None:
-            agent.seed(task_seed(seed, i))
-        result = run_task(env, spec, task, agent, budget, record=i in recorded)
-        if on_result is not None:
-            on_result(i, result)
-        results.append(result)
-    return summarize(agent.name, results), results
+    envs = list(env) if isinstance(env, (list, tuple)) else [env]
+    seeds = [t.seed if t.seed is not None else (task_seed(seed, i) if seed is not None else None)
+             for i, t in enumerate(tasks)]
+    results: dict[int, EpisodeResult] = {i: r for i, r in done.items() if i < len(tasks)}
+    todo = [i for i in range(len(tasks)) if i not in results]
+    size = len(envs) if batches_agent(agent) else 1
+    with tqdm(total=len(tasks), initial=len(results), desc=agent.name, disable=not progress) as bar:
+        for b in range(0, len(todo), size):
+            chunk = todo[b : b + size]
+
+            def finished(j, result, chunk=chunk):
+                results[chunk[j]] = result
+                bar.update()
+                if on_result is not None:
+                    on_result(chunk[j], result)
+
+            if size == 1:
+                i = chunk[0]
+                if seeds[i] is not None:
+                    agent.seed(seeds[i])
+                finished(0, run_task(envs[0], spec, tasks[i], agent, budget, record=i in recorded))
+                continue
+            if any(seeds[i] is None for i in chunk):
+                raise ValueError("a batch of tasks needs a seed per task (GoalTask.seed, or the evaluation's seed)")
+            agent.seed([seeds[i] for i in chunk])
+            run_tasks(envs, spec, [tasks[i] for i in chunk], agent, budget,
+                      {j for j, i in enumerate(chunk) if i in recorded}, finished)
+    ordered = [results[i] for i in range(len(tasks))]
+    return summarize(agent.name, ordered), ordered
 
 
 def summarize_groups(name: str, tasks: list[GoalTask], results: list[EpisodeResult]) -> dict[str, dict]:
