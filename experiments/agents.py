@@ -35,7 +35,7 @@ from worldmodel.evaluation.reach import reach_threshold
 from worldmodel.files import file_sha256
 from worldmodel.hierarchy import SlowModel, load_slow
 from worldmodel.hierarchy.reach import REACH_DIR, TemporalDistance
-from worldmodel.training import resolve_device
+from worldmodel.training import current_rank, resolve_device
 
 FLAT, HIERARCHICAL = "mpc", "hier"
 
@@ -133,7 +133,7 @@ def load_model(cfg: PlanConfig) -> WorldModel:
             f"baselines"
         )
     check_trained_env(cfg.env, cfg.model)
-    model = WorldModel.from_pretrained(cfg.model, resolve_device(cfg.device), cfg.allow_unverified)
+    model = WorldModel.from_pretrained(cfg.model, resolve_device(cfg.device, current_rank()), cfg.allow_unverified)
     if model.image_shape[-1] != cfg.env.image_size:
         raise ValueError(f"model {cfg.model} takes {model.image_shape[-1]}px images, env gives "
                          f"{cfg.env.image_size}px")

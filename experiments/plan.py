@@ -18,6 +18,11 @@ them and ``resume=true`` continues the evaluation where it stopped, with the sam
 each line carries a hash chained to the header's, so a journal edited by hand is refused. The
 result ``plan-<env>-<time>-<pid>.json``, its journal and its videos (``videos/<that stem>/``)
 carry the run's own name: runs into one ``output_dir`` never overwrite each other.
+
+Under ``torchrun --nproc_per_node=N`` the tasks are dealt out to the ranks (task ``i`` to rank
+``i mod N``, each rank on a device of its own, with a journal of its own), and rank 0 gathers
+every task's result into the one result and one journal a single process would write; each task
+keeps its seed, so the per-task results are those of one process.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 from omegaconf import DictConfig
 
 import envs
@@ -39,10 +45,11 @@ from planners.hierarchy import HierarchicalAgent
 from planners.mpc import LatentMPCAgent
 from worldmodel.checkpoint import WEIGHTS
 from worldmodel.data import load_dataset
-from worldmodel.evaluation import (TaskJournal, batches_agent, evaluate_agent, sample_distance_tasks,
-                                   sample_goal_tasks, task_seed)
+from worldmodel.evaluation import (EpisodeResult, TaskJournal, batches_agent, evaluate_agent, sample_distance_tasks,
+                                   sample_goal_tasks, summarize, task_seed)
 from worldmodel.files import config_hash, file_sha256, writable_dir
 from worldmodel.hierarchy.reach import REACH_DIR
+from worldmodel.training import distributed, shutdown_distributed
 
 
 def protocol_header(cfg: PlanConfig, dataset) -> dict:
@@ -95,10 +102,43 @@ def shown_tasks(cfg: PlanConfig, tasks, agent) -> set[int]:
     return {i for idx in first.values() for i in idx[:cfg.videos]}
 
 
-def evaluate(cfg: PlanConfig, env, spec, tasks, agent, journal: TaskJournal, folder: Path, atlas):
-    """``agent`` on every task (those in ``journal`` already done are not run again, each one finished is
-    appended to it), in batches of ``cfg.batch_tasks`` where it batches (``env``: one env per task of a
-    batch): its summary, and the videos of its shown tasks."""
+class Ranks:
+    """The processes of an evaluation: ``torchrun``'s ranks, or this process alone. Task ``i`` is rank
+    ``i mod world``'s; rank 0 gathers what the others found (over gloo, whatever the devices)."""
+
+    def __init__(self):
+        self.rank, self.world = distributed()
+        self.group = dist.new_group(backend="gloo") if self.world > 1 else None
+
+    def mine(self, tasks: list) -> set[int]:
+        return set(range(self.rank, len(tasks), self.world))
+
+    def share(self, value):
+        """Rank 0's ``value`` on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def gather(self, value) -> list | None:
+        """Every rank's ``value``, in rank order, on rank 0 (``None`` elsewhere)."""
+        if self.world == 1:
+            return [value]
+        out = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(value, out, dst=0, group=self.group)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier(group=self.group)
+
+
+def evaluate(cfg: PlanConfig, env, spec, tasks, agent, journal: TaskJournal, folder: Path, atlas, ranks: Ranks):
+    """``agent`` on this rank's tasks (those in ``journal`` already done are not run again, each one finished
+    is appended to it), in batches of ``cfg.batch_tasks`` where it batches (``env``: one env per task of a
+    batch): on rank 0, the summary over every rank's tasks and all the videos (``None`` elsewhere), and
+    every task's result."""
     shown, subgoals = shown_tasks(cfg, tasks, agent), {}  # per shown task: the (step, latent) of each subgoal
 
     def finished(i, r):
@@ -108,32 +148,45 @@ def evaluate(cfg: PlanConfig, env, spec, tasks, agent, journal: TaskJournal, fol
 
     if not batches_agent(agent):
         env = env[0]
-    summary, per_task = evaluate_agent(env, spec, tasks, agent, cfg.budget, progress=cfg.progress, record=shown,
-                                       done=journal.done.get(agent.name), on_result=finished)
-    videos = report.write_videos(cfg, spec, agent.name, tasks, per_task, shown, subgoals, folder, atlas)
-    return report.agent_summary(cfg, agent, tasks, per_task, summary), videos
+    mine = ranks.mine(tasks)
+    summary, per_task = evaluate_agent(env, spec, tasks, agent, cfg.budget, progress=cfg.progress,
+                                       record=shown & mine, done=journal.done.get(agent.name), on_result=finished,
+                                       only=mine)
+    videos = report.write_videos(cfg, spec, agent.name, tasks, per_task, shown & mine, subgoals, folder, atlas)
+    if ranks.world > 1:
+        parts = ranks.gather(({i: per_task[i].to_json() for i in mine}, videos))
+        if parts is None:
+            return None, [], per_task
+        found = {i: r for part, _ in parts for i, r in part.items()}
+        per_task = [per_task[i] if i in mine else EpisodeResult.from_json(found[i]) for i in range(len(tasks))]
+        summary, videos = summarize(agent.name, per_task), [v for _, shot in parts for v in shot]
+    return report.agent_summary(cfg, agent, tasks, per_task, summary), videos, per_task
 
 
 def run(cfg: PlanConfig) -> dict:
     """Draw the tasks, build the agents, run each on every task, and hand the results to ``report``."""
+    ranks = Ranks()
     spec = envs.get_spec(cfg.env.name)
     out = writable_dir(cfg.output_dir, "output_dir")
     levels = Levels.load(cfg)
-    stem = report.run_stem(cfg)
+    stem = ranks.share(report.run_stem(cfg))
     with ExitStack() as stack:
         batch = [stack.enter_context(closing(cfg.env.make(max_episode_steps=cfg.max_budget)))
                  for _ in range(min(cfg.batch_tasks, cfg.episodes * max(1, len(cfg.bins))))]
         env = batch[0]
         tasks, dataset = draw_tasks(cfg, spec, env)
         header = protocol_header(cfg, dataset)
-        journal = TaskJournal(out / f"plan-{cfg.env.name}-{config_hash(header)}.tasks.jsonl", header, cfg.resume)
-        results, videos = [], []
+        name = f"plan-{cfg.env.name}-{config_hash(header)}"
+        part = f".rank{ranks.rank}of{ranks.world}" if ranks.world > 1 else ""
+        journal = TaskJournal(out / f"{name}{part}.tasks.jsonl", header, cfg.resume)
+        results, videos, every = [], [], {}
         try:
             levels.calibrate(cfg, spec)
             atlas = report.atlas_of(cfg, levels)
-            for name in agent_names(cfg, levels):
-                summary, shown = evaluate(cfg, batch, spec, tasks, make_agent(name, cfg, env, spec, levels), journal,
-                                          out / "videos" / stem, atlas)
+            for agent_name in agent_names(cfg, levels):
+                agent = make_agent(agent_name, cfg, env, spec, levels)
+                summary, shown, every[agent_name] = evaluate(cfg, batch, spec, tasks, agent, journal,
+                                                             out / "videos" / stem, atlas, ranks)
                 results.append(summary)
                 videos += shown
         except KeyboardInterrupt:
@@ -142,14 +195,37 @@ def run(cfg: PlanConfig) -> dict:
             raise
         finally:
             journal.release()
+    if ranks.world > 1:
+        return merge_ranks(cfg, spec, dataset, header, levels, results, videos, out, stem, ranks, journal, tasks,
+                           every, name)
     summary = report.result(cfg, spec, dataset, header, levels, results, videos, out, stem)
     journal.finish(out / f"{stem}.tasks.jsonl")  # kept next to the result; no longer an unfinished evaluation
+    return summary
+
+
+def merge_ranks(cfg, spec, dataset, header, levels, results, videos, out, stem, ranks: Ranks, journal, tasks,
+                every: dict, name: str) -> dict | None:
+    """Rank 0 writes the result and one journal of every rank's tasks (as one process would); then each
+    rank's own journal, now held in that one, is removed. ``None`` on the other ranks."""
+    summary = None
+    if ranks.rank == 0:
+        summary = report.result(cfg, spec, dataset, header, levels, results, videos, out, stem)
+        merged = TaskJournal(out / f"{name}.tasks.jsonl", header)
+        for agent_name, per_task in every.items():
+            for i, r in enumerate(per_task):
+                merged.append(agent_name, i, tasks[i], r)
+        merged.finish(out / f"{stem}.tasks.jsonl")
+    ranks.barrier()
+    journal.path.unlink()
     return summary
 
 
 @entry_point("plan")
 def main(cfg: DictConfig) -> None:
     summary = run(to_object(cfg))
+    shutdown_distributed()
+    if summary is None:  # a rank other than 0: rank 0 prints the result
+        return
     print("\n" + report.headline(summary))
     print(report.table(summary))
     for v in summary["videos"]:

@@ -103,3 +103,35 @@ def test_plan_py_plays_batches_to_the_one_by_one_results(tiny_dataset, tmp_path)
         assert (a[key]["success"], a[key]["steps"]) == (b[key]["success"], b[key]["steps"])
         assert a[key]["final_goal_error"] == pytest.approx(b[key]["final_goal_error"], abs=1e-4)
     assert len(many["videos"]) == len(one["videos"]) == 1
+
+
+@pytest.mark.slow
+def test_two_ranks_merge_to_the_results_of_one_process(tiny_dataset, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import dataset_args
+
+    root = Path(__file__).resolve().parents[1]
+    tiny_world_model(block=5, moving=True).save_pretrained(tmp_path / "model")
+    args = [str(root / "experiments" / "plan.py"), *dataset_args(tiny_dataset), "episodes=5", "budget=6",
+            "goal_offset=10", "progress=false", f"model={tmp_path}/model", "hierarchy=false", "baselines=[random]",
+            "videos=1", "mpc.cem.samples=16", "mpc.cem.elites=4", "mpc.cem.iterations=2", "batch_tasks=2"]
+    env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+    runs = {"one": [sys.executable], "two": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                              "--nproc_per_node=2"]}
+    journals = {}
+    for name, launcher in runs.items():
+        out = subprocess.run([*launcher, *args, f"output_dir={tmp_path}/{name}", f"hydra.run.dir={tmp_path}/h{name}"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.count("result written to") == 1  # rank 0 alone reports
+        (journal,) = (tmp_path / name).glob("plan-*.tasks.jsonl")  # one journal: the ranks' were merged into it
+        lines = [json.loads(x) for x in journal.read_text().splitlines()]
+        assert lines[-1] == {"finished": True, "chain": lines[-1]["chain"]}
+        journals[name] = sorted(([{k: v for k, v in x.items() if k not in ("chain", "act_seconds", "plan_seconds")}
+                                  for x in lines[1:-1]]), key=lambda x: (x["agent"], x["index"]))
+        assert len(list((tmp_path / name / "videos").rglob("*.gif"))) == 1
+    assert len(journals["one"]) == 10 and journals["two"] == journals["one"]

@@ -311,6 +311,7 @@ def evaluate_agent(
     seed: int | None = None,
     done: dict[int, EpisodeResult] | None = None,
     on_result: Callable[[int, EpisodeResult], None] | None = None,
+    only: set[int] | None = None,
 ) -> tuple[dict, list[EpisodeResult]]:
     """Run every task with ``agent``: a summary (success rate, Wilson 95 % interval, errors,
     timings) and the per-task results (the first ``record``, or the tasks whose indices ``record``
@@ -323,16 +324,19 @@ def evaluate_agent(
         seed: reseed the agent before task ``i`` with ``task_seed(seed, i)`` (``None``: don't).
         done: results of tasks finished before (by index), not run again (resuming).
         on_result: called with ``(index, result)`` after each task that runs (e.g. to append it to a file).
+        only: run only these tasks (e.g. this rank's share); the others' places in the list hold ``None``
+            and the summary leaves them out.
     """
-    done = dict(done or {})
+    only = set(range(len(tasks))) if only is None else set(only)
+    done = {i: r for i, r in (done or {}).items() if i in only}
     recorded = set(range(record)) if isinstance(record, int) else set(record)
     envs = list(env) if isinstance(env, (list, tuple)) else [env]
     seeds = [t.seed if t.seed is not None else (task_seed(seed, i) if seed is not None else None)
              for i, t in enumerate(tasks)]
     results: dict[int, EpisodeResult] = {i: r for i, r in done.items() if i < len(tasks)}
-    todo = [i for i in range(len(tasks)) if i not in results]
+    todo = [i for i in range(len(tasks)) if i not in results and i in only]
     size = len(envs) if batches_agent(agent) else 1
-    with tqdm(total=len(tasks), initial=len(results), desc=agent.name, disable=not progress) as bar:
+    with tqdm(total=len(only & set(range(len(tasks)))), initial=len(results), desc=agent.name, disable=not progress) as bar:
         for b in range(0, len(todo), size):
             chunk = todo[b : b + size]
 
@@ -353,8 +357,8 @@ def evaluate_agent(
             agent.seed([seeds[i] for i in chunk])
             run_tasks(envs, spec, [tasks[i] for i in chunk], agent, budget,
                       {j for j, i in enumerate(chunk) if i in recorded}, finished)
-    ordered = [results[i] for i in range(len(tasks))]
-    return summarize(agent.name, ordered), ordered
+    ordered = [results.get(i) for i in range(len(tasks))]
+    return summarize(agent.name, [r for r in ordered if r is not None]), ordered
 
 
 def summarize_groups(name: str, tasks: list[GoalTask], results: list[EpisodeResult]) -> dict[str, dict]:

@@ -1,7 +1,8 @@
 """Training: one loop (:class:`Trainer`) for every objective, its schedules, data parallelism and collapse guards."""
 
 from worldmodel.training.collapse import RepresentationCollapse, embedding_stats, variance_covariance
-from worldmodel.training.distributed import distributed, rank_zero_first, resolve_device, shutdown_distributed
+from worldmodel.training.distributed import (current_rank, distributed, rank_zero_first, resolve_device,
+                                             shutdown_distributed)
 from worldmodel.training.logs import plot_log, write_csv
 from worldmodel.training.loop import Objective, OptimConfig, Trainer
 from worldmodel.training.rundir import RunConfigChanged, RunDirectory
@@ -14,6 +15,7 @@ __all__ = [
     "RunConfigChanged",
     "RunDirectory",
     "Trainer",
+    "current_rank",
     "distributed",
     "ema_momentum",
     "ema_update",

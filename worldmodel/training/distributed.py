@@ -27,6 +27,11 @@ def distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def current_rank() -> int:
+    """This process's rank (0 outside torchrun)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def shutdown_distributed() -> None:
     """Wait for every rank, then close the process group (a live gloo group aborts at exit)."""
     if dist.is_initialized():
