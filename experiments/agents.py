@@ -26,7 +26,7 @@ from experiments.runs import check_trained_env
 from experiments.schemas import PlanConfig
 from planners.cem import CEMConfig
 from planners.hierarchy import NEEDS_REACH, hierarchical_agent
-from planners.mpc import PLANNERS, LatentMPCAgent
+from planners.mpc import PLANNERS, POLICY, LatentMPCAgent, uses_policy
 from planners.oracle import OracleAgent
 from worldmodel.checkpoint import WEIGHTS
 from worldmodel.dynamics import WorldModel
@@ -35,6 +35,7 @@ from worldmodel.evaluation.reach import reach_threshold
 from worldmodel.files import file_sha256
 from worldmodel.hierarchy import SlowModel, load_slow
 from worldmodel.hierarchy.reach import REACH_DIR, TemporalDistance
+from worldmodel.policy import POLICY_DIR, GoalPolicy
 from worldmodel.training import current_rank, resolve_device
 
 FLAT, HIERARCHICAL = "mpc", "hier"
@@ -50,12 +51,14 @@ class Levels:
         temporal: the learned temporal distance (the hand-down rule ``learned``).
         reach: the calibrated reach threshold the hand-down rule reads (``calibrate``), as
             ``reach_threshold`` returns it.
+        policy: the amortized goal-conditioned policy (``<model>/policy``), where an agent plans with it.
     """
 
     model: WorldModel | None = None
     slow: SlowModel | None = None
     temporal: TemporalDistance | None = None
     reach: dict | None = None
+    policy: GoalPolicy | None = None
 
     @classmethod
     def load(cls, cfg: PlanConfig) -> Levels:
@@ -66,7 +69,7 @@ class Levels:
         model = load_model(cfg)
         slow = load_slow_level(cfg, model) if cfg.hierarchy else None
         temporal = load_temporal_distance(cfg, model) if slow is not None and cfg.slow.hand_down == "learned" else None
-        return cls(model, slow, temporal)
+        return cls(model, slow, temporal, policy=load_policy(cfg, model) if needs_policy(cfg) else None)
 
     def calibrate(self, cfg: PlanConfig, spec) -> None:
         """Measure the reach threshold in the simulator, where the slow level's hand-down rule needs one."""
@@ -88,7 +91,8 @@ def agent_names(cfg: PlanConfig, levels: Levels) -> list[str]:
     names = []
     if levels.model is not None:
         for planner in cfg.planner_names:
-            names += [f"{planner}-{FLAT}"] * cfg.flat + [f"{planner}-{HIERARCHICAL}"] * (levels.slow is not None)
+            hier = levels.slow is not None and planner != POLICY  # the slow level plans its subgoals by search
+            names += [f"{planner}-{FLAT}"] * cfg.flat + [f"{planner}-{HIERARCHICAL}"] * hier
         names += [cfg.variant_name(v) for v in cfg.variants]
     return names + list(cfg.baselines)
 
@@ -99,17 +103,18 @@ def make_agent(name: str, cfg: PlanConfig, env, spec, levels: Levels):
         return reference_agent(name, cfg, env, spec)
     planner, _, kind = name.partition("-")
     known = agent_names(cfg, levels)
-    if name not in known or planner not in PLANNERS:
+    if name not in known or (planner not in PLANNERS and planner != POLICY):
         raise ValueError(f"no agent {name!r} in this evaluation; its agents are {known}")
     low, high = env.action_space.low, env.action_space.high
     generator = torch.Generator().manual_seed(cfg.task_seed)
     if kind == FLAT:
-        return LatentMPCAgent(levels.model, replace(cfg.mpc, planner=planner), low, high, generator, name=name)
+        mpc = replace(cfg.mpc, planner=planner, proposal="none" if planner == POLICY else cfg.mpc.proposal)
+        return LatentMPCAgent(levels.model, mpc, low, high, generator, name=name, policy=levels.policy)
     if kind == HIERARCHICAL:
         reach = levels.reach["threshold"] if levels.reach else None
         return hierarchical_agent(levels.model, levels.slow, replace(cfg.mpc, planner=planner), cfg.slow, low, high,
-                                  generator, name=name, reach=reach, temporal=levels.temporal)
-    return LatentMPCAgent(levels.model, cfg.variants[kind], low, high, generator, name=name)
+                                  generator, name=name, reach=reach, temporal=levels.temporal, policy=levels.policy)
+    return LatentMPCAgent(levels.model, cfg.variants[kind], low, high, generator, name=name, policy=levels.policy)
 
 
 def reference_agent(name: str, cfg: PlanConfig, env, spec):
@@ -149,6 +154,21 @@ def check_level1(cfg: PlanConfig, path: Path, what: str, retrain: str) -> None:
         raise ValueError(f"{what} {path} was trained on the latents of the level-1 model {trained.get('level1')!r} "
                          f"(weights sha256 {level1[:12]}...), not on those of {cfg.model}; train one for it with "
                          f"`{retrain}`")
+
+
+def needs_policy(cfg: PlanConfig) -> bool:
+    """Whether an agent of the evaluation plans with the amortized policy (as its planner or its proposal)."""
+    return POLICY in cfg.planner_names or uses_policy(cfg.mpc) or any(uses_policy(v) for v in cfg.variants.values())
+
+
+def load_policy(cfg: PlanConfig, model: WorldModel) -> GoalPolicy:
+    """The amortized policy ``<model>/policy``, checked against the level-1 model's layout."""
+    policy = GoalPolicy.from_pretrained(Path(cfg.model) / POLICY_DIR, model.device, cfg.allow_unverified)
+    if policy.layout != model.layout:
+        raise ValueError(f"{cfg.model}/{POLICY_DIR} was trained on states of layout {policy.layout}, the model's is "
+                         f"{model.layout}; train it again with `python experiments/train_policy.py model={cfg.model} "
+                         f"install=true`")
+    return policy
 
 
 def load_slow_level(cfg: PlanConfig, model: WorldModel) -> SlowModel:

@@ -25,14 +25,16 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 from envs.config import EnvConfig
 from worldmodel.data.config import CollectConfig
-from experiments.schemas import (DistillExperimentConfig, DynamicsExperimentConfig, PlanConfig, PretrainConfig,
-                                 ProbeConfig, ReachExperimentConfig, SlowExperimentConfig)
+from experiments.schemas import (DistillExperimentConfig, DynamicsExperimentConfig, PlanConfig,
+                                 PolicyExperimentConfig, PretrainConfig, ProbeConfig, ReachExperimentConfig,
+                                 SlowExperimentConfig)
 
 CONFIG_DIR = str(Path(__file__).parent / "configs")
 T = TypeVar("T")
 SCHEMAS = {"collect": CollectConfig, "plan": PlanConfig, "pretrain": PretrainConfig,
            "train_dynamics": DynamicsExperimentConfig, "probe": ProbeConfig, "train_slow": SlowExperimentConfig,
-           "distill_dynamics": DistillExperimentConfig, "train_reach": ReachExperimentConfig}  # config name -> schema
+           "distill_dynamics": DistillExperimentConfig, "train_reach": ReachExperimentConfig,
+           "train_policy": PolicyExperimentConfig}  # config name -> schema
 COMMON = ("env", "data")  # the env file's sections every entry point reads
 
 

@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 
 import envs
 from experiments import report
-from experiments.agents import Levels, agent_names, make_agent
+from experiments.agents import Levels, agent_names, make_agent, needs_policy
 from experiments.conf import entry_point, to_object
 from experiments.schemas import PlanConfig
 from planners.hierarchy import HierarchicalAgent
@@ -49,6 +49,7 @@ from worldmodel.evaluation import (EpisodeResult, TaskJournal, batches_agent, ev
                                    sample_goal_tasks, summarize, task_seed)
 from worldmodel.files import config_hash, file_sha256, writable_dir
 from worldmodel.hierarchy.reach import REACH_DIR
+from worldmodel.policy import POLICY_DIR
 from worldmodel.training import distributed, shutdown_distributed
 
 
@@ -59,6 +60,8 @@ def protocol_header(cfg: PlanConfig, dataset) -> dict:
         model["slow_weights_sha256"] = file_sha256(Path(cfg.slow_path) / WEIGHTS)
         if cfg.slow.hand_down == "learned":
             model["reach_weights_sha256"] = file_sha256(Path(cfg.model) / REACH_DIR / WEIGHTS)
+    if model is not None and needs_policy(cfg):
+        model["policy_weights_sha256"] = file_sha256(Path(cfg.model) / POLICY_DIR / WEIGHTS)
     tasks = ({"protocol": "maze", "bins": {k: asdict(b) for k, b in cfg.bins.items()}} if cfg.protocol == "maze" else
              {"dataset_checksum": dataset.manifest["checksum"], "goal_offset": cfg.goal_offset, "budget": cfg.budget})
     return {"env": asdict(cfg.env), **tasks, "task_seed": cfg.task_seed, "episodes": cfg.episodes, "model": model,

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from planners.hierarchy import SlowPlanConfig
-from planners.mpc import PLANNERS, MPCConfig
+from planners.mpc import PLANNERS, POLICY, MPCConfig
 from envs.config import EnvConfig, check_patch_grid
 from worldmodel.data.config import DataConfig
 from worldmodel.dynamics import DynamicsConfig, DynamicsTrainConfig
@@ -25,6 +25,7 @@ from worldmodel.files import flatten
 from worldmodel.hierarchy import SLOW_DIR, SlowConfig, SlowTrainConfig
 from worldmodel.hierarchy.reach import ReachConfig, ReachTrainConfig
 from worldmodel.jepa import JEPAConfig, JEPATrainConfig
+from worldmodel.policy import PolicyConfig, PolicyTrainConfig
 from worldmodel.training.distributed import check_device_name
 
 
@@ -196,8 +197,8 @@ class PlanConfig:
         self.variants = {name: structured(f"variants.{name}", MPCConfig, v, "is not MPC settings (keys of MPCConfig: "
                                           "planner, horizon, cem.samples, ...)") for name, v in self.variants.items()}
         for name in self.planners:
-            if name not in PLANNERS:
-                raise ValueError(f"planners lists {name!r}; expected a subset of {sorted(PLANNERS)}")
+            if name not in PLANNERS and name != POLICY:
+                raise ValueError(f"planners lists {name!r}; expected a subset of {sorted(PLANNERS) + [POLICY]}")
         for key in ("planners", "baselines", "only_tasks"):
             values = list(getattr(self, key))
             if len(set(values)) != len(values):
@@ -452,6 +453,41 @@ class ReachExperimentConfig:
     def __post_init__(self):
         self.model = default_model(self)
         require_episodes(self.data, "val", "to validate the temporal distance")
+        check_resume_allow(self)
+
+
+@dataclass
+class PolicyExperimentConfig:
+    """Training the amortized goal-conditioned policy on the level-1 latents of the data level 1 trained on.
+
+    Attributes:
+        env: the environment and its rendering.
+        data: the dataset it reads.
+        model: the level-1 world model (``default``: the env's shipped model).
+        policy: the network's settings.
+        train: its optimisation.
+        feature_cache: directory of cached feature tables (shared with ``train_dynamics.py``).
+        out_dir: run directory: ``checkpoint/``, ``log.csv``, ``loss.png``, ``policy/`` (the finished
+            policy) and ``summary.json``.
+        install: also write the finished policy into ``<model>/policy``, where ``plan.py`` finds it.
+        resume: continue from the checkpoint (with the same settings).
+        resume_allow: dotted settings allowed to differ from the checkpoint's on resume.
+    """
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: str = DEFAULT_MODEL
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    train: PolicyTrainConfig = field(default_factory=PolicyTrainConfig)
+    feature_cache: str = "runs/cache"
+    out_dir: str = "runs/policy"
+    install: bool = False
+    resume: bool = False
+    resume_allow: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.model = default_model(self)
+        require_episodes(self.data, "val", "to validate the policy")
         check_resume_allow(self)
 
 

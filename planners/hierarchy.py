@@ -414,9 +414,11 @@ class HierarchicalAgent:
 
 def hierarchical_agent(model: LatentModel, slow: SlowLevel, mpc: MPCConfig, cfg: SlowPlanConfig,
                        action_low: np.ndarray, action_high: np.ndarray, generator: torch.Generator,
-                       name: str = "hierarchical-mpc", reach: float | None = None, temporal=None) -> HierarchicalAgent:
+                       name: str = "hierarchical-mpc", reach: float | None = None, temporal=None,
+                       policy=None) -> HierarchicalAgent:
     """Two levels: a :class:`SubgoalPlanner` over ``slow`` above a flat :class:`LatentMPCAgent` with the
-    settings ``mpc``, its horizon and iterations as ``cfg.low_horizon`` and ``cfg.low_iterations`` say."""
+    settings ``mpc``, its horizon and iterations as ``cfg.low_horizon`` and ``cfg.low_iterations`` say (and the
+    amortized ``policy`` where ``mpc.proposal`` asks for it)."""
     low = replace(mpc, horizon=cfg.low_horizon or mpc.horizon)
     if cfg.low_iterations < 1:
         fewer = lambda n: max(1, round(cfg.low_iterations * n))  # noqa: E731
@@ -424,5 +426,6 @@ def hierarchical_agent(model: LatentModel, slow: SlowLevel, mpc: MPCConfig, cfg:
                       icem=replace(mpc.icem, iterations=fewer(mpc.icem.iterations)),
                       mppi=replace(mpc.mppi, iterations=fewer(mpc.mppi.iterations)))
     return HierarchicalAgent(SubgoalPlanner(model, slow, cfg, mpc.planner, generator),
-                             LatentMPCAgent(model, low, action_low, action_high, generator, name=f"{name}/level-1"),
+                             LatentMPCAgent(model, low, action_low, action_high, generator, name=f"{name}/level-1",
+                                            policy=policy),
                              name, cfg.hand_down, reach, cfg.gain, cfg.final_steps, temporal, cfg.reach_steps)

@@ -66,7 +66,9 @@ class MPCConfig:
     """Receding-horizon planning.
 
     Attributes:
-        planner: ``cem``, ``icem``, ``mppi`` or ``gradient``.
+        planner: ``cem``, ``icem``, ``mppi`` or ``gradient``; or ``policy``: no search, the plan the
+            amortized goal-conditioned policy rolls out through the model (``horizon 1``: one forward
+            pass of each per replan).
         horizon: model steps (action blocks) per plan.
         receding_horizon: env steps executed before replanning (any number up to the
             plan's length: a state can be encoded after any env step).
@@ -81,6 +83,9 @@ class MPCConfig:
             through.
         warm_iterations: iterations (Adam steps for ``gradient``) of a plan warm-started from the
             previous one, shifted (every plan of an episode after its first; 0: the planner's own).
+        proposal: ``none``, or ``policy``: every plan's first mean is the amortized policy's plan
+            rolled out through the model (in place of the box's centre or the previous plan, shifted),
+            and ``warm_iterations`` apply to every plan.
         cem, icem, mppi, gradient: the planners' settings.
     """
 
@@ -91,6 +96,7 @@ class MPCConfig:
     action_penalty: float = 0.0
     settle: float = 0.5
     warm_iterations: int = 0
+    proposal: str = "none"
     # 300 x 10: 100 x 3 plans 5-6 times faster at the same success on Reacher's 25-step goals but
     # loses goals 75 steps ahead (docs/results.md#planning-speed)
     cem: CEMConfig = field(default_factory=lambda: CEMConfig(samples=300, elites=30, iterations=10))
@@ -99,8 +105,13 @@ class MPCConfig:
     gradient: GradientConfig = field(default_factory=GradientConfig)
 
     def __post_init__(self):
-        if self.planner not in PLANNERS:
-            raise ValueError(f"planner must be one of {sorted(PLANNERS)}, got {self.planner!r}")
+        if self.planner not in PLANNERS and self.planner != POLICY:
+            raise ValueError(f"planner must be one of {sorted(PLANNERS) + [POLICY]}, got {self.planner!r}")
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"proposal must be one of {PROPOSALS}, got {self.proposal!r}")
+        if self.proposal == POLICY and self.planner == POLICY:
+            raise ValueError("proposal=policy seeds a search planner (cem, icem, mppi, gradient); planner=policy "
+                             "plans with the policy alone")
         if self.warm_iterations < 0:
             raise ValueError(f"warm_iterations must be >= 0 (0: the planner's own), got {self.warm_iterations}")
         if self.goal_reduce not in REDUCTIONS:
@@ -112,6 +123,13 @@ class MPCConfig:
 
 
 PLANNERS = {"cem": CEM, "icem": ICEM, "mppi": MPPI, "gradient": GradientPlanner}
+POLICY = "policy"  # the amortized policy: a planner of its own, or the search planners' proposal
+PROPOSALS = ("none", POLICY)
+
+
+def uses_policy(cfg: MPCConfig) -> bool:
+    """Whether an agent with these settings needs the amortized policy."""
+    return cfg.planner == POLICY or cfg.proposal == POLICY
 
 
 def make_planner(name: str, settings, horizon: int, bounds: Bounds):
@@ -194,8 +212,11 @@ class LatentMPCAgent:
     """
 
     def __init__(self, model: LatentModel, cfg: MPCConfig, action_low: np.ndarray, action_high: np.ndarray,
-                 generator: torch.Generator, name: str = "latent-mpc"):
+                 generator: torch.Generator, name: str = "latent-mpc", policy=None):
         layout = model.layout
+        if uses_policy(cfg) and policy is None:
+            raise ValueError(f"planner={cfg.planner!r}, proposal={cfg.proposal!r} needs the amortized policy; train "
+                             f"one with `python experiments/train_policy.py install=true`")
         if len(action_low) != layout.action_dim:
             raise ValueError(f"the env's actions have {len(action_low)} values, the model's {layout.action_dim}")
         if cfg.receding_horizon > layout.env_steps(cfg.horizon):
@@ -208,7 +229,9 @@ class LatentMPCAgent:
         self.env_bounds = Bounds(action_low, action_high).to(self.device, self.dtype)
         k = layout.action_block
         self.bounds = Bounds(np.tile(action_low, k), np.tile(action_high, k)).to(self.device, self.dtype)
-        self.planner = make_planner(cfg.planner, getattr(cfg, cfg.planner), cfg.horizon, self.bounds)
+        self.policy = policy
+        self.planner = (make_planner(cfg.planner, getattr(cfg, cfg.planner), cfg.horizon, self.bounds)
+                        if cfg.planner != POLICY else None)
         self.history = FrameHistory(layout, keep=layout.span)
         self.flops = FlopCounter()
         self.plan_seconds: list[float] = []
@@ -330,7 +353,8 @@ class LatentMPCAgent:
         if not self.history.frames:
             raise RuntimeError(f"{self.name}.replan() before an observation: call act(obs) or observe(obs) first")
         start = time.perf_counter()
-        fewer = self.cfg.warm_iterations if self.warm is not None else 0  # the first plan of an episode: all
+        warm = self.warm is not None or self.cfg.proposal == POLICY
+        fewer = self.cfg.warm_iterations if warm else 0  # the first plan of an episode: all
         key = f"plan/iterations {fewer or 'all'}/frames {self.history.unencoded(self.model.layout.history)}"
         self.plan_flops.append(self.flops.run(key, lambda: self._plan(fewer or None), tasks=len(self.goal)))
         self.plan_seconds.append(time.perf_counter() - start)
@@ -344,12 +368,26 @@ class LatentMPCAgent:
         if cfg.action_penalty:
             cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])
         grad = cfg.planner == "gradient"
-        with torch.enable_grad() if grad else torch.no_grad():
-            result = self.planner.plan(cost, len(s0), self.draws, warm_start=self.warm, iterations=iterations)
-        env_actions = result.actions.detach().reshape(len(s0), -1, self.action_dim)  # (B, H*k, A)
-        self.last_plan = (s0, result.actions.detach(), self.goal[:, -1].to(s0))
+        if cfg.planner == POLICY:
+            plan = self.policy_plan(s0)
+        else:
+            warm = self.policy_plan(s0) if cfg.proposal == POLICY else self.warm
+            with torch.enable_grad() if grad else torch.no_grad():
+                plan = self.planner.plan(cost, len(s0), self.draws, warm_start=warm, iterations=iterations).actions
+        env_actions = plan.detach().reshape(len(s0), -1, self.action_dim)  # (B, H*k, A)
+        self.last_plan = (s0, plan.detach(), self.goal[:, -1].to(s0))
         executed = env_actions[:, : cfg.receding_horizon].float().cpu().numpy()  # (B, r, A)
         self.queue = [executed[:, t] for t in range(executed.shape[1])]
         # warm start: the rest of this plan, shifted by the env steps executed (states hold at any step)
-        self.warm = shift_plan(env_actions, cfg.receding_horizon, self.env_bounds).reshape(
-            len(s0), self.planner.horizon, -1)
+        self.warm = shift_plan(env_actions, cfg.receding_horizon, self.env_bounds).reshape(len(s0), cfg.horizon, -1)
+
+    @torch.no_grad()
+    def policy_plan(self, s0: torch.Tensor) -> torch.Tensor:
+        """The amortized policy's plan ``(B, horizon, block_dim)`` from states ``s0``: its action block,
+        the model's next state, its next block there, and so on."""
+        goal, blocks, s = self.goal[:, -1].to(s0), [], s0
+        for t in range(self.cfg.horizon):
+            blocks.append(self.policy(s, goal).to(s0))
+            if t + 1 < self.cfg.horizon:
+                s = self.model.predict(s, blocks[-1], check_inputs=False)
+        return torch.stack(blocks, 1)

@@ -178,7 +178,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(name):
     ("plan", ["episodes=0"], "episodes and budget must be >= 1"),
     ("plan", ["goal_offset=500"], r"goal_offset must be in \[1, env.episode_steps=100\]"),
     ("plan", ["baselines=[random,best]"], "unknown baseline 'best'"),
-    ("plan", ["mpc.planner=ilqr"], r"planner must be one of \['cem', 'gradient', 'icem', 'mppi'\], got 'ilqr'"),
+    ("plan", ["mpc.planner=ilqr"], r"planner must be one of \['cem', 'gradient', 'icem', 'mppi', 'policy'\], got 'ilqr'"),
     ("plan", ["mpc.cem.elites=1"], "need 2 <= elites <= samples"),
     ("pretrain", ["env.image_size=60", "model.encoder.image_size=60"], "multiple of the patch size"),
     ("collect", ["data.policy.name=correlated", "data.policy.beta=1.5"], r"policy.beta must be in \[0, 1\)"),
