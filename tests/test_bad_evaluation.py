@@ -333,7 +333,7 @@ def test_a_slow_level_of_another_level1_model_of_the_same_env_and_layout_is_refu
 
 def test_a_bad_variant_is_refused_in_the_config_before_any_work():
     with pytest.raises(ValueError, match=r"variants.fast=.*planner must be one of \['cem', 'gradient', 'icem', "
-                                         r"'mppi'\], got 'ceem'"):
+                                         r"'mppi', 'policy'\], got 'ceem'"):
         load("plan", ["+variants.fast.planner=ceem"])
     with pytest.raises(ValueError, match=r"variants.fast=.*need 2 <= elites <= samples"):
         load("plan", ["+variants.fast.cem.samples=4"])

@@ -271,3 +271,17 @@ def test_ablate_entry_point_writes_the_table(tiny_dataset, tmp_path):
                                              ["model.ema=false"], ["model.predictor_width=0"]]
     table = (tmp_path / "ab" / "ablation.md").read_text()
     assert table.count("\n| ") == 6  # header + 5 variants
+
+
+def test_the_vc_guard_rises_when_every_image_looks_alike():
+    torch.manual_seed(0)
+    model = JEPA(tiny_jepa(vc_weight=1.0))
+    ctx, tgt = sample_masks(torch.Generator().manual_seed(0), 1, GRID)
+    ctx, tgt = ctx.expand(8, -1), [t.expand(8, -1) for t in tgt]  # one mask for all: only the images differ
+    varied = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
+    same = varied[:1].expand(8, -1, -1, -1).contiguous()
+    out_same, out_varied = model(same, ctx, tgt), model(varied, ctx, tgt)
+    assert out_same["vc"] > 0.98 and out_varied["vc"] < out_same["vc"]  # no spread across images: the full hinge
+    assert out_varied["loss"].item() == pytest.approx((out_varied["jepa"] + out_varied["vc"]).item())
+    out_varied["loss"].backward()
+    assert model.encoder.vit.patch_embed.proj.weight.grad.abs().sum() > 0

@@ -39,8 +39,10 @@ class JEPAConfig:
             context encoder also encodes the targets, and gradients flow through both.
         ema_start: EMA momentum at step 0; it follows a cosine schedule to ``ema_end``.
         ema_end: EMA momentum at the last step.
-        vc_weight: weight of a variance-covariance regulariser on the context tokens
-            (an optional extra collapse guard; 0 = off).
+        vc_weight: weight of a variance-covariance regulariser (VICReg's) on each image's mean
+            context token, across the batch: a guard against features that depend on the patch's
+            position but not on the image, which predict the targets of a mostly static scene
+            (Push-T's floor) for free (0 = off).
         masks: the masking strategy.
     """
 
@@ -133,7 +135,7 @@ def jepa_loss(model: JEPA, images: torch.Tensor, context_idx: torch.Tensor, targ
         pred = model.predictor(context, context_idx, idx)
         losses.append(F.mse_loss(pred, apply_masks(target_all, idx)))
     jepa = torch.stack(losses).mean()
-    vc = variance_covariance(context.reshape(-1, context.shape[-1])) if model.cfg.vc_weight > 0 else jepa.new_zeros(())
+    vc = variance_covariance(context.float().mean(1)) if model.cfg.vc_weight > 0 else jepa.new_zeros(())
     return {"loss": jepa + model.cfg.vc_weight * vc, "jepa": jepa, "vc": vc, "pooled": pool_tokens(tokens).detach()}
 
 
