@@ -10,7 +10,9 @@ Stages (each timed; a failing stage is recorded and the next one still runs):
 4. ``plan``: the goal-image protocol on its first tasks (task seed 0) with the shipped model
    on the GPU, next to random torques; and the freshly trained model on the same tasks;
 5. ``latency``: ms per replan of the default CEM, and with 10x the samples;
-6. ``dmc_latency``: the shipped DMC reacher model, ms per replan of our CEM and of the peers'.
+6. ``dmc_latency``: the shipped DMC reacher model, ms per replan of our CEM and of the peers';
+7. ``batched``: the shipped model on the 100 held-out tasks at ``batch_tasks`` 1 and 50 (``plan.py``'s
+   default): tasks per second, planning seconds, and how many tasks end otherwise than one by one.
 
 Writes ``gpu_check.json`` (every number, the device, the errors) and prints a table.
 ``--tiny`` shrinks every stage to run on a CPU in about a minute (a smoke test of the script).
@@ -37,7 +39,7 @@ from worldmodel.data import CollectConfig, DataConfig, open_dataset
 from worldmodel.data.collect import build_dataset
 from worldmodel.dynamics import DynamicsConfig, DynamicsObjective, DynamicsTrainConfig, WindowBatches, WorldModel
 from worldmodel.dynamics import validate
-from worldmodel.evaluation import RandomAgent, evaluate_agent, sample_goal_tasks
+from worldmodel.evaluation import RandomAgent, evaluate_agent, sample_goal_tasks, task_seed
 from worldmodel.jepa import EncoderConfig, JEPAConfig, JEPATrainConfig, PretrainObjective
 from worldmodel.training import Trainer, resolve_device
 
@@ -174,6 +176,30 @@ def dmc_latency(replans: int, device: torch.device) -> dict:
                    {f"{k}_cem_{m.cem.samples}x{m.cem.iterations}_ms": m for k, m in configs.items()})
 
 
+def batched(args, dataset, model: WorldModel) -> dict:
+    """The protocol's tasks played one by one and in batches (one env per task of a batch): wall seconds,
+    tasks per second, planning seconds, successes, and the tasks whose outcome or length differ."""
+    spec = envs.get_spec("reacher")
+    n = args.batched_tasks
+    tasks = sample_goal_tasks(dataset.split("heldout"), spec, n, 25, np.random.default_rng(0))
+    tasks = [t.__class__(**{**t.__dict__, "seed": task_seed(0, i)}) for i, t in enumerate(tasks)]
+    out, per = {"tasks": n}, {}
+    for size in (1, min(50, n)):
+        env_list = [envs.make_env("reacher", max_episode_steps=50) for _ in range(size)]
+        agent = LatentMPCAgent(model, load("plan", []).mpc, env_list[0].action_space.low,
+                               env_list[0].action_space.high, torch.Generator().manual_seed(0))
+        start = time.perf_counter()
+        summary, per[size] = evaluate_agent(env_list, spec, tasks, agent, 50, progress=False)
+        wall = time.perf_counter() - start
+        for env in env_list:
+            env.close()
+        out[f"batch_{size}"] = {"wall_s": wall, "tasks_per_s": n / wall, "plan_s": float(np.sum(agent.plan_seconds)),
+                                "successes": summary["successes"]}
+    one, many = per[1], per[min(50, n)]
+    out["tasks_differing"] = sum((a.success, a.steps) != (b.success, b.steps) for a, b in zip(one, many))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "results/gpu_check"))
@@ -186,6 +212,7 @@ def main() -> None:
     args.pretrain_steps, args.pretrain_batch = (20, 16) if t else (600, 256)
     args.dynamics_steps = 20 if t else 2000
     args.tasks, args.replans = (2, 2) if t else (20, 20)
+    args.batched_tasks = 4 if t else 100
     device = resolve_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +249,8 @@ def main() -> None:
         stage("plan", lambda: plan(args, dataset, models))
     stage("latency", lambda: latency(shipped, args.replans))
     stage("dmc_latency", lambda: dmc_latency(args.replans, device))
+    if dataset is not None:
+        stage("batched", lambda: batched(args, dataset, shipped))
     write_json(out / "gpu_check.json", result)
     report(result)
     print(f"written to {out / 'gpu_check.json'}")
@@ -256,6 +285,12 @@ def report(result: dict) -> None:
         print("latency: " + ", ".join(f"{k} {v:.1f}" for k, v in s["latency"].items()))
     if "dmc_latency" in s:
         print("DMC reacher latency: " + ", ".join(f"{k} {v:.1f}" for k, v in s["dmc_latency"].items()))
+    if "batched" in s:
+        b = s["batched"]
+        print("batched evaluation: " + ", ".join(f"{k.replace('_', ' ')} {v['tasks_per_s']:.2f} tasks/s "
+                                                 f"({v['successes']}/{b['tasks']})" for k, v in b.items()
+                                                 if k.startswith("batch_"))
+              + f"; {b['tasks_differing']} tasks end otherwise")
     print(f"errors: {list(result['errors']) or 'none'}")
 
 
