@@ -368,8 +368,9 @@ class LatentMPCAgent:
         if cfg.action_penalty:
             cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])
         grad = cfg.planner == "gradient"
-        if cfg.planner == POLICY:
-            plan = self.policy_plan(s0)
+        if cfg.planner == POLICY:  # only the blocks it executes: the rest of a plan is never used
+            k = self.model.layout.action_block
+            plan = self.policy_plan(s0, blocks=-(-cfg.receding_horizon // k))
         else:
             warm = self.policy_plan(s0) if cfg.proposal == POLICY else self.warm
             with torch.enable_grad() if grad else torch.no_grad():
@@ -382,12 +383,14 @@ class LatentMPCAgent:
         self.warm = shift_plan(env_actions, cfg.receding_horizon, self.env_bounds).reshape(len(s0), cfg.horizon, -1)
 
     @torch.no_grad()
-    def policy_plan(self, s0: torch.Tensor) -> torch.Tensor:
+    def policy_plan(self, s0: torch.Tensor, blocks: int | None = None) -> torch.Tensor:
         """The amortized policy's plan ``(B, horizon, block_dim)`` from states ``s0``: its action block,
-        the model's next state, its next block there, and so on."""
-        goal, blocks, s = self.goal[:, -1].to(s0), [], s0
-        for t in range(self.cfg.horizon):
-            blocks.append(self.policy(s, goal).to(s0))
-            if t + 1 < self.cfg.horizon:
-                s = self.model.predict(s, blocks[-1], check_inputs=False)
-        return torch.stack(blocks, 1)
+        the model's next state, its next block there, and so on; with ``blocks``, only that many are
+        rolled out and the last is repeated to the horizon."""
+        goal, plan, s = self.goal[:, -1].to(s0), [], s0
+        n = min(blocks or self.cfg.horizon, self.cfg.horizon)
+        for t in range(n):
+            plan.append(self.policy(s, goal).to(s0))
+            if t + 1 < n:
+                s = self.model.predict(s, plan[-1], check_inputs=False)
+        return torch.stack(plan + plan[-1:] * (self.cfg.horizon - n), 1)
