@@ -56,15 +56,16 @@ def train(cfg: PolicyExperimentConfig, model: WorldModel, dataset, device: torch
     policy = GoalPolicy(model.layout, cfg.policy, space.low, space.high)
     policy.fit_scale(examples["train"].fixed(8192, seed=cfg.train.seed + 3)[0])
     extra = trained_on(cfg, dataset)
-    objective = PolicyObjective(policy, cfg.train, examples["train"], examples["val"])
+    objective = PolicyObjective(policy, cfg.train, examples["train"], examples["val"], world=model)
     trainer = Trainer(objective, cfg.train, out, {**extra, RUN_KEY: asdict(cfg)})
     if cfg.resume and trainer.resume():
         print(f"resuming {out}/checkpoint at step {trainer.step}")
     log = trainer.run()
     plot_log(log, out / "loss.png", [("action error (half-widths, squared)", ["mse", "val_mse", "val_mse_mean_action"],
-                                      True)])
+                                      True), ("goal distance", ["plan"], True),
+                                     ("distance left after the rollout", ["val_distance_left"], False)])
     summary = {"device": device_description(), "wall_seconds": time.perf_counter() - start,
-               "val": {k: log[-1][k] for k in ("val_mse", "val_mse_mean_action")}}
+               "val": {k: log[-1][k] for k in ("val_mse", "val_mse_mean_action", "val_distance_left")}}
     for target in [out / POLICY_DIR] + ([Path(cfg.model) / POLICY_DIR] if cfg.install else []):
         policy.eval().save_pretrained(target, extra)
     if cfg.install:
@@ -79,7 +80,8 @@ def main(cfg: DictConfig) -> None:
     summary = run(config)
     v = summary["val"]
     print(f"\namortized policy in {summary['wall_seconds']:.0f} s on {summary['device']}: val action error "
-          f"{v['val_mse']:.3f} (the mean action: {v['val_mse_mean_action']:.3f}; half-widths, squared)")
+          f"{v['val_mse']:.3f} (the mean action: {v['val_mse_mean_action']:.3f}; half-widths, squared); its rollout "
+          f"through the model leaves {v['val_distance_left']:.0%} of the latent distance to the goal")
     print(f"outputs in {config.out_dir}/" + (f"; installed in {summary['installed']}" if config.install else ""))
 
 

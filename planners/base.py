@@ -146,6 +146,17 @@ class SamplingPlanner:
         self.cfg, self.horizon, self.bounds = cfg, horizon, bounds
 
 
+def propose(candidates: torch.Tensor, proposal: torch.Tensor | None, bounds: Bounds) -> torch.Tensor:
+    """Candidates ``(B, S, H, A)`` with a proposed plan ``(B, H, A)`` (e.g. an amortized policy's) as
+    candidate 1 of each problem, beside the mean at 0 (nothing changes without one, or with one candidate)."""
+    if proposal is not None and candidates.shape[1] > 1:
+        if tuple(proposal.shape) != (candidates.shape[0], *candidates.shape[2:]):
+            raise ValueError(f"a proposal must have shape {(candidates.shape[0], *candidates.shape[2:])}, got "
+                             f"{tuple(proposal.shape)}")
+        candidates[:, 1] = bounds.clamp(proposal.to(candidates))
+    return candidates
+
+
 def no_plan_yet(mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The starting point of :func:`keep_best`: ``mean (B, H, A)`` at infinite cost."""
     return mean.clone(), torch.full(mean.shape[:1], float("inf"), device=mean.device, dtype=mean.dtype)

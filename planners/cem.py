@@ -17,6 +17,7 @@ from planners.base import (
     initial_mean,
     keep_best,
     no_plan_yet,
+    propose,
 )
 
 
@@ -53,7 +54,7 @@ class CEM(SamplingPlanner):
     @torch.no_grad()
     def plan(
         self, cost: CostFn, batch: int, generator: Generators, warm_start: torch.Tensor | None = None,
-        iterations: int | None = None,
+        iterations: int | None = None, proposal: torch.Tensor | None = None,
     ) -> PlanResult:
         """Minimise ``cost`` for ``batch`` problems; ``warm_start (B, H, A)`` seeds the mean; ``iterations``
         replaces the configured number for this plan."""
@@ -65,6 +66,7 @@ class CEM(SamplingPlanner):
             noise = gaussian((batch, cfg.samples) + mean.shape[1:], generator, mean)
             cand = b.clamp(mean.unsqueeze(1) + std.unsqueeze(1) * noise)
             cand[:, 0] = mean  # the current mean is always a candidate
+            propose(cand, proposal, b)  # and a proposed plan, where one is given
             c = evaluate_cost(cost, cand)
             top = c.topk(cfg.elites, dim=1, largest=False)
             elites = torch.gather(cand, 1, top.indices[..., None, None].expand(-1, -1, *cand.shape[2:]))

@@ -35,7 +35,7 @@ class GradientPlanner(SamplingPlanner):
 
     def plan(
         self, cost: CostFn, batch: int, generator: Generators, warm_start: torch.Tensor | None = None,
-        iterations: int | None = None,
+        iterations: int | None = None, proposal: torch.Tensor | None = None,
     ) -> PlanResult:
         """Minimise ``cost`` by Adam from ``warm_start`` (and random restarts); ``iterations`` replaces the
         configured Adam steps for this plan."""
@@ -44,6 +44,8 @@ class GradientPlanner(SamplingPlanner):
         ratio = ((start - b.centre) / b.half).clamp(-0.999, 0.999)
         u0 = torch.atanh(ratio).unsqueeze(1).repeat(1, cfg.restarts, 1, 1)
         u0[:, 1:] += gaussian(tuple(u0[:, 1:].shape), generator, u0)
+        if proposal is not None and cfg.restarts > 1:  # a proposed plan starts the second restart
+            u0[:, 1] = torch.atanh(((b.clamp(proposal.to(u0)) - b.centre) / b.half).clamp(-0.999, 0.999))
         u = u0.clone().requires_grad_(True)
         opt = torch.optim.Adam([u], lr=cfg.lr)
         squash = lambda v: b.centre + b.half * torch.tanh(v)  # noqa: E731

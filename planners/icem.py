@@ -31,6 +31,7 @@ from planners.base import (
     initial_mean,
     keep_best,
     no_plan_yet,
+    propose,
 )
 
 
@@ -102,7 +103,7 @@ class ICEM(SamplingPlanner):
     @torch.no_grad()
     def plan(
         self, cost: CostFn, batch: int, generator: Generators, warm_start: torch.Tensor | None = None,
-        iterations: int | None = None,
+        iterations: int | None = None, proposal: torch.Tensor | None = None,
     ) -> PlanResult:
         """Minimise ``cost`` for ``batch`` problems; ``warm_start (B, H, A)`` seeds the mean; ``iterations``
         replaces the configured number for this plan."""
@@ -117,6 +118,7 @@ class ICEM(SamplingPlanner):
             noise = coloured((batch, n) + mean.shape[1:], cfg.beta, generator, mean)
             cand = b.clamp(mean.unsqueeze(1) + std.unsqueeze(1) * noise)
             cand[:, 0] = mean  # the current mean is always a candidate
+            propose(cand, proposal, b)  # and a proposed plan, where one is given
             cand = torch.cat([cand, kept], 1)
             c = evaluate_cost(cost, cand)
             top = c.topk(cfg.elites, dim=1, largest=False)

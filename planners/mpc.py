@@ -83,9 +83,9 @@ class MPCConfig:
             through.
         warm_iterations: iterations (Adam steps for ``gradient``) of a plan warm-started from the
             previous one, shifted (every plan of an episode after its first; 0: the planner's own).
-        proposal: ``none``, or ``policy``: every plan's first mean is the amortized policy's plan
-            rolled out through the model (in place of the box's centre or the previous plan, shifted),
-            and ``warm_iterations`` apply to every plan.
+        proposal: ``none``, or ``policy``: the amortized policy's plan, rolled out through the model, is
+            a candidate of every iteration beside the mean (the previous plan, shifted) and the first
+            plan's mean (in place of the box's centre); ``warm_iterations`` then apply to every plan.
         cem, icem, mppi, gradient: the planners' settings.
     """
 
@@ -372,9 +372,11 @@ class LatentMPCAgent:
             k = self.model.layout.action_block
             plan = self.policy_plan(s0, blocks=-(-cfg.receding_horizon // k))
         else:
-            warm = self.policy_plan(s0) if cfg.proposal == POLICY else self.warm
+            proposal = self.policy_plan(s0) if cfg.proposal == POLICY else None
+            warm = self.warm if self.warm is not None else proposal  # an episode's first plan: from the proposal
             with torch.enable_grad() if grad else torch.no_grad():
-                plan = self.planner.plan(cost, len(s0), self.draws, warm_start=warm, iterations=iterations).actions
+                plan = self.planner.plan(cost, len(s0), self.draws, warm_start=warm, iterations=iterations,
+                                         proposal=proposal).actions
         env_actions = plan.detach().reshape(len(s0), -1, self.action_dim)  # (B, H*k, A)
         self.last_plan = (s0, plan.detach(), self.goal[:, -1].to(s0))
         executed = env_actions[:, : cfg.receding_horizon].float().cpu().numpy()  # (B, r, A)

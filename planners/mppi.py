@@ -17,6 +17,7 @@ from planners.base import (
     initial_mean,
     keep_best,
     no_plan_yet,
+    propose,
 )
 
 
@@ -51,7 +52,7 @@ class MPPI(SamplingPlanner):
     @torch.no_grad()
     def plan(
         self, cost: CostFn, batch: int, generator: Generators, warm_start: torch.Tensor | None = None,
-        iterations: int | None = None,
+        iterations: int | None = None, proposal: torch.Tensor | None = None,
     ) -> PlanResult:
         cfg, b = self.cfg, self.bounds
         mean = initial_mean(batch, self.horizon, b, warm_start)
@@ -61,6 +62,7 @@ class MPPI(SamplingPlanner):
             noise = gaussian((batch, cfg.samples) + mean.shape[1:], generator, mean)
             cand = b.clamp(mean.unsqueeze(1) + std * noise)
             cand[:, 0] = mean
+            propose(cand, proposal, b)  # and a proposed plan, where one is given
             c = evaluate_cost(cost, cand)
             lo = c.min(1, keepdim=True).values
             spread = (c.median(1, keepdim=True).values - lo).clamp_min(1e-8)

@@ -319,3 +319,19 @@ def test_one_generator_per_problem_plans_each_problem_as_it_would_alone(name):
         assert torch.allclose(together.actions[i], alone.actions[0], atol=1e-5), i
     with pytest.raises(ValueError, match="2 generators for a batch of 3 problems"):
         PLANNERS[name]().plan(quadratic(target), 3, [torch.Generator(), torch.Generator()])
+
+
+@pytest.mark.parametrize("name", list(PLANNERS))
+def test_a_proposed_plan_is_kept_when_the_search_finds_nothing_better(name):
+    target = targets(batch=3)
+    one_step = {"cem": lambda: CEM(CEMConfig(samples=8, elites=2, iterations=1), H, BOUNDS),
+                "icem": lambda: ICEM(ICEMConfig(samples=8, elites=2, iterations=1), H, BOUNDS),
+                "mppi": lambda: MPPI(MPPIConfig(samples=8, iterations=1), H, BOUNDS),
+                "gradient": lambda: GradientPlanner(GradientConfig(restarts=2, steps=1, lr=1e-6), H, BOUNDS)}
+    result = one_step[name]().plan(quadratic(target), 3, torch.Generator().manual_seed(0), proposal=target)
+    assert torch.allclose(result.actions, target, atol=1e-3)  # the proposal is the minimum: a short search keeps it
+    without = one_step[name]().plan(quadratic(target), 3, torch.Generator().manual_seed(0))
+    assert not torch.allclose(without.actions, target, atol=1e-2)
+    if name != "gradient":
+        with pytest.raises(ValueError, match="a proposal must have shape"):
+            one_step[name]().plan(quadratic(target), 3, torch.Generator().manual_seed(0), proposal=target[:, :2])

@@ -59,7 +59,7 @@ def test_the_policy_learns_the_way_to_a_goal_and_saves(tmp_path):
     train, val = HindsightStates(eps, z, layout, 1), HindsightStates(val_eps, val_z, layout, 1)
     policy.fit_scale(train.fixed(2048)[0])
     cfg = PolicyTrainConfig(steps=600, batch_size=256, lr=3e-3, log_every=300, checkpoint_every=600, progress=False,
-                            val_examples=512)
+                            val_examples=512, bc_weight=1.0, plan_weight=0.0)
     log = Trainer(PolicyObjective(policy, cfg, train, val), cfg, tmp_path / "run").run()
     assert log[-1]["val_mse"] < 0.1 * log[-1]["val_mse_mean_action"]  # one step away, the goal fixes the action
     policy.eval().save_pretrained(tmp_path / "policy")
@@ -68,6 +68,39 @@ def test_the_policy_learns_the_way_to_a_goal_and_saves(tmp_path):
     assert torch.equal(again(s, g), policy(s, g))
     out = policy(s * 100, g * -100)
     assert bool((out >= -1).all() and (out <= 1).all())  # inside the action box, whatever the input
+
+
+class PointWorld:
+    """The point mass as a world model: the next latent is the latent plus the action."""
+
+    def predict(self, s, a, check_inputs=True):
+        return s + a
+
+    def newest(self, s):
+        return s
+
+    def requires_grad_(self, flag):
+        return self
+
+    def eval(self):
+        return self
+
+
+def test_the_plan_term_learns_to_reach_goals_from_random_data_through_the_model(tmp_path):
+    layout = StateLayout(latent_dim=2, history=1, action_block=1, action_dim=2)
+    eps, z = point_mass(episodes=200)
+    val_eps, val_z = point_mass(episodes=20, seed=1)
+    torch.manual_seed(0)
+    policy = GoalPolicy(layout, PolicyConfig(hidden=64, layers=2, max_steps=6), LOW, HIGH)
+    train, val = HindsightStates(eps, z, layout, 6), HindsightStates(val_eps, val_z, layout, 6)
+    policy.fit_scale(train.fixed(2048)[0])
+    cfg = PolicyTrainConfig(steps=400, batch_size=256, lr=3e-3, log_every=200, checkpoint_every=400, progress=False,
+                            val_examples=512, bc_weight=0.0, plan_weight=1.0, horizon=6)
+    log = Trainer(PolicyObjective(policy, cfg, train, val, world=PointWorld()), cfg, tmp_path / "run").run()
+    assert log[-1]["val_distance_left"] < 0.05  # six unit steps reach any goal at most six steps away
+    assert log[-1]["val_mse"] > 0.2  # not by copying the random actions of the data
+    with pytest.raises(ValueError, match="rolls the policy out through a world model"):
+        PolicyObjective(policy, cfg, train, val)
 
 
 def policy_for(model):
@@ -91,10 +124,13 @@ def test_planner_policy_plans_without_search_and_proposal_seeds_the_search():
                             LOW, HIGH, torch.Generator(), policy=policy)
     seen = []
     plan = seeded.planner.plan
-    seeded.planner.plan = lambda *a, **k: seen.append(k["warm_start"]) or plan(*a, **k)
+    seeded.planner.plan = lambda *a, **k: seen.append((k["warm_start"], k["proposal"])) or plan(*a, **k)
     seeded.reset(images[:1])
-    seeded.act(images[1:])
-    assert torch.allclose(seen[0], seeded.policy_plan(seeded.last_plan[0]))
+    for _ in range(3):  # two replans: the episode's first, and one warm-started
+        seeded.act(images[1:])
+    proposed = seeded.policy_plan(seeded.last_plan[0])
+    assert torch.equal(seen[0][0], seen[0][1]) and torch.allclose(seen[1][1], proposed)  # first mean, then a candidate
+    assert not torch.equal(seen[1][0], seen[1][1])  # later means: the previous plan, shifted
     with pytest.raises(ValueError, match="needs the amortized policy; train one"):
         LatentMPCAgent(model, MPCConfig(planner="policy"), LOW, HIGH, torch.Generator())
     with pytest.raises(ValueError, match="proposal must be one of"):

@@ -4,10 +4,16 @@ It maps a level-1 state (what the planners start from: the newest block-boundary
 action blocks between them) and a goal frame latent to the next action block, in one forward pass.
 It is trained on the dataset's cached latents with hindsight goals: for a state at env step ``t`` of
 a training episode, the frame ``t + j`` of the same episode (``j`` uniform in ``[1, max_steps]``
-env steps, where the episode allows) is the goal and the action block actually taken from ``t`` is
-the target (goal-conditioned behaviour cloning, as GCBC and GC-IDM do).
+env steps, where the episode allows) is the goal. Two terms, weighted:
 
-What it learns is the data-collecting policy's way to a goal, averaged: it is a fast guess, which
+- ``bc``: the action block actually taken from ``t`` is the target (goal-conditioned behaviour
+  cloning, as GCBC and GC-IDM do): it learns the data-collecting policy's way to a goal, averaged,
+  which says little where the data are random actions;
+- ``plan``: the policy's own actions rolled out ``horizon`` blocks through the frozen world model,
+  and the mean squared distance of the predicted newest latents from the goal's (the planners'
+  goal cost) minimised through the model: the planning problem, amortized.
+
+It is a fast guess, which
 :mod:`planners.mpc` uses as an agent of its own (``planner=policy``: the plan it rolls out through
 the model) and as the first mean of CEM / iCEM / MPPI (``proposal=policy``), so the search starts
 where the guess points instead of at the centre of the action box.
@@ -139,7 +145,7 @@ class HindsightStates:
             raise ValueError(f"latents must be one (latent_dim={layout.latent_dim}) row per frame of the split, got "
                              f"{tuple(latents.shape)}")
         self.layout, self.latents, self.max_steps = layout, latents, max_steps
-        self.actions = torch.as_tensor(np.asarray(episodes.actions), dtype=torch.float32)
+        self.actions = torch.as_tensor(np.array(episodes.actions), dtype=torch.float32)
         self.frame_starts = torch.from_numpy(np.asarray(episodes.frame_starts, np.int64))
         self.step_starts = torch.from_numpy(np.asarray(episodes.step_starts, np.int64))
         self.steps = torch.from_numpy(episodes.lengths.astype(np.int64))
@@ -169,7 +175,13 @@ class HindsightStates:
 
 @dataclass
 class PolicyTrainConfig(OptimConfig):
-    """Optimisation of the policy; ``val_examples`` fixed validation examples are scored at every log step."""
+    """Optimisation of the policy; ``val_examples`` fixed validation examples are scored at every log step.
+
+    Attributes:
+        bc_weight: weight of the behaviour-cloning term.
+        plan_weight: weight of the goal distance of the policy's rollout through the world model.
+        horizon: action blocks of that rollout.
+    """
 
     steps: int = 3000
     batch_size: int = 512
@@ -177,19 +189,35 @@ class PolicyTrainConfig(OptimConfig):
     weight_decay: float = 1e-4
     log_every: int = 100
     val_examples: int = 4096
+    bc_weight: float = 0.1
+    plan_weight: float = 1.0
+    horizon: int = 5
 
     def __post_init__(self):
         super().__post_init__()
-        if self.val_examples < 1:
-            raise ValueError(f"val_examples must be >= 1, got {self.val_examples}")
+        if self.val_examples < 1 or self.horizon < 1:
+            raise ValueError(f"val_examples and horizon must be >= 1, got {self.val_examples}, {self.horizon}")
+        if min(self.bc_weight, self.plan_weight) < 0 or self.bc_weight + self.plan_weight == 0:
+            raise ValueError(f"need loss weights >= 0, not both 0, got bc_weight={self.bc_weight}, "
+                             f"plan_weight={self.plan_weight}")
 
 
 class PolicyObjective:
-    """Squared error of the action block taken toward hindsight goals, in half-widths of the action box
-    (an :class:`~worldmodel.training.loop.Objective`); validated against the mean action's error."""
+    """The ``bc`` and ``plan`` terms on hindsight goals (an :class:`~worldmodel.training.loop.Objective`);
+    validated against the mean action's error and, with a world model, by how much of the distance to
+    the goal the policy's rollout closes.
 
-    def __init__(self, policy: GoalPolicy, cfg: PolicyTrainConfig, train: HindsightStates, val: HindsightStates):
+    Args:
+        world: the frozen level-1 world model (``predict``, ``newest``) the ``plan`` term rolls out through;
+            required when ``cfg.plan_weight > 0``.
+    """
+
+    def __init__(self, policy: GoalPolicy, cfg: PolicyTrainConfig, train: HindsightStates, val: HindsightStates,
+                 world=None):
+        if cfg.plan_weight > 0 and world is None:
+            raise ValueError(f"plan_weight={cfg.plan_weight} rolls the policy out through a world model; pass one")
         self.model, self.policy, self.cfg, self.train_examples = policy, policy, cfg, train
+        self.world = world.requires_grad_(False).eval() if world is not None else None
         self.generators = {"examples": torch.Generator().manual_seed(cfg.seed)}
         self.val = val.fixed(cfg.val_examples, seed=cfg.seed + 1)
         self.mean_action = train.fixed(cfg.val_examples, seed=cfg.seed + 2)[2].mean(0)
@@ -205,10 +233,24 @@ class PolicyObjective:
         part = slice(rank * len(a) // world, (rank + 1) * len(a) // world)
         return s[part].to(device), g[part].to(device), a[part].to(device)
 
+    def rollout_distance(self, model: nn.Module, s: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Per example ``(B, horizon)``: the squared distance (mean over latent dimensions) of the newest latent
+        predicted after each block of the policy's rollout from the goal latent."""
+        out = []
+        for _ in range(self.cfg.horizon):
+            s = self.world.predict(s, model(s, g).to(s), check_inputs=False)
+            out.append(((self.world.newest(s) - g) ** 2).mean(-1))
+        return torch.stack(out, 1)
+
     def loss(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
         s, g, a = batch
-        loss = F.mse_loss(model(s, g) / self.half(a.device), a / self.half(a.device))
-        return {"loss": loss, "mse": loss}
+        bc = F.mse_loss(model(s, g) / self.half(a.device), a / self.half(a.device))
+        out = {"mse": bc}
+        loss = self.cfg.bc_weight * bc
+        if self.cfg.plan_weight > 0:
+            out["plan"] = self.rollout_distance(model, s, g).mean()
+            loss = loss + self.cfg.plan_weight * out["plan"]
+        return {"loss": loss, **out}
 
     def after_step(self, step: int) -> dict[str, float]:
         return {}
@@ -222,8 +264,12 @@ class PolicyObjective:
         half = self.half(device)
         mse = F.mse_loss(self.policy(s, g) / half, a / half).item()
         prior = F.mse_loss((self.mean_action.to(device) / half).expand_as(a), a / half).item()
+        row = {"val_mse": mse, "val_mse_mean_action": prior}
+        if self.world is not None:  # the distance left after the rollout, as a share of the distance at the start
+            start = ((self.world.newest(s) - g) ** 2).mean(-1)
+            row["val_distance_left"] = (self.rollout_distance(self.policy, s, g)[:, -1].mean() / start.mean()).item()
         self.policy.train(was)
-        return {"val_mse": mse, "val_mse_mean_action": prior}
+        return row
 
     def check(self, step: int, row: dict) -> None:
         pass
