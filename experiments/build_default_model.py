@@ -12,11 +12,14 @@ previous run left), then exports the world model without its training state to
    the planning time): the model of stage 3 is exported to ``models/<env>-teacher/`` and its
    predictor distilled into the 256-wide one of ``models/<env>/``;
 5. ``train_slow.py``: the slow level (level 2) on the exported model's latents, installed in
-   ``models/<env>/slow`` (what ``hierarchy=true`` plans with).
+   ``models/<env>/slow`` (what ``hierarchy=true`` plans with);
+6. ``train_policy.py``: the amortized goal-conditioned policy on the same latents, installed in
+   ``models/<env>/policy`` (``planners=[policy]``, ``mpc.proposal=policy``).
 
 Arguments are Hydra overrides applied to every stage (e.g. ``env.image_size=96``), and this
-script's switches: ``slow=false`` skips stage 5, ``slow_only=true`` runs only stage 5 on the model
-already exported to ``models/<env>/`` (collecting its dataset again where it is missing), and
+script's switches: ``slow=false`` skips stage 5, ``policy=false`` stage 6, ``slow_only=true`` runs only
+stage 5 on the model already exported to ``models/<env>/`` (collecting its dataset again where it is
+missing), and
 ``distill=true|false`` runs stage 4 or not (default: on the envs in ``DISTILLED``).
 """
 
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from experiments import distill_dynamics, pretrain_encoder, train_dynamics, train_slow
+from experiments import distill_dynamics, pretrain_encoder, train_dynamics, train_policy, train_slow
 from experiments.conf import load
 from experiments.provenance import git_commit
 from worldmodel.checkpoint import WEIGHTS, load_config
@@ -55,7 +58,8 @@ def keep_previous(target: Path) -> Path | None:
     return kept
 
 
-FLAGS = {"slow": True, "slow_only": False, "distill": None}  # this script's switches and defaults (None: per env)
+# this script's switches and their defaults (None: per env)
+FLAGS = {"slow": True, "policy": True, "slow_only": False, "distill": None}
 DISTILLED = ("reacher",)  # envs whose shipped model plans with a distilled predictor (docs/results.md#distilled-reacher)
 BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
@@ -111,6 +115,8 @@ def main(overrides: list[str]) -> Path:
         target = export_student(overrides, target, EXPORT_ROOT / pre.env.model_name, config["provenance"])
     if with_slow:
         install_slow(overrides, target)
+    if flags["policy"]:
+        install_policy(overrides, target)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
     print(f"default world model{' (with its slow level)' if with_slow else ''} exported to {target} ({size:.1f} MiB)")
     return target
@@ -153,6 +159,15 @@ def install_slow(overrides: list[str], target: Path) -> Path:
     slow = load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={model}",
                                            "install=true"])
     train_slow.run(slow)
+    return target
+
+
+def install_policy(overrides: list[str], target: Path) -> Path:
+    """Stage 6: the amortized policy of the exported model ``target``, installed in ``target/policy``."""
+    model = os.path.relpath(target)
+    policy = load("train_policy", overrides + ["resume=true", "resume_allow=[model,install]", f"model={model}",
+                                               "install=true"])
+    train_policy.run(policy)
     return target
 
 

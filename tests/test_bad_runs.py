@@ -231,15 +231,16 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_is_named_and_leaves_not
 
 
 @pytest.mark.parametrize("given, flags", [
-    (["slow=False", "env=pointmaze"], {"slow": False, "slow_only": False, "distill": None}),
-    (["slow_only=TRUE"], {"slow": True, "slow_only": True, "distill": None}),
-    (["slow=0", "train.steps=5", "distill=no"], {"slow": False, "slow_only": False, "distill": False}),
+    (["slow=False", "env=pointmaze"], {"slow": False, "policy": True, "slow_only": False, "distill": None}),
+    (["slow_only=TRUE"], {"slow": True, "policy": True, "slow_only": True, "distill": None}),
+    (["slow=0", "train.steps=5", "distill=no", "policy=false"], {"slow": False, "policy": False, "slow_only": False,
+                                                                  "distill": False}),
 ])
 def test_build_default_model_reads_its_own_switches_in_any_boolean_spelling(given, flags):
     from experiments.build_default_model import own_flags
 
     assert own_flags(given)[0] == flags
-    assert all(not o.startswith(("slow", "distill")) for o in own_flags(given)[1])
+    assert all(not o.startswith(("slow", "distill", "policy")) for o in own_flags(given)[1])
 
 
 @pytest.mark.parametrize("given", ["slow=maybe", "slow"])
