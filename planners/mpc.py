@@ -369,8 +369,7 @@ class LatentMPCAgent:
             cost = WeightedSum([(1.0, cost), (1.0, ActionPenalty(cfg.action_penalty))])
         grad = cfg.planner == "gradient"
         if cfg.planner == POLICY:  # only the blocks it executes: the rest of a plan is never used
-            k = self.model.layout.action_block
-            plan = self.policy_plan(s0, blocks=-(-cfg.receding_horizon // k))
+            plan = self.policy_plan(s0, blocks=self.model.layout.blocks_covering(cfg.receding_horizon))
         else:
             proposal = self.policy_plan(s0) if cfg.proposal == POLICY else None
             warm = self.warm if self.warm is not None else proposal  # an episode's first plan: from the proposal

@@ -149,7 +149,7 @@ class HindsightStates:
         self.frame_starts = torch.from_numpy(np.asarray(episodes.frame_starts, np.int64))
         self.step_starts = torch.from_numpy(np.asarray(episodes.step_starts, np.int64))
         self.steps = torch.from_numpy(episodes.lengths.astype(np.int64))
-        self.count = (self.steps - layout.action_block - layout.span + 1).clamp_min(0)  # valid t per episode
+        self.count = layout.acting_starts(self.steps)  # valid t per episode, from t = span
         if int(self.count.sum()) == 0:
             raise ValueError(f"no episode is long enough for a state ({layout.span} steps) and an action block "
                              f"({layout.action_block}) after it")
@@ -158,16 +158,13 @@ class HindsightStates:
         """States ``(B, state_dim)``, goal latents ``(B, latent_dim)`` and action blocks ``(B, block_dim)``."""
         L = self.layout
         e = torch.multinomial(self.count.double(), batch, replacement=True, generator=generator)
-        t = L.span + (torch.rand(batch, generator=generator, dtype=torch.float64) * self.count[e]).long()
-        left = torch.clamp(self.steps[e] - t, max=self.max_steps)
-        j = 1 + (torch.rand(batch, generator=generator, dtype=torch.float64) * left).long()
-        frame = self.frame_starts[e] + t
-        z = self.latents[frame[:, None] + torch.from_numpy(L.state_offsets())]  # (B, h, latent_dim)
-        step = self.step_starts[e] + t
-        before = self.actions[step[:, None] + torch.from_numpy(L.state_action_offsets())]  # (B, span, A)
-        s = L.compose(z, L.blocks(before))
-        taken = self.actions[step[:, None] + torch.arange(L.action_block)].flatten(1)  # (B, block_dim)
-        return s, self.latents[frame + j], taken
+        t = L.acting_step(self.count[e], torch.rand(batch, generator=generator, dtype=torch.float64))
+        left = torch.clamp(self.steps[e] - t, max=self.max_steps)  # goals up to max_steps, within the episode
+        ahead = 1 + (torch.rand(batch, generator=generator, dtype=torch.float64) * left).long()
+        frame, step = self.frame_starts[e] + t, self.step_starts[e] + t
+        frames, inside, taken = L.acting_indices(frame, step)
+        s = L.compose(self.latents[frames], L.blocks(self.actions[inside]))
+        return s, self.latents[frame + ahead], self.actions[taken].flatten(1)
 
     def fixed(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.sample(n, torch.Generator().manual_seed(seed))

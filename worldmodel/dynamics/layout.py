@@ -76,6 +76,28 @@ class StateLayout:
         """Env steps of ``steps`` model steps (action blocks)."""
         return steps * self.action_block
 
+    def blocks_covering(self, env_steps: int) -> int:
+        """The fewest model steps (action blocks) that cover ``env_steps`` env steps."""
+        return -(-env_steps // self.action_block)
+
+    def acting_starts(self, steps: torch.Tensor) -> torch.Tensor:
+        """Of episodes of ``steps`` env steps: how many steps ``t`` have a whole state before them and a whole
+        action block after (``span <= t <= steps - k``)."""
+        return (steps - self.action_block - self.span + 1).clamp_min(0)
+
+    def acting_step(self, count: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The ``floor(u * count)``-th of those steps, for ``u`` in ``[0, 1)`` (``t = span + ...``)."""
+        return self.span + (u * count).long()
+
+    def acting_indices(self, frame: torch.Tensor,
+                       step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For states whose newest frame has the global index ``frame (B,)`` and whose next action ``step (B,)``:
+        the indices of the state's frames ``(B, h)``, of the actions inside it ``(B, span)``, and of the
+        action block taken next ``(B, k)``."""
+        frames = frame[:, None] + torch.from_numpy(self.state_offsets())
+        inside = step[:, None] + torch.from_numpy(self.state_action_offsets())
+        return frames, inside, step[:, None] + torch.arange(self.action_block)
+
     def boundary_positions(self, boundaries: int) -> np.ndarray:
         """Offsets of ``boundaries`` consecutive block-boundary frames from the first: ``0, k, 2k, ...``."""
         return np.arange(boundaries) * self.action_block
