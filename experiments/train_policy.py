@@ -11,7 +11,6 @@ With ``install=true`` the policy is written to ``<model>/policy``, where ``plan.
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import closing
 from dataclasses import asdict
@@ -22,27 +21,16 @@ from omegaconf import DictConfig
 
 from experiments.conf import entry_point, to_object
 from experiments.provenance import device_description, write_json
-from experiments.runs import check_trained_env, training_run
 from experiments.schemas import PolicyExperimentConfig
-from experiments.train_slow import level1_latents, trained_on
-from worldmodel.checkpoint import WEIGHTS
+from experiments.train_slow import level1_latents, run_on_level1, trained_on
 from worldmodel.dynamics import WorldModel
-from worldmodel.files import file_sha256
 from worldmodel.policy import POLICY_DIR, GoalPolicy, HindsightStates, PolicyObjective
-from worldmodel.training import Trainer, plot_log, resolve_device
+from worldmodel.training import Trainer, plot_log
 from worldmodel.training.rundir import RUN_KEY
 
 
 def run(cfg: PolicyExperimentConfig) -> dict:
-    device = resolve_device(cfg.train.device)
-    trained = check_trained_env(cfg.env, cfg.model)
-    model = WorldModel.from_pretrained(cfg.model, device)
-    level1 = {"level1_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS)}
-    with training_run(cfg, upstream=level1) as dataset:
-        if trained.get("dataset_checksum") not in (None, dataset.manifest["checksum"]):
-            print(f"warning: {cfg.model} was trained on dataset {trained.get('dataset')}, not {dataset.path}",
-                  file=sys.stderr)
-        return train(cfg, model, dataset, device)
+    return run_on_level1(cfg, train)
 
 
 def train(cfg: PolicyExperimentConfig, model: WorldModel, dataset, device: torch.device) -> dict:

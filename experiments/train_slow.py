@@ -48,6 +48,21 @@ def level1_latents(model: WorldModel, dataset, split: str, cache_dir: str, progr
     return torch.cat(out)
 
 
+def run_on_level1(cfg, train):
+    """A part trained on a level-1 model's latents: the model ``cfg.model`` checked against the env and
+    loaded on ``cfg.train.device``, the run directory locked with the model's weights as its upstream, a
+    warning where the data differ from the model's; then ``train(cfg, model, dataset, device)``."""
+    device = resolve_device(cfg.train.device)
+    trained = check_trained_env(cfg.env, cfg.model)
+    model = WorldModel.from_pretrained(cfg.model, device)
+    level1 = {"level1_weights_sha256": file_sha256(Path(cfg.model) / WEIGHTS)}
+    with training_run(cfg, upstream=level1) as dataset:
+        if trained.get("dataset_checksum") not in (None, dataset.manifest["checksum"]):
+            print(f"warning: {cfg.model} was trained on dataset {trained.get('dataset')}, not {dataset.path}",
+                  file=sys.stderr)
+        return train(cfg, model, dataset, device)
+
+
 def trained_on(cfg, dataset) -> dict:
     """What a part trained on a level-1 model's latents records: the data, the level-1 model and its
     weights' sha256, the commit and the env (checked where it is loaded)."""
