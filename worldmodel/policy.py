@@ -13,10 +13,9 @@ env steps, where the episode allows) is the goal. Two terms, weighted:
   and the mean squared distance of the predicted newest latents from the goal's (the planners'
   goal cost) minimised through the model: the planning problem, amortized.
 
-It is a fast guess, which
-:mod:`planners.mpc` uses as an agent of its own (``planner=policy``: the plan it rolls out through
-the model) and as the first mean of CEM / iCEM / MPPI (``proposal=policy``), so the search starts
-where the guess points instead of at the centre of the action box.
+It is a fast guess, which :mod:`planners.mpc` uses as an agent of its own (``planner=policy``: the
+plan it rolls out through the model) and as the search's proposal (``proposal=policy``: a candidate
+of every CEM / iCEM / MPPI iteration beside the mean, and an episode's first mean).
 """
 
 from __future__ import annotations
