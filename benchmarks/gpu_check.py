@@ -183,10 +183,10 @@ def batched(args, dataset, model: WorldModel) -> dict:
     n = args.batched_tasks
     tasks = sample_goal_tasks(dataset.split("heldout"), spec, n, 25, np.random.default_rng(0))
     tasks = [t.__class__(**{**t.__dict__, "seed": task_seed(0, i)}) for i, t in enumerate(tasks)]
-    out, per = {"tasks": n}, {}
+    out, per, mpc = {"tasks": n}, {}, load("plan", []).mpc
     for size in (1, min(50, n)):
         env_list = [envs.make_env("reacher", max_episode_steps=50) for _ in range(size)]
-        agent = LatentMPCAgent(model, load("plan", []).mpc, env_list[0].action_space.low,
+        agent = LatentMPCAgent(model, mpc, env_list[0].action_space.low,
                                env_list[0].action_space.high, torch.Generator().manual_seed(0))
         start = time.perf_counter()
         summary, per[size] = evaluate_agent(env_list, spec, tasks, agent, 50, progress=False)

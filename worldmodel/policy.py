@@ -217,9 +217,10 @@ class PolicyObjective:
         self.generators = {"examples": torch.Generator().manual_seed(cfg.seed)}
         self.val = val.fixed(cfg.val_examples, seed=cfg.seed + 1)
         self.mean_action = train.fixed(cfg.val_examples, seed=cfg.seed + 2)[2].mean(0)
+        self.halfwidth = ((policy.high - policy.low) / 2).detach().clone()  # the action box's, per value
 
     def half(self, device) -> torch.Tensor:
-        return ((self.policy.high - self.policy.low) / 2).to(device)
+        return self.halfwidth.to(device)
 
     def optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
