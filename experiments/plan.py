@@ -142,12 +142,10 @@ def evaluate(cfg: PlanConfig, env, spec, tasks, agent, journal: TaskJournal, fol
     is appended to it), in batches of ``cfg.batch_tasks`` where it batches (``env``: one env per task of a
     batch): on rank 0, the summary over every rank's tasks and all the videos (``None`` elsewhere), and
     every task's result."""
-    shown, subgoals = shown_tasks(cfg, tasks, agent), {}  # per shown task: the (step, latent) of each subgoal
+    shown = shown_tasks(cfg, tasks, agent)
 
     def finished(i, r):
         journal.append(agent.name, i, tasks[i], r)
-        if i in shown and hasattr(agent, "subgoals"):
-            subgoals[i] = list(agent.subgoals)
 
     if not batches_agent(agent):
         env = env[0]
@@ -155,7 +153,7 @@ def evaluate(cfg: PlanConfig, env, spec, tasks, agent, journal: TaskJournal, fol
     summary, per_task = evaluate_agent(env, spec, tasks, agent, cfg.budget, progress=cfg.progress,
                                        record=shown & mine, done=journal.done.get(agent.name), on_result=finished,
                                        only=mine)
-    videos = report.write_videos(cfg, spec, agent.name, tasks, per_task, shown & mine, subgoals, folder, atlas)
+    videos = report.write_videos(cfg, spec, agent.name, tasks, per_task, shown & mine, folder, atlas)
     if ranks.world > 1:
         parts = ranks.gather(({i: per_task[i].to_json() for i in mine}, videos))
         if parts is None:

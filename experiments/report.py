@@ -73,11 +73,11 @@ def subgoal_panels(atlas: Atlas | None, subgoals: list | None, frames: int) -> l
     for t in range(frames):  # frame t is seen before action t; the subgoal chosen at step s acts from s on
         while k + 1 < len(subgoals) and subgoals[k + 1][0] <= t:
             k += 1
-        panels.append(atlas.nearest(subgoals[k][1][0]))
+        panels.append(atlas.nearest(subgoals[k][1]))
     return panels
 
 
-def write_videos(cfg: PlanConfig, spec, agent_name: str, tasks, per_task, shown: set[int], subgoals: dict,
+def write_videos(cfg: PlanConfig, spec, agent_name: str, tasks, per_task, shown: set[int],
                  folder: Path, atlas: Atlas | None) -> list[str]:
     """The GIFs (current view | goal, and the subgoal where there is one) of the tasks ``shown`` that ran
     here (tasks resumed from the journal have no frames)."""
@@ -86,7 +86,7 @@ def write_videos(cfg: PlanConfig, spec, agent_name: str, tasks, per_task, shown:
         r = per_task[i]
         if r.frames:
             index = cfg.only_tasks[i] if cfg.only_tasks else i
-            panels = subgoal_panels(atlas, subgoals.get(i), len(r.frames))
+            panels = subgoal_panels(atlas, r.subgoals, len(r.frames))
             path = folder / video_name(cfg, agent_name, tasks[i], index, r.success)
             videos.append(str(episode_video(r.frames, tasks[i].goal_obs, path, spec, subgoals=panels)))
     return videos

@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from planners.base import Bounds, shift_plan
+from planners.base import Bounds, Generators, shift_plan
 from planners.cem import CEMConfig
 from planners.frames import FrameHistory
 from planners.mpc import FlopCounter, LatentMPCAgent, LatentModel, MPCConfig, as_batch, goal_frames, make_planner
@@ -134,7 +134,9 @@ class SlowLevel(Protocol):
 
 
 class SubgoalPlanner:
-    """Plans a slow level toward a goal and proposes the next goal of the level below.
+    """Plans a slow level toward a goal and proposes the next goal of the level below, for ``B`` tasks at
+    once: each task keeps its own clock of slow plans (:attr:`since`), its own warm start and, seeded
+    with one generator per task, its own draws, so a batch plans as its tasks would one by one.
 
     Args:
         model: the level-1 world model (its frame latents are the goals' space).
@@ -147,6 +149,7 @@ class SubgoalPlanner:
     def __init__(self, model: LatentModel, slow: SlowLevel, cfg: SlowPlanConfig, planner: str,
                  generator: torch.Generator):
         self.model, self.slow, self.cfg, self.gen = model, slow, cfg, generator
+        self.draws: Generators = generator  # per task when the level below is seeded per task
         self.device, self.dtype = model.device, model.dtype
         self.every = cfg.every or slow.chunk_steps
         box = torch.full((slow.macro_dim,), float(cfg.box))
@@ -155,21 +158,36 @@ class SubgoalPlanner:
         self.planner = make_planner(kind, getattr(cfg, kind), cfg.horizon, self.bounds)
         self.history = FrameHistory(model.layout, keep=model.layout.boundary_span(slow.state_window))
         self.goal: torch.Tensor | None = None
-        self.warm, self.since = None, None
+        self.since = np.zeros(0, np.int64)  # per task: env steps since its last slow plan (-1: none since its goal)
+        self.warm: torch.Tensor | None = None  # per task: its last slow plan, shifted (where ``warmed``)
+        self.warmed = np.zeros(0, bool)
 
     def seed(self, seed: int) -> None:
         self.gen.manual_seed(seed)
+        self.draws = self.gen
 
     def set_goal(self, goal: torch.Tensor) -> None:
         """The goal the slow plans aim at: level-1 frame latents ``(B, h, latent_dim)`` (or one latent
-        ``(B, latent_dim)``, a still scene)."""
+        ``(B, latent_dim)``, a still scene); a slow plan is due for every task."""
         self.goal = goal_frames(goal, self.model.layout.history)
+        self.since = np.full(len(self.goal), -1, np.int64)
 
     def reset(self, goal: torch.Tensor) -> None:
-        """A new task toward ``goal``: no frames seen, no plan to warm-start from, a slow plan due."""
+        """New tasks toward ``goal``: no frames seen, no plan to warm-start from, a slow plan due."""
         self.set_goal(goal)
         self.history.clear()
-        self.warm, self.since = None, None
+        self.warm, self.warmed = None, np.zeros(len(self.goal), bool)
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only the tasks ``keep`` (indices into the batch, in order): the others are finished."""
+        idx = torch.as_tensor(keep, dtype=torch.long)
+        self.history.select(keep)
+        self.goal = self.goal[idx.to(self.goal.device)]
+        self.since, self.warmed = self.since[keep], self.warmed[keep]
+        if self.warm is not None:
+            self.warm = self.warm[idx.to(self.warm.device)]
+        if not isinstance(self.draws, torch.Generator):
+            self.draws = [self.draws[i] for i in keep]
 
     def observe(self, obs: np.ndarray) -> None:
         """The newest observations ``(B, H, W, C)``."""
@@ -178,50 +196,66 @@ class SubgoalPlanner:
     def record(self, action: np.ndarray) -> None:
         """The actions ``(B, A)`` taken at the newest observations."""
         self.history.add_action(action)
-        if self.since is not None:
-            self.since += 1
+        self.since[self.since >= 0] += 1
 
     @property
-    def iterations(self) -> int | None:
-        """The next slow plan's iterations where not the planner's own: ``warm_iterations`` once warm."""
-        return (self.cfg.warm_iterations or None) if self.warm is not None else None
+    def due(self) -> np.ndarray:
+        """Per task ``(B,)``: whether a slow plan is due (none since its goal was set, or ``every`` env steps
+        since the last)."""
+        return (self.since < 0) | (self.since >= self.every)
 
-    @property
-    def flops_key(self) -> str:
-        """What the next slow plan's FLOPs depend on: its iterations and the frames it encodes."""
-        return f"subgoal/iterations {self.iterations or 'all'}/frames {self.history.unencoded(self.slow.state_window)}"
+    def groups(self, tasks: np.ndarray) -> list[np.ndarray]:
+        """``tasks`` (indices into the batch) as the groups one slow plan serves: those whose plan starts
+        afresh, then those warm-started from their previous one (a plan of its own iterations)."""
+        warmed = self.warmed[tasks]
+        return [g for g in (tasks[~warmed], tasks[warmed]) if len(g)]
 
-    @property
-    def due(self) -> bool:
-        """Whether a slow plan is due: none yet, or ``every`` env steps since the last."""
-        return self.since is None or self.since >= self.every
+    def iterations(self, tasks: np.ndarray) -> int | None:
+        """The slow plan's iterations for a group of :meth:`groups` where not the planner's own:
+        ``warm_iterations`` once warm."""
+        return (self.cfg.warm_iterations or None) if self.warmed[tasks[0]] else None
+
+    def flops_key(self, tasks: np.ndarray) -> str:
+        """What a group's slow plan FLOPs depend on: its iterations and the frames it encodes."""
+        return (f"subgoal/iterations {self.iterations(tasks) or 'all'}/frames "
+                f"{self.history.unencoded(self.slow.state_window, tasks)}")
 
     @torch.no_grad()
-    def propose(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Plan the slow level from the newest frames: the subgoal ``(B, h, latent_dim)`` (the predicted
-        chunk boundary number ``subgoal``), and the slow level's verdicts ``(B,)`` on handing the goal down
-        instead: ``slow``, the slow plan comes closest to the goal no later than that (or the agent is
-        there already); ``clip``, the goal is no farther from the newest frames than the subgoal."""
+    def propose(self, tasks: np.ndarray | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Plan the slow level from the newest frames of ``tasks`` (one group of :meth:`groups`; ``None``:
+        every task, all warm or all not): the subgoal ``(n, h, latent_dim)`` (the predicted chunk boundary
+        number ``subgoal``), and the slow level's verdicts ``(n,)`` on handing the goal down instead:
+        ``slow``, the slow plan comes closest to the goal no later than that (or the agent is there already);
+        ``clip``, the goal is no farther from the newest frames than the subgoal."""
         slow, L, cfg = self.slow, self.model.layout, self.cfg
-        z, a = self.history.latent_window(slow.state_window, self.model.latents, self.device, self.dtype)
-        blocks = L.blocks(a).to(z.dtype)  # z (B, W, latent_dim), blocks (B, W - 1, block_dim)
+        tasks = np.arange(len(self.goal)) if tasks is None else np.asarray(tasks)
+        if len(np.unique(self.warmed[tasks])) > 1:
+            raise ValueError("one slow plan serves tasks that are all warm-started or all not (see groups())")
+        idx = torch.as_tensor(tasks, dtype=torch.long, device=self.device)
+        z, a = self.history.latent_window(slow.state_window, self.model.latents, self.device, self.dtype, tasks)
+        blocks = L.blocks(a).to(z.dtype)  # z (n, W, latent_dim), blocks (n, W - 1, block_dim)
         s2 = slow.encode(z, blocks)
-        goal = self.goal.flatten(1)
+        goal = self.goal[idx.to(self.goal.device)].flatten(1).to(s2)
 
         def reached(s2_0: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
             return slow.subgoal(slow.rollout(s2_0, slow.macro_from_plan(u))).flatten(-2)
 
         cost = GoalDistance(reached, s2, goal, cfg.reduce, cfg.progress)
-        result = self.planner.plan(cost, len(s2), self.gen, warm_start=self.warm, iterations=self.iterations)
-        frames = slow.subgoal(slow.rollout(s2, slow.macro_from_plan(result.actions)))  # (B, H, h, d)
-        here = L.newest_boundaries(z, blocks, L.history)[0]  # (B, h, latent_dim)
-        now = ((here.flatten(1) - goal) ** 2).mean(-1)  # (B,)
-        ahead = ((frames.flatten(-2) - goal[:, None]) ** 2).mean(-1)  # (B, H)
+        draws = self.draws if isinstance(self.draws, torch.Generator) else [self.draws[i] for i in tasks]
+        warm = self.warm[idx] if self.warmed[tasks[0]] else None
+        result = self.planner.plan(cost, len(s2), draws, warm_start=warm, iterations=self.iterations(tasks))
+        frames = slow.subgoal(slow.rollout(s2, slow.macro_from_plan(result.actions)))  # (n, H, h, d)
+        here = L.newest_boundaries(z, blocks, L.history)[0]  # (n, h, latent_dim)
+        now = ((here.flatten(1) - goal) ** 2).mean(-1)  # (n,)
+        ahead = ((frames.flatten(-2) - goal[:, None]) ** 2).mean(-1)  # (n, H)
         closest = torch.cat([now[:, None], ahead], 1).argmin(1)  # 0: here, j: after chunk j
         shift = self.every // slow.chunk_steps
-        self.warm = (shift_plan(result.actions, min(shift, self.planner.horizon), self.bounds)
-                     if shift else result.actions)
-        self.since = 0
+        shifted = (shift_plan(result.actions, min(shift, self.planner.horizon), self.bounds)
+                   if shift else result.actions)
+        if self.warm is None:
+            self.warm = shifted.new_zeros((len(self.goal),) + shifted.shape[1:])
+        self.warm[idx] = shifted
+        self.warmed[tasks], self.since[tasks] = True, 0
         subgoal = frames[:, cfg.subgoal - 1]
         beyond = ((here.flatten(1) - subgoal.flatten(1)) ** 2).mean(-1) >= now
         return subgoal, {"slow": closest <= cfg.subgoal, "clip": beyond}
@@ -240,8 +274,15 @@ class HierarchicalAgent:
     ``learned``, ``temporal`` (a :class:`~worldmodel.hierarchy.reach.TemporalDistance`) judges from
     the newest frame's latent and the goal's whether the goal is within ``reach_steps`` env steps.
 
+    It plays ``B`` tasks at once as :class:`~planners.mpc.LatentMPCAgent` does: every decision is made
+    per task (a task whose goal goes down makes no slow plan and keeps its plan toward the goal; the
+    others plan their subgoals in one call), so with one seed per task (:meth:`seed`) a batch plays as
+    its tasks would one by one; :meth:`select` drops finished tasks. A stacked level plays one task at
+    a time.
+
     Attributes:
-        subgoals: ``(env step, newest frame latent (B, latent_dim))`` of each goal handed down.
+        subgoals: per task of the batch (in the order :meth:`reset` got them), ``(env step, newest frame
+            latent (latent_dim,))`` of each goal handed down.
         plan_seconds, plan_flops: per replan of the level below, its time and model FLOPs with those
             of the slow plan and the goal plan made for it.
         slow_seconds, slow_flops: of each of those, the part spent above the level below (the slow
@@ -259,13 +300,14 @@ class HierarchicalAgent:
             raise ValueError(f"hand_down={hand_down!r} needs a reach threshold > 0 (a latent distance), got {reach}")
         self.high, self.low, self.name, self.hand_down, self.reach_threshold = high, low, name, hand_down, reach
         self.gain, self.final_steps, self.temporal, self.reach_steps = gain, final_steps, temporal, reach_steps
-        self.budget: int | None = None
+        self.budget: np.ndarray | None = None  # per task
         self.flops = FlopCounter()
         self.plan_seconds: list[float] = []
         self.plan_flops: list[float] = []
         self.slow_seconds: list[float] = []
         self.slow_flops: list[float] = []
-        self.subgoals: list[tuple[int, torch.Tensor]] = []
+        self.subgoals: list[list[tuple[int, torch.Tensor]]] = []
+        self.slots: list[int] = []  # of each task still in the batch, its place in ``subgoals``
         self.steps = 0
 
     @property
@@ -284,39 +326,57 @@ class HierarchicalAgent:
     def replans_next(self) -> bool:
         return self.low.replans_next
 
-    def seed(self, seed: int) -> None:
-        self.high.seed(seed)
+    @property
+    def draws(self) -> Generators:
+        return self.low.draws
+
+    def seed(self, seed: int | list[int]) -> None:
+        """Reseed both levels' draws (one generator serves both): one seed, or one per task of the next batch."""
         self.low.seed(seed)
+        self.high.draws = self.low.draws
 
     def reset(self, goal_obs: np.ndarray) -> None:
         """Start tasks toward goal images ``(H, W, C)`` or ``(B, H, W, C)``."""
         self.low.reset(goal_obs)
         self.high.reset(self.low.goal)
-        self.subgoals, self.steps, self.budget = [], 0, None
+        self.steps, self.budget = 0, None
+        self.subgoals, self.slots = [[] for _ in range(len(self.high.goal))], list(range(len(self.high.goal)))
 
-    def set_budget(self, steps: int) -> None:
-        """The env steps this task allows (after ``reset``): the last ``final_steps`` go to the goal."""
-        if steps < 1:
-            raise ValueError(f"a task's budget is >= 1 env steps, got {steps}")
-        self.budget = steps
+    def select(self, keep) -> None:
+        """Keep only the tasks ``keep`` (indices into the batch, in order): the others are finished."""
+        keep = [int(i) for i in keep]
+        self.low.select(keep)
+        self.high.select(keep)
+        self.slots = [self.slots[i] for i in keep]
+        if self.budget is not None:
+            self.budget = self.budget[keep]
+
+    def set_budget(self, steps) -> None:
+        """The env steps each task allows (after ``reset``; one number for all, or one per task): the last
+        ``final_steps`` go to the goal."""
+        budget = np.broadcast_to(np.asarray(steps, np.int64), (len(self.high.goal),)).copy()
+        if budget.min() < 1:
+            raise ValueError(f"a task's budget is >= 1 env steps, got {budget.min()}")
+        self.budget = budget
         if hasattr(self.low, "set_budget"):  # a stacked level below keeps its own final steps
-            self.low.set_budget(steps)
+            self.low.set_budget(budget)
 
     @property
-    def final(self) -> bool:
-        """Whether the task is in its last ``final_steps`` steps (HWM's rule: plan flat on the goal)."""
-        return bool(self.final_steps) and self.budget is not None and self.steps >= self.budget - self.final_steps
+    def final(self) -> np.ndarray:
+        """Per task ``(B,)``: whether it is in its last ``final_steps`` steps (HWM's rule: plan flat on the goal)."""
+        if not self.final_steps or self.budget is None:
+            return np.zeros(len(self.high.goal), bool)
+        return self.steps >= self.budget - self.final_steps
 
     @property
-    def due(self) -> bool:
-        """Whether the goal of the level below is to be decided anew: a slow plan is due, or the task
-        is in its final steps."""
-        return self.high.due or self.final
+    def due(self) -> np.ndarray:
+        """Per task ``(B,)``: whether the goal of the level below is to be decided anew (a slow plan is due,
+        or the task is in its final steps)."""
+        return self.high.due | self.final
 
     def set_goal(self, goal: torch.Tensor) -> None:
         """A new goal for the slow plans (a subgoal from a level above); a slow plan toward it is due."""
         self.high.set_goal(goal)
-        self.high.since = None
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         batch, single = as_batch(obs, "observation")
@@ -331,8 +391,8 @@ class HierarchicalAgent:
     def next_action(self) -> np.ndarray:
         replans = len(self.low.plan_seconds)
         seconds = flops = 0.0
-        if self.low.replans_next and self.due:
-            seconds, flops = self._decide()
+        if self.low.replans_next and self.due.any():
+            seconds, flops, _ = self._decide()
         action = self.low.next_action()
         if len(self.low.plan_seconds) > replans:
             self._count(replans, seconds, flops)
@@ -340,12 +400,15 @@ class HierarchicalAgent:
         self.steps += 1
         return action
 
-    def replan(self) -> None:
+    def replan(self, only=None) -> None:
         """Plan now (as the level above asks, to judge what this level reaches): decide the goal of the
         level below where a slow plan is due, and let it plan."""
+        if only is not None and len(only) < len(self.high.goal):
+            raise ValueError("a stacked level replans all its tasks at once: play one task at a time "
+                             "(batch_tasks=1)")
         replans = len(self.low.plan_seconds)
-        seconds, flops = self._decide() if self.due else (0.0, 0.0)
-        if len(self.low.plan_seconds) == replans:
+        seconds, flops, planned = self._decide() if self.due.any() else (0.0, 0.0, False)
+        if not planned:
             self.low.replan()
         self._count(replans, seconds, flops)
 
@@ -357,51 +420,70 @@ class HierarchicalAgent:
         self.slow_seconds.append(seconds)
         self.slow_flops.append(flops)
 
-    def _decide(self) -> tuple[float, float]:
-        """Hand the goal or a subgoal down; the time and model FLOPs of the slow plan (the level
-        below's plans count on its own)."""
+    def _decide(self) -> tuple[float, float, bool]:
+        """Hand the goal or a subgoal down to each task that is due; the time and model FLOPs of the slow
+        plans (the level below's plans count on its own), and whether the level below has planned for
+        every task (toward the goal, under ``level1`` and ``either``).
+
+        A task in its final steps gets the goal, with no slow plan (HWM's rule). Of the others that are
+        due, those whose goal is judged within reach (``learned``: by the temporal distance; ``level1``,
+        ``either``: by the level below's plan toward it) get the goal; the rest get the subgoal of a slow
+        plan, or the goal where the slow level says so (``slow``, ``clip``, ``either``)."""
         goal = self.high.goal
-        if self.final:  # HWM's rule: the last steps of the budget plan flat on the goal, no slow plans
-            if self.low.goal is None or not torch.equal(self.low.goal, goal.to(self.low.goal)):
-                self.low.set_goal(goal)
-                self.subgoals.append((self.steps, goal[:, -1].detach().float().cpu()))
-            return 0.0, 0.0
-        reachable, seconds, flops = None, 0.0, 0.0
-        if self.hand_down == "learned":  # a learned temporal distance from the newest frame to the goal
+        n = len(goal)
+        final = self.final
+        decide = self.high.due & ~final
+        target = goal if self.low.goal is None else torch.where(torch.as_tensor(final, device=goal.device)[:, None, None],
+                                                                 goal, self.low.goal.to(goal))
+        moved = final & self._differs(target)  # final tasks whose goal goes down now
+        reachable, seconds, flops, planned = np.zeros(n, bool), 0.0, 0.0, False
+        if self.hand_down == "learned" and decide.any():  # a learned temporal distance from the newest frame
             start = time.perf_counter()
             out: list = []
             key = f"reach/frames {self.low.history.unencoded(self.low.model.layout.history)}"
-            flops = self.flops.run(key, lambda: out.append(self._learned_reach(goal)))
-            seconds, reachable = time.perf_counter() - start, out[0]
-            if bool(reachable.all()):
-                self.low.set_goal(goal)
-                self.subgoals.append((self.steps, goal[:, -1].detach().float().cpu()))
-                return seconds, flops
-        if self.hand_down in NEEDS_REACH:  # the level that will act plans toward the goal first
-            self.low.set_goal(goal)
+            flops = self.flops.run(key, lambda: out.append(self._learned_reach(goal)), tasks=n)
+            seconds, reachable = time.perf_counter() - start, decide & out[0].cpu().numpy()
+        if self.hand_down in NEEDS_REACH and decide.any():  # the level that will act plans toward the goal first
+            self.low.set_goal(self._where(decide, goal, target))
             self.low.replan()
-            reach = self.low.reach  # (B,)
-            reachable = reach <= self.reach_threshold
+            planned, reach = True, self.low.reach  # (B,)
+            hit = reach <= self.reach_threshold
             if self.gain:
-                reachable |= reach <= (1 - self.gain) * self.low.distance
-            if bool(reachable.all()):
-                self.subgoals.append((self.steps, goal[:, -1].detach().float().cpu()))
-                return 0.0, 0.0
-        start = time.perf_counter()
-        out = []
-        flops += self.flops.run(self.high.flops_key, lambda: out.append(self.high.propose()))
-        seconds += time.perf_counter() - start
-        subgoal, verdicts = out[0]
-        if self.hand_down in verdicts:
-            down = verdicts[self.hand_down]
-        else:  # level1 or learned (some task's goal is out of reach), or either
-            down = reachable | verdicts["slow"] if self.hand_down == "either" else reachable
-        target = torch.where(down[:, None, None], goal.to(subgoal), subgoal)
+                hit |= reach <= (1 - self.gain) * self.low.distance
+            reachable = decide & hit.cpu().numpy()
+        target = self._where(reachable, goal, target)
+        ask = np.flatnonzero(decide & ~reachable)
+        for group in self.high.groups(ask):
+            start = time.perf_counter()
+            out = []
+            flops += self.flops.run(self.high.flops_key(group), lambda g=group: out.append(self.high.propose(g)),
+                                    tasks=len(group))
+            seconds += time.perf_counter() - start
+            subgoal, verdicts = out[0]
+            down = verdicts.get(self.hand_down, verdicts["slow"] if self.hand_down == "either" else None)
+            if down is None:  # level1 or learned: the goal is out of reach
+                down = torch.zeros(len(group), dtype=torch.bool, device=subgoal.device)
+            idx = torch.as_tensor(group, device=target.device)
+            target = target.clone()
+            target[idx] = torch.where(down[:, None, None].to(target.device), goal[idx], subgoal.to(target))
         self.low.set_goal(target)
-        if self.hand_down in NEEDS_REACH:  # replace the plan made toward the goal
-            self.low.replan()
-        self.subgoals.append((self.steps, target[:, -1].detach().float().cpu()))
-        return seconds, flops
+        if planned and len(ask):  # replace the plans made toward the goal
+            self.low.replan(only=ask if len(ask) < n else None)
+        for j in np.flatnonzero(decide | moved):
+            self.subgoals[self.slots[j]].append((self.steps, target[j, -1].detach().float().cpu()))
+        return seconds, flops, planned
+
+    def _differs(self, target: torch.Tensor) -> np.ndarray:
+        """Per task: whether ``target`` differs from the level below's goal now."""
+        if self.low.goal is None:
+            return np.ones(len(target), bool)
+        current = self.low.goal.to(target)
+        return (target != current).flatten(1).any(1).cpu().numpy()
+
+    @staticmethod
+    def _where(mask: np.ndarray, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per task: ``a`` where ``mask``, else ``b``."""
+        return torch.where(torch.as_tensor(mask, device=a.device)[:, None, None], a, b.to(a))
 
     @torch.no_grad()
     def _learned_reach(self, goal: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ Planning runs on the model's device and in its dtype.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -345,9 +346,12 @@ class LatentMPCAgent:
         s0, _, goal = self.last_plan
         return ((self.model.newest(s0) - goal) ** 2).mean(-1)
 
-    def replan(self) -> None:
+    def replan(self, only=None) -> None:
         """Plan from the frames seen so far toward the goal; refill the action queue (what was left of
-        it is dropped); record the time and model FLOPs."""
+        it is dropped); record the time and model FLOPs. With ``only`` (indices into the batch), plan again
+        for those tasks alone, after a plan for all: the others keep theirs."""
+        if only is not None:
+            return self._replan_some([int(i) for i in only])
         if self.goal is None:
             raise RuntimeError(f"{self.name}.replan() before a goal: call reset(goal_obs) or set_goal(latents) first")
         if not self.history.frames:
@@ -358,6 +362,25 @@ class LatentMPCAgent:
         key = f"plan/iterations {fewer or 'all'}/frames {self.history.unencoded(self.model.layout.history)}"
         self.plan_flops.append(self.flops.run(key, lambda: self._plan(fewer or None), tasks=len(self.goal)))
         self.plan_seconds.append(time.perf_counter() - start)
+
+    def _replan_some(self, tasks: list[int]) -> None:
+        """:meth:`replan` for ``tasks`` alone: a copy of this agent narrowed to them plans (its times, FLOPs
+        and draws are this agent's), and its plans replace theirs."""
+        if len(self.queue) != self.cfg.receding_horizon:
+            raise RuntimeError(f"{self.name}.replan(only=...) replaces some tasks' plans: plan for all first")
+        part = copy.copy(self)
+        part.history = copy.copy(self.history)
+        part.select(tasks)
+        part.replan()
+
+        def merged(mine: torch.Tensor, theirs: torch.Tensor) -> torch.Tensor:
+            return mine.index_copy(0, torch.as_tensor(tasks, dtype=torch.long, device=mine.device), theirs.to(mine))
+
+        self.queue = [np.array(mine, copy=True) for mine in self.queue]
+        for mine, theirs in zip(self.queue, part.queue):
+            mine[tasks] = theirs
+        self.warm = merged(self.warm, part.warm)
+        self.last_plan = tuple(merged(mine, theirs) for mine, theirs in zip(self.last_plan, part.last_plan))
 
     def _plan(self, iterations: int | None = None) -> None:
         """Plan from the newest frames toward ``self.goal`` (``iterations``: other than the planner's

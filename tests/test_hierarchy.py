@@ -223,6 +223,18 @@ def test_train_slow_resumes_installs_and_plan_runs_flat_and_hierarchical(tiny_da
     hier = results[1]  # the slow level's part of it, reported on its own
     assert 0 < hier["slow_gflops_per_step"] < hier["gflops_per_step"] and 0 < hier["slow_ms_per_step"] < hier["plan_ms_per_step"]
     assert "cem-hier" in out.stdout and "GFLOP" in out.stdout and "(slow level" in out.stdout
+    # both tasks played at once (the default batch) end as they do one by one
+    one = [*plan[:-2], "batch_tasks=1", f"output_dir={tmp_path}/one", f"hydra.run.dir={tmp_path}/h3"]
+    out = subprocess.run(one, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def journal(folder):
+        (path,) = (tmp_path / folder).glob("plan-reacher-*.tasks.jsonl")
+        lines = [json.loads(x) for x in path.read_text().splitlines()[1:]]
+        return {(x["agent"], x["index"]): (x["success"], x["steps"], round(x["final_goal_error"], 4))
+                for x in lines if "agent" in x}
+
+    assert journal("out") == journal("one") and len(journal("one")) == 4
     # the hand-down rule `learned` needs <model>/reach, trained by train_reach.py on the same latents
     learned = [*plan[:-2], "slow.hand_down=learned", f"output_dir={tmp_path}/o1", f"hydra.run.dir={tmp_path}/h5"]
     out = subprocess.run(learned, cwd=ROOT, capture_output=True, text=True, timeout=300)

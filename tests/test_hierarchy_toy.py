@@ -129,7 +129,7 @@ def test_hierarchical_planner_goes_through_the_door_where_flat_planning_at_the_s
     hier = hierarchical_agent(hand_down=hand_down)
     ok, best = run(hier)
     assert ok, f"the hierarchical planner came no closer than {best:.2f}"
-    assert len(hier.subgoals) >= 2 and any(float(s[0, 1]) < 12 for _, s in hier.subgoals)  # a subgoal toward the door
+    assert len(hier.subgoals[0]) >= 2 and any(float(s[1]) < 12 for _, s in hier.subgoals[0])  # a subgoal toward the door
     # the flat planner gets the hierarchy's model steps per plan (its K level-1 steps plus the slow
     # plan's 8 chunks of K steps) as one long horizon, and the same samples and iterations
     flat = flat_agent(horizon=K + 8 * K)
@@ -152,13 +152,13 @@ def test_a_goal_within_reach_of_the_level_that_acts_goes_down_at_once_and_a_far_
         agent.seed(0)
         agent.reset(image(goal))
         agent.act(image(start.numpy()))
-        (step0, handed), = agent.subgoals
-        assert step0 == 0 and torch.equal(handed[0], goal) == goes_down, (distance, handed.tolist())
-        assert (agent.high.since is None) == goes_down  # no slow plan where the goal went down
+        (step0, handed), = agent.subgoals[0]
+        assert step0 == 0 and torch.equal(handed, goal) == goes_down, (distance, handed.tolist())
+        assert (agent.high.since[0] < 0) == goes_down  # no slow plan where the goal went down
         if goes_down:
             assert float(agent.low.reach[0]) <= REACH
         else:
-            assert between(handed[0], start, goal) and float((handed[0] - start).norm()) > 2
+            assert between(handed, start, goal) and float((handed - start).norm()) > 2
 
 
 def test_slow_plans_after_an_episodes_first_run_the_warm_iterations():
@@ -198,12 +198,12 @@ def test_hwm_rule_hands_the_goal_down_for_the_last_steps_of_the_budget_and_stops
         p = start.clone()
         for _ in range(3 * K):
             p = open_step(p, torch.as_tensor(agent.act(image(p.numpy()))))
-        handed = [(t, torch.equal(g[0], goal)) for t, g in agent.subgoals]
+        handed = [(t, torch.equal(g, goal)) for t, g in agent.subgoals[0]]
         if budget is None:
-            assert handed == [(0, False), (K, False), (2 * K, False)] and agent.high.since == K, handed
+            assert handed == [(0, False), (K, False), (2 * K, False)] and agent.high.since.tolist() == [K], handed
         else:  # subgoals at steps 0 and K (the goal is still 7 units away at 2K); the goal at 2K on
             assert handed == [(0, False), (K, False), (2 * K, True)], handed
-            assert agent.high.since == 2 * K  # no slow plan since step K
+            assert agent.high.since.tolist() == [2 * K]  # no slow plan since step K
     with pytest.raises(ValueError, match="budget is >= 1"):
         agent.set_budget(0)
     with pytest.raises(ValueError, match="final_steps, warm_iterations >= 0"):
@@ -282,14 +282,64 @@ def test_three_stacked_levels_each_hand_down_a_subgoal_between_its_goal_and_the_
     p, checked = start, {2: 0, 3: 0}
     for t in range(30):
         a = torch.as_tensor(level3.act(image(p.numpy())))
-        new = {level: [s for step, s in agent.subgoals if step == t] for level, agent in ((3, level3), (2, level2))}
-        parent = {3: goal, 2: level3.subgoals[-1][1][0]}  # level 3 plans first: its newest subgoal is level 2's goal
+        new = {level: [s for step, s in agent.subgoals[0] if step == t] for level, agent in ((3, level3), (2, level2))}
+        parent = {3: goal, 2: level3.subgoals[0][-1][1]}  # level 3 plans first: its newest subgoal is level 2's goal
         for level, proposed in new.items():
             for q in proposed:
-                assert between(q[0], p, parent[level]), (level, t, q[0].tolist(), p.tolist(), parent[level].tolist())
+                assert between(q, p, parent[level]), (level, t, q.tolist(), p.tolist(), parent[level].tolist())
                 checked[level] += 1
         p = open_step(p, a)
         if float((p - goal).norm()) < 0.5:
             break
     assert float((p - goal).norm()) < 0.5, f"the stack stopped at {p.tolist()}"
     assert checked[3] >= 3 and checked[2] >= 9, checked  # level 3 every 6 steps, level 2 every 2
+
+
+# --- many tasks at once ---------------------------------------------------------------------------
+
+
+def play(agent, starts: torch.Tensor, goals: torch.Tensor, budgets: list[int], seeds: list[int]):
+    """Drive ``agent`` on the open floor from ``starts`` toward ``goals`` ``(B, 2)``, all at once, each task for
+    its own budget (a finished task leaves the batch); per task, its positions and the subgoals handed down."""
+    agent.seed(seeds if len(seeds) > 1 else seeds[0])
+    agent.reset(np.stack([image(g) for g in goals]))
+    agent.set_budget(budgets)
+    p, active, paths = starts.clone(), list(range(len(starts))), [[] for _ in starts]
+    for t in range(max(budgets)):
+        a = torch.as_tensor(agent.act(np.stack([image(p[i].numpy()) for i in active])))
+        for j, i in enumerate(active):
+            p[i] = open_step(p[i], a[j])
+            paths[i].append(p[i].clone())
+        keep = [j for j, i in enumerate(active) if t + 1 < budgets[i]]
+        if len(keep) < len(active):
+            active = [active[j] for j in keep]
+            if active:
+                agent.select(keep)
+    return [torch.stack(path) for path in paths], agent.subgoals
+
+
+@pytest.mark.parametrize("hand_down", ["either", "slow"])
+def test_a_batch_of_tasks_plays_as_each_of_them_alone(hand_down):
+    """Every decision is made per task: a goal within reach goes down at once while the other tasks plan
+    subgoals, each task's slow plans keep their own clock and warm start, its final steps (HWM's rule)
+    come at its own budget's end, and a finished task leaves the batch. Seeded per task, each task of
+    the batch moves exactly as it does alone and is handed the same subgoals at the same steps."""
+    cem = CEMConfig(samples=40, elites=5, iterations=3)
+    cfg = MPCConfig(planner="cem", horizon=K, receding_horizon=K, settle=0.0, cem=cem)
+    slow = SlowPlanConfig(horizon=4, box=1.0, hand_down=hand_down,
+                          final_steps=K, warm_iterations=2, cem=cem)
+    starts = torch.tensor([[2.0, 10.0], [2.0, 10.0], [10.0, 3.0]])
+    goals = torch.tensor([[5.0, 10.0], [18.0, 12.0], [3.0, 17.0]])  # 3 units away (within reach), then far
+    budgets, seeds = [4 * K, 5 * K, 2 * K], [11, 12, 13]
+
+    def agent():
+        return two_levels(OpenFloor(), HeldActions(K), cfg, slow, LOW, HIGH, torch.Generator(), reach=REACH)
+
+    paths, subgoals = play(agent(), starts, goals, budgets, seeds)
+    for i in range(3):
+        alone, handed = play(agent(), starts[i : i + 1], goals[i : i + 1], budgets[i : i + 1], seeds[i : i + 1])
+        assert torch.allclose(paths[i], alone[0], atol=1e-5), (i, paths[i].tolist(), alone[0].tolist())
+        assert [t for t, _ in subgoals[i]] == [t for t, _ in handed[0]], i
+        assert all(torch.allclose(a, b, atol=1e-5) for (_, a), (_, b) in zip(subgoals[i], handed[0]))
+    if hand_down == "either":
+        assert torch.equal(subgoals[0][0][1], goals[0]) and not torch.equal(subgoals[1][0][1], goals[1])

@@ -304,6 +304,31 @@ def test_an_agent_encodes_each_frame_once_and_its_states_equal_the_models_encodi
     assert encoded == [(2, 1), (2, 1), (2, 1)]
 
 
+def test_a_window_of_some_tasks_encodes_only_their_frames_and_each_frame_of_a_task_once():
+    import numpy as np
+
+    from planners.frames import FrameHistory
+
+    layout = StateLayout(latent_dim=3, history=2, action_block=2, action_dim=1)
+    history, calls = FrameHistory(layout, keep=layout.span), []
+
+    def encode(x):  # (n, m, C, H, W) -> (n, m, 3): the image's first pixel, repeated
+        calls.append(tuple(x.shape[:2]))
+        return x[:, :, 0, 0, :1].float().expand(-1, -1, 3)
+
+    frames = np.arange(3 * 3).reshape(3, 3, 1, 1, 1).astype(np.uint8).repeat(2, 2).repeat(2, 3)  # (t, B=3, 2, 2, 1)
+    for t in range(3):
+        history.add_frame(frames[t])
+        history.add_action(np.zeros((3, 1), np.float32))
+    assert history.unencoded(2, [1]) == 2
+    z, a = history.latent_window(2, encode, torch.device("cpu"), torch.float32, tasks=[1])
+    assert calls == [(1, 2)] and z.shape == (1, 2, 3) and a.shape == (1, 2, 1)
+    assert z[0, :, 0].tolist() == [frames[0, 1, 0, 0, 0], frames[2, 1, 0, 0, 0]]  # boundaries 2 steps apart
+    assert history.unencoded(2, [1]) == 0 and history.unencoded(2) == 2
+    z, _ = history.latent_window(2, encode, torch.device("cpu"), torch.float32)  # the others' frames, now
+    assert calls[1] == (2, 2) and z[:, :, 0].tolist() == frames[[0, 2], :, 0, 0, 0].T.tolist()
+
+
 def latents_state(model, latents, x, a):
     L = model.layout
     return L.compose(latents(x), L.blocks(a))

@@ -172,6 +172,7 @@ class EpisodeResult:
     plan_seconds: list[float] = field(default_factory=list)  # the agent's replans (planners only)
     plan_flops: list[float] = field(default_factory=list)  # model FLOPs of each replan (planners only)
     frames: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (image, goal error) when recorded
+    subgoals: list[tuple[int, object]] = field(default_factory=list)  # (env step, latent) handed down, when recorded
 
     def to_json(self) -> dict:
         """Everything but the frames, JSON-able (what an interrupted evaluation keeps)."""
@@ -191,7 +192,8 @@ def run_task(
     """Reset ``env`` to the task's start state and let ``agent`` act for up to ``budget`` steps
     (the task's own budget where it has one).
 
-    With ``record``, the result keeps every image with its goal error (for videos).
+    With ``record``, the result keeps every image with its goal error and, from an agent that hands
+    subgoals down (``agent.subgoals``, one list per task), each subgoal with its env step (for videos).
     """
     budget = task.budget if task.budget is not None else budget
     if budget < 1:
@@ -219,11 +221,18 @@ def run_task(
         best = min(best, err)
         if record:
             frames.append((obs, err))
-        if spec.success(state, task.goal_state):
-            return EpisodeResult(True, step, err, best, times, list(agent_plans[plans_before:]),
-                                 list(agent_flops[flops_before:]), frames)
-    return EpisodeResult(False, budget, err, best, times, list(agent_plans[plans_before:]),
-                         list(agent_flops[flops_before:]), frames)
+        success = spec.success(state, task.goal_state)
+        if success:
+            break
+    return EpisodeResult(bool(success), step, err, best, times,
+                         list(agent_plans[plans_before:]), list(agent_flops[flops_before:]), frames,
+                         handed_down(agent, 0) if record else [])
+
+
+def handed_down(agent: Agent, task: int) -> list:
+    """The subgoals ``agent`` handed down to task ``task`` of its batch (none from an agent without subgoals)."""
+    subgoals = getattr(agent, "subgoals", None)
+    return list(subgoals[task]) if subgoals else []
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -257,6 +266,8 @@ def run_tasks(envs: list[gymnasium.Env], spec: EnvSpec, tasks: list[GoalTask], a
         spec.set_state(env, task.start_state)
         obs.append(env.unwrapped.render())
     agent.reset(np.stack([t.goal_obs for t in tasks]))
+    if hasattr(agent, "set_budget"):  # agents that plan by the steps left (HWM's hand-down rule)
+        agent.set_budget(np.asarray(budgets))
     n = len(tasks)
     errors = [spec.goal_error(spec.get_state(env), t.goal_state) for env, t in zip(envs, tasks)]
     frames = [[(obs[i], errors[i])] if i in record else [] for i in range(n)]
@@ -283,7 +294,7 @@ def run_tasks(envs: list[gymnasium.Env], spec: EnvSpec, tasks: list[GoalTask], a
             success = spec.success(state, tasks[i].goal_state)
             if success or step == budgets[i]:
                 results[i] = EpisodeResult(bool(success), step, errors[i], best[i], times[i], plans[i], flops[i],
-                                           frames[i])
+                                           frames[i], handed_down(agent, i) if i in record else [])
                 if on_result is not None:
                     on_result(i, results[i])
         keep = [j for j, i in enumerate(active) if results[i] is None]
