@@ -433,8 +433,7 @@ class HierarchicalAgent:
         n = len(goal)
         final = self.final
         decide = self.high.due & ~final
-        target = goal if self.low.goal is None else torch.where(torch.as_tensor(final, device=goal.device)[:, None, None],
-                                                                 goal, self.low.goal.to(goal))
+        target = goal if self.low.goal is None else self._where(final, goal, self.low.goal)
         moved = final & self._differs(target)  # final tasks whose goal goes down now
         reachable, seconds, flops, planned = np.zeros(n, bool), 0.0, 0.0, False
         if self.hand_down == "learned" and decide.any():  # a learned temporal distance from the newest frame
@@ -460,12 +459,12 @@ class HierarchicalAgent:
                                     tasks=len(group))
             seconds += time.perf_counter() - start
             subgoal, verdicts = out[0]
-            down = verdicts.get(self.hand_down, verdicts["slow"] if self.hand_down == "either" else None)
-            if down is None:  # level1 or learned: the goal is out of reach
-                down = torch.zeros(len(group), dtype=torch.bool, device=subgoal.device)
             idx = torch.as_tensor(group, device=target.device)
-            target = target.clone()
-            target[idx] = torch.where(down[:, None, None].to(target.device), goal[idx], subgoal.to(target))
+            chosen = subgoal.to(target)
+            rule = "slow" if self.hand_down == "either" else self.hand_down
+            if rule in verdicts:  # the slow level may hand the goal itself down (level1, learned: out of reach)
+                chosen = self._where(verdicts[rule], goal[idx], chosen)
+            target = target.index_copy(0, idx, chosen)
         self.low.set_goal(target)
         if planned and len(ask):  # replace the plans made toward the goal
             self.low.replan(only=ask if len(ask) < n else None)

@@ -50,14 +50,21 @@ def test_hindsight_examples_are_states_goals_and_actions_of_one_episode():
         HindsightStates(eps, z[:-1], layout, 7)
 
 
-def test_the_policy_learns_the_way_to_a_goal_and_saves(tmp_path):
+def point_policy(max_steps: int):
+    """An untrained policy on the point mass (its input scale fitted) and its training and validation examples
+    with goals up to ``max_steps`` ahead."""
     layout = StateLayout(latent_dim=2, history=1, action_block=1, action_dim=2)
     eps, z = point_mass(episodes=200)
     val_eps, val_z = point_mass(episodes=20, seed=1)
     torch.manual_seed(0)
-    policy = GoalPolicy(layout, PolicyConfig(hidden=64, layers=2, max_steps=1), LOW, HIGH)
-    train, val = HindsightStates(eps, z, layout, 1), HindsightStates(val_eps, val_z, layout, 1)
+    policy = GoalPolicy(layout, PolicyConfig(hidden=64, layers=2, max_steps=max_steps), LOW, HIGH)
+    train, val = HindsightStates(eps, z, layout, max_steps), HindsightStates(val_eps, val_z, layout, max_steps)
     policy.fit_scale(train.fixed(2048)[0])
+    return policy, train, val
+
+
+def test_the_policy_learns_the_way_to_a_goal_and_saves(tmp_path):
+    policy, train, val = point_policy(max_steps=1)
     cfg = PolicyTrainConfig(steps=600, batch_size=256, lr=3e-3, log_every=300, checkpoint_every=600, progress=False,
                             val_examples=512, bc_weight=1.0, plan_weight=0.0)
     log = Trainer(PolicyObjective(policy, cfg, train, val), cfg, tmp_path / "run").run()
@@ -87,13 +94,7 @@ class PointWorld:
 
 
 def test_the_plan_term_learns_to_reach_goals_from_random_data_through_the_model(tmp_path):
-    layout = StateLayout(latent_dim=2, history=1, action_block=1, action_dim=2)
-    eps, z = point_mass(episodes=200)
-    val_eps, val_z = point_mass(episodes=20, seed=1)
-    torch.manual_seed(0)
-    policy = GoalPolicy(layout, PolicyConfig(hidden=64, layers=2, max_steps=6), LOW, HIGH)
-    train, val = HindsightStates(eps, z, layout, 6), HindsightStates(val_eps, val_z, layout, 6)
-    policy.fit_scale(train.fixed(2048)[0])
+    policy, train, val = point_policy(max_steps=6)
     cfg = PolicyTrainConfig(steps=400, batch_size=256, lr=3e-3, log_every=200, checkpoint_every=400, progress=False,
                             val_examples=512, bc_weight=0.0, plan_weight=1.0, horizon=6)
     log = Trainer(PolicyObjective(policy, cfg, train, val, world=PointWorld()), cfg, tmp_path / "run").run()
