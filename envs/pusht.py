@@ -39,6 +39,7 @@ import numpy as np
 import pygame
 import pymunk
 import pymunk.pygame_util
+from pymunk.vec2d import Vec2d
 from gymnasium.spaces import Box
 from gym_pusht.envs.pusht import PushTEnv
 from gym_pusht.envs.pymunk_override import DrawOptions
@@ -95,6 +96,21 @@ class PixelPushTEnv(PushTEnv):
         return obs, reward, False, truncated, {**self.physics(), "state": self.get_state(),
                                                "n_contacts": info["n_contacts"]}
 
+    def advance(self, action: np.ndarray) -> None:
+        """One step's physics for a relative ``action``, as :meth:`step` moves it, with no frame drawn (the
+        simulator oracle's rollouts: drawing is most of a step's cost)."""
+        target = np.clip(np.asarray(self.agent.position) + ACTION_SCALE * np.clip(action, -1.0, 1.0), 0.0, 512.0)
+        for _ in range(int(1 / (self.dt * self.control_hz))):  # gym-pusht's PD control and physics substeps
+            self.agent.velocity += (self.k_p * (Vec2d(*target) - self.agent.position)
+                                    + self.k_v * (Vec2d(0, 0) - self.agent.velocity)) * self.dt
+            self.space.step(self.dt)
+
+    def scratch(self) -> "PixelPushTEnv":
+        """A second env of the same physics, made once, to simulate on without touching this one."""
+        if getattr(self, "_scratch", None) is None:
+            self._scratch = PixelPushTEnv(self.image_size, block_cog=self.block_cog, damping=self.damping)
+        return self._scratch
+
     def _draw(self) -> pygame.Surface:
         """gym-pusht's drawing (white arena, its goal zone, the walls, the T and the agent) without pymunk's
         contact points."""
@@ -150,6 +166,20 @@ class PixelPushTEnv(PushTEnv):
         self.block.velocity, self.block.angular_velocity = (s[7], s[8]), s[9]
         self.space.reindex_shapes_for_body(self.block)
         self.space.reindex_shapes_for_body(self.agent)
+
+
+def simulate(env, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """The flat states ``(S, H, 10)`` after each step of action sequences ``(S, H, 2)`` played from
+    ``state``, on ``env``'s scratch copy (``env`` itself is left as it was)."""
+    sim = env.unwrapped.scratch()
+    actions = np.asarray(actions, dtype=np.float64)
+    out = np.empty((*actions.shape[:2], 10))
+    for i, sequence in enumerate(actions):
+        sim.set_state(state)
+        for t, action in enumerate(sequence):
+            sim.advance(action)
+            out[i, t] = sim.get_state()
+    return out
 
 
 COG = np.array([0.0, 45.0])  # the T's centre of gravity in its own frame (gym-pusht's add_tee, scale 30)
@@ -238,5 +268,6 @@ SPEC = register_env(
         description="Push-T (gym-pusht, pymunk), RGB from above, relative actions",
         state_groups=(("agent", (0, 1, 5, 6)), ("block", (2, 3, 4, 7, 8, 9))),
         expert=pusht_expert,
+        simulate=simulate,
     )
 )

@@ -107,6 +107,10 @@ class EnvSpec:
         derived_quantities: ``derived_quantities(physics, env_kwargs) -> {name: (N, k) array}``,
             quantities computed from recorded ones (the maze: the shortest-path distance in cells
             to a fixed cell), which probes read as well; ``None``: none.
+        simulate: ``simulate(env, state, actions) -> states``: the flat states ``(S, H, state_dim)``
+            after each step of ``S`` action sequences ``(S, H, action_dim)`` played from ``state``,
+            leaving ``env`` as it was (what the simulator oracle plans with); ``None``: the env is a
+            MuJoCo one and ``mujoco.rollout`` simulates it.
     """
 
     name: str
@@ -127,6 +131,7 @@ class EnvSpec:
     subgoal: Callable[[gymnasium.Env, np.ndarray, np.ndarray], np.ndarray] | None = None
     derived_quantities: Callable[[dict[str, np.ndarray], dict], dict[str, np.ndarray]] | None = None
     expert: Callable[[np.random.Generator], Callable[[np.ndarray], np.ndarray]] | None = None
+    simulate: Callable[[gymnasium.Env, np.ndarray, np.ndarray], np.ndarray] | None = None
     config: type | None = None
 
     def __post_init__(self):

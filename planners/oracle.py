@@ -2,7 +2,8 @@
 
 Privileged by design: it reads the simulator's state and the goal state, never the
 images. It validates the environment, the protocol and the planner independently of
-learning. Candidate action sequences are simulated in parallel with
+learning. Candidate action sequences are simulated with the env's own ``spec.simulate``
+(Push-T: pymunk on a scratch copy) or, for a MuJoCo env, in parallel with
 ``mujoco.rollout`` from the current full physics state.
 """
 
@@ -38,8 +39,9 @@ class OracleAgent:
         space = env.action_space
         self.bounds = Bounds(space.low, space.high)
         self.cem = CEM(cfg, horizon, self.bounds)
-        self.frame_skip = self.env.frame_skip
-        self.data = mujoco.MjData(self.env.model)
+        if spec.simulate is None:  # a MuJoCo env
+            self.frame_skip = self.env.frame_skip
+            self.data = mujoco.MjData(self.env.model)
         self.plan_seconds: list[float] = []
 
     def seed(self, seed: int) -> None:
@@ -63,14 +65,23 @@ class OracleAgent:
         return self.queue.pop(0)
 
     def _cost(self, actions: torch.Tensor) -> torch.Tensor:
-        model, S = self.env.model, actions.shape[1]
+        """The smallest goal error along each of the ``(1, S, H, A)`` candidate plans, ``(1, S)``."""
+        S = actions.shape[1]
+        if self.spec.simulate is not None:
+            flat = self.spec.simulate(self.env, self.spec.get_state(self.env), actions[0].double().numpy())
+        else:
+            flat = self._mujoco_states(actions[0].double().numpy())
+        errors = np.array([[self.spec.goal_error(s, self.goal) for s in traj] for traj in flat])  # (S, H)
+        return torch.from_numpy(errors.min(1)).float().view(1, S)
+
+    def _mujoco_states(self, actions: np.ndarray) -> np.ndarray:
+        """The flat ``[qpos, qvel]`` after each env step of plans ``(S, H, A)``, ``(S, H, nq + nv)``."""
+        model = self.env.model
         full = mujoco.mjtState.mjSTATE_FULLPHYSICS
         state0 = np.empty(mujoco.mj_stateSize(model, full))
         mujoco.mj_getState(model, self.env.data, state0, full)
-        control = np.repeat(actions[0].double().numpy(), self.frame_skip, axis=1)  # (S, H * skip, A)
+        control = np.repeat(actions, self.frame_skip, axis=1)  # (S, H * skip, A)
         states, _ = mujoco.rollout.rollout(model, self.data, state0[None], control)
         nq, nv = model.nq, model.nv
         at_steps = states[:, self.frame_skip - 1 :: self.frame_skip]  # after each env step
-        flat = np.concatenate([at_steps[..., 1 : 1 + nq], at_steps[..., 1 + nq : 1 + nq + nv]], -1)
-        errors = np.array([[self.spec.goal_error(s, self.goal) for s in traj] for traj in flat])  # (S, H)
-        return torch.from_numpy(errors.min(1)).float().view(1, S)
+        return np.concatenate([at_steps[..., 1 : 1 + nq], at_steps[..., 1 + nq : 1 + nq + nv]], -1)

@@ -207,3 +207,38 @@ def test_plan_py_runs_on_pusht_with_a_tiny_model(tmp_path):
     assert "goal 10 steps ahead, budget 10 steps" in out.stdout and "pose error" in out.stdout
     (dataset,) = [d for d in (tmp_path / "data").iterdir() if not d.name.startswith(".")]
     assert dataset.name.startswith("pusht-expert-64px-heldout2x30-")
+
+
+def test_simulate_plays_what_step_plays_and_leaves_the_env_as_it_was(env):
+    state = random_walk(env, 5, 30)[-1][0]
+    actions = np.random.default_rng(2).uniform(-1, 1, (3, 12, 2))
+    SPEC.set_state(env, state)
+    simulated = SPEC.simulate(env, state, actions)
+    assert simulated.shape == (3, 12, 10)
+    assert np.array_equal(SPEC.get_state(env), state)
+    for plan, states in zip(actions, simulated):
+        SPEC.set_state(env, state)
+        assert np.array_equal(np.stack([env.step(a)[4]["state"] for a in plan]), states)
+
+
+@pytest.mark.slow
+def test_the_simulator_oracle_pushes_the_t_to_a_goal_pose_the_zero_policy_does_not(env):
+    import torch
+
+    from planners.cem import CEMConfig
+    from planners.oracle import OracleAgent
+    from worldmodel.evaluation import GoalTask, ZeroAgent, run_task
+
+    env.reset(seed=6)
+    expert = SPEC.expert(np.random.default_rng(6))
+    states = [SPEC.get_state(env)]
+    for _ in range(15):
+        states.append(env.step(expert(states[-1]))[4]["state"])
+    assert np.linalg.norm(states[-1][2:4] - states[0][2:4]) > 10  # the T moved: the goal needs a push
+    task = GoalTask(episode=0, start=0, start_state=states[0], goal_state=states[-1], goal_obs=np.zeros((64, 64, 3),
+                    np.uint8))
+    oracle = OracleAgent(env, SPEC, CEMConfig(samples=200, elites=20, iterations=5), horizon=20, receding_horizon=5,
+                         generator=torch.Generator().manual_seed(0))  # envs/pusht.yaml's oracle
+    result = run_task(env, SPEC, task, oracle, budget=30)
+    assert result.success, result
+    assert not run_task(env, SPEC, task, ZeroAgent(env.action_space), budget=30).success

@@ -26,6 +26,7 @@ from worldmodel.dynamics import (
     validate,
 )
 from worldmodel.evaluation import evaluate_agent, sample_goal_tasks
+from worldmodel.jepa.vit import normalize_images
 from worldmodel.training import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +155,36 @@ def test_conv_encoder_trains_end_to_end_against_its_ema_target(tiny_dataset, tmp
         DynamicsConfig(encoder="conv", latent_dim=0)
     with pytest.raises(ValueError, match="unknown encoder"):
         DynamicsConfig(encoder="resnet")
+
+
+def test_pixel_encoder_learns_a_head_on_pooled_pixels_and_saves_with_it(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    cfg = DynamicsConfig(encoder="pixels", pool=8, project_dim=0, latent_dim=8, head_hidden=32, action_block=2,
+                         hidden=64, depth=2)
+    model = WorldModel.build(cfg, 2, image_shape=(3, 64, 64))
+    obs = torch.from_numpy(np.array(tiny_dataset.split("val").obs[:16])).permute(0, 3, 1, 2)
+    # its fixed features are the image averaged over 8 x 8 pixel squares, normalised as the ViT's input
+    expected = F.avg_pool2d(normalize_images(obs), 8).flatten(1)
+    assert model.encoder.features(obs).shape == (16, 3 * 8 * 8) and not model.encoder.pretrained
+    assert torch.allclose(model.encoder.features(obs), expected, atol=1e-5)
+    start = copy.deepcopy(model.encoder.head.state_dict())
+    batches, _ = train_tiny(model, tiny_dataset, tmp_path, steps=150, batch_size=32, log_every=50, ema=0.9)
+    assert all(not torch.equal(v, start[k]) for k, v in model.encoder.head.state_dict().items())
+    x, a = batches["train"].sample(256, torch.Generator().manual_seed(1))
+    z = model.encoder.latents(x, target=True)
+    with torch.no_grad():
+        pred = model.newest(model.predict(model.layout.window_states(z, a)[:, :-1], a[:, 1:]))
+    assert F.mse_loss(pred, z[:, 2:]).item() < 0.7 * F.mse_loss(z[:, 1:-1], z[:, 2:]).item()  # beats "nothing moves"
+    assert validate(model, batches["val"])["latent_std"] > 0.1
+    model.save_pretrained(tmp_path / "model")
+    loaded = WorldModel.from_pretrained(tmp_path / "model")
+    assert type(loaded.encoder).__name__ == "PixelFrames" and torch.equal(loaded.latents(obs), model.eval().latents(obs))
+    baseline = model.encoder.random_baseline(tiny_dataset.split("train"), seed=0)  # the standardised pixels
+    assert baseline.latent_dim == 3 * 8 * 8
+    assert torch.allclose(baseline.latents(baseline.features(obs)),
+                          (expected - model.encoder.feature_mean) / model.encoder.feature_std, atol=1e-4)
+    with pytest.raises(ValueError, match="pool 7 must divide the image sides 64x64"):
+        WorldModel.build(DynamicsConfig(encoder="pixels", pool=7, project_dim=0), 2, image_shape=(3, 64, 64))
 
 
 def test_train_dynamics_resumes_and_its_conv_model_plans(tiny_dataset, tmp_path):

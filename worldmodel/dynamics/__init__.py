@@ -7,6 +7,8 @@ from worldmodel.dynamics.frames import (
     FrameEncoder,
     FrozenJEPAFrames,
     ImageTable,
+    PixelFrames,
+    ProjectedFrames,
 )
 from worldmodel.dynamics.layout import StateLayout
 from worldmodel.dynamics.model import DynamicsConfig, WorldModel
@@ -30,6 +32,8 @@ __all__ = [
     "FrameEncoder",
     "FrozenJEPAFrames",
     "ImageTable",
+    "PixelFrames",
+    "ProjectedFrames",
     "StateLayout",
     "WindowBatches",
     "WorldModel",

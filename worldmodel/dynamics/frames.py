@@ -7,7 +7,7 @@ A frame encoder has two parts:
 - ``latents(x, target)``: the trained part, ``head``, with an EMA twin ``target_head``
   that gives prediction targets (under stop-gradient) and the latents used for planning.
 
-Two implementations; a new kind is a new class here, registered in ``FRAME_ENCODERS``:
+Three implementations; a new kind is a new class here, registered in ``FRAME_ENCODERS``:
 
 - :class:`FrozenJEPAFrames` (``frozen``): the pretrained JEPA ViT, frozen. A frame's
   features are its patch tokens average-pooled onto a ``pool x pool`` grid, flattened and
@@ -15,6 +15,9 @@ Two implementations; a new kind is a new class here, registered in ``FRAME_ENCOD
   frames). The head standardises them with dataset statistics and maps them through a
   small MLP onto ``latent_dim`` dimensions (``latent_dim = 0``: no MLP, the standardised
   features are the latent).
+- :class:`PixelFrames` (``pixels``): the same projection, standardisation and head on the
+  image itself average-pooled to ``pool x pool`` pixels: a head trained end to end on a
+  low-resolution view, which keeps small objects that the ViT's tokens blur (Push-T's agent).
 - :class:`ConvFrames` (``conv``): a small conv net trained end to end from pixels (as
   PLDM and LeWorldModel train theirs). Its features are the images themselves.
 """
@@ -115,25 +118,21 @@ class FrameEncoder(nn.Module):
         return self
 
 
-class FrozenJEPAFrames(FrameEncoder):
-    """Pooled, projected features of a frozen JEPA ViT, then a standardising MLP head.
+class ProjectedFrames(FrameEncoder):
+    """Fixed features pooled onto a grid, projected onto their principal components and standardised, then
+    a trained MLP head: what the frozen JEPA and the pooled-pixel encoders share. A subclass says what is
+    pooled (:meth:`pooled`) and what that depends on (:meth:`source_key`).
 
     Args:
-        vit: the pretrained encoder (frozen here).
         cfg: ``pool``, ``project_dim``, ``standardize``, ``latent_dim``, ``head_hidden``.
+        image_shape: ``(C, H, W)`` of the images.
+        pooled_dim: size of :meth:`pooled`'s vectors.
     """
 
-    pretrained = True
-
-    def __init__(self, vit: ViTEncoder, cfg):
+    def __init__(self, cfg, image_shape: tuple[int, int, int], pooled_dim: int):
         super().__init__()
-        grid = vit.cfg.grid[0]
-        if grid % cfg.pool:
-            raise ValueError(f"pool {cfg.pool} must divide the patch grid side {grid}")
         self.cfg = cfg
-        self.vit = vit.requires_grad_(False).eval()
-        self.image_shape = (vit.cfg.in_chans, vit.cfg.image_size, vit.cfg.image_size)
-        pooled_dim = cfg.pool**2 * vit.width
+        self.image_shape = tuple(int(x) for x in image_shape)
         if cfg.project_dim > pooled_dim:
             raise ValueError(f"project_dim {cfg.project_dim} exceeds the {pooled_dim} pooled dimensions")
         self.feature_dim = cfg.project_dim or pooled_dim
@@ -150,19 +149,13 @@ class FrozenJEPAFrames(FrameEncoder):
             self.head = nn.Identity()
         self.target_head = copy.deepcopy(self.head).requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "FrozenJEPAFrames":
-        super().train(mode)
-        self.vit.eval()  # always frozen
-        return self
-
-    @torch.no_grad()
     def pooled(self, obs: torch.Tensor) -> torch.Tensor:
-        """Pooled patch tokens ``(N, pool^2 * D)`` of images ``(N, C, H, W)`` uint8."""
-        tokens = self.vit(obs)  # (N, n_patches, D)
-        g = self.vit.cfg.grid[0]
-        grid = rearrange(tokens, "b (h w) d -> b d h w", h=g, w=g)
-        pooled = F.adaptive_avg_pool2d(grid, self.cfg.pool)  # (N, D, p, p)
-        return rearrange(pooled, "b d h w -> b (h w d)")
+        """The fixed features ``(N, pooled_dim)`` of images ``(N, C, H, W)`` uint8, before the projection."""
+        raise NotImplementedError
+
+    def source_key(self) -> str:
+        """What :meth:`pooled` depends on (a cache key)."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def features(self, obs: torch.Tensor) -> torch.Tensor:
@@ -178,10 +171,6 @@ class FrozenJEPAFrames(FrameEncoder):
         return (self.target_head if target else self.head)(x)
 
     # --- fitted before training ------------------------------------------------------------------
-    def vit_key(self) -> str:
-        """What the pooled features depend on: the ViT's weights and the pooling."""
-        return digest(self.vit.parameters(), self.cfg.pool)
-
     @torch.no_grad()
     def fit_projection(self, episodes: Episodes, frames: int = 6000, seed: int = 0) -> None:
         """Principal components of the pooled features of ``frames`` random frames of ``episodes``."""
@@ -201,14 +190,12 @@ class FrozenJEPAFrames(FrameEncoder):
         self.pca_mean.copy_(mean)
         self.pca_components.copy_(v[:, :q])
 
-    def config(self) -> dict:
-        return self.vit.cfg.to_dict()
-
     def prepare(self, train: Episodes, seed: int, cache: FeatureCache | None = None, progress: bool = True):
         """Fit the projection (seeded; cached) and the standardisation on the training frames; returns
         the train split's feature table."""
         if self.cfg.project_dim:
-            key = digest([], self.vit_key(), cache and cache.data_key, self.cfg.project_dim, seed, self.device.type)
+            key = digest([], self.source_key(), cache and cache.data_key, self.cfg.project_dim, seed,
+                         self.device.type)
 
             def fit() -> dict[str, torch.Tensor]:
                 devices = [self.device] if self.device.type == "cuda" else []
@@ -235,17 +222,56 @@ class FrozenJEPAFrames(FrameEncoder):
     def feature_table(self, episodes: Episodes, cache: FeatureCache | None = None, progress: bool = True,
                       batch: int = 256) -> torch.Tensor:
         """Features of every frame ``(F, feature_dim)`` float32 on the CPU, computed on the encoder's device
-        (cached under ``cache`` when given, keyed by the frames, the encoder and the projection)."""
+        (cached under ``cache`` when given, keyed by the frames, the source and the projection)."""
         path = None
         if cache is not None:
             projection = [self.pca_mean, self.pca_components] if self.cfg.project_dim else []
-            key = digest(projection, self.vit_key(), self.cfg.project_dim, cache.data_key, self.device.type)
+            key = digest(projection, self.source_key(), self.cfg.project_dim, cache.data_key, self.device.type)
             path = cache.path("features", key, ".npy")
         return feature_table(episodes, self.features, self.feature_dim, self.device, path, progress, batch)
 
     def probe_representations(self, table: torch.Tensor) -> dict[str, np.ndarray]:
-        """The standardised frozen features under the head (``encoder``)."""
+        """The standardised fixed features under the head (``encoder``)."""
         return {"encoder": ((table - self.feature_mean.cpu()) / self.feature_std.cpu()).numpy()}
+
+
+class FrozenJEPAFrames(ProjectedFrames):
+    """Pooled, projected features of a frozen JEPA ViT, then a standardising MLP head.
+
+    Args:
+        vit: the pretrained encoder (frozen here).
+        cfg: ``pool``, ``project_dim``, ``standardize``, ``latent_dim``, ``head_hidden``.
+    """
+
+    pretrained = True
+
+    def __init__(self, vit: ViTEncoder, cfg):
+        grid = vit.cfg.grid[0]
+        if grid % cfg.pool:
+            raise ValueError(f"pool {cfg.pool} must divide the patch grid side {grid}")
+        super().__init__(cfg, (vit.cfg.in_chans, vit.cfg.image_size, vit.cfg.image_size), cfg.pool**2 * vit.width)
+        self.vit = vit.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "FrozenJEPAFrames":
+        super().train(mode)
+        self.vit.eval()  # always frozen
+        return self
+
+    @torch.no_grad()
+    def pooled(self, obs: torch.Tensor) -> torch.Tensor:
+        """Pooled patch tokens ``(N, pool^2 * D)`` of images ``(N, C, H, W)`` uint8."""
+        tokens = self.vit(obs)  # (N, n_patches, D)
+        g = self.vit.cfg.grid[0]
+        grid = rearrange(tokens, "b (h w) d -> b d h w", h=g, w=g)
+        pooled = F.adaptive_avg_pool2d(grid, self.cfg.pool)  # (N, D, p, p)
+        return rearrange(pooled, "b d h w -> b (h w d)")
+
+    def source_key(self) -> str:
+        """The ViT's weights and the pooling."""
+        return digest(self.vit.parameters(), self.cfg.pool)
+
+    def config(self) -> dict:
+        return self.vit.cfg.to_dict()
 
     def random_baseline(self, train: Episodes, seed: int) -> "FrozenJEPAFrames":
         """A random-init ViT of the same architecture with the same pooling and projection (fitted on
@@ -258,6 +284,43 @@ class FrozenJEPAFrames(FrameEncoder):
             torch.manual_seed(seed)
             rand.fit_projection(train, frames=4000, seed=seed)
         return rand
+
+
+class PixelFrames(ProjectedFrames):
+    """The image itself, average-pooled to ``pool x pool`` pixels (``C * pool^2`` values, normalised as
+    the ViT normalises its input), optionally projected, standardised and mapped by the trained head: an encoder trained end to end on
+    a low-resolution view, with nothing pretrained. Where the pixels are few, every frame's features are
+    cached and training costs what the frozen encoder's head costs.
+
+    Args:
+        cfg: ``pool`` (must divide the image side), ``project_dim``, ``standardize``, ``latent_dim``,
+            ``head_hidden``.
+        image_shape: ``(C, H, W)`` of the images.
+    """
+
+    def __init__(self, cfg, image_shape: tuple[int, int, int]):
+        c, h, w = (int(x) for x in image_shape)
+        if h % cfg.pool or w % cfg.pool:
+            raise ValueError(f"pool {cfg.pool} must divide the image sides {h}x{w}")
+        super().__init__(cfg, (c, h, w), c * cfg.pool**2)
+
+    @torch.no_grad()
+    def pooled(self, obs: torch.Tensor) -> torch.Tensor:
+        """The images ``(N, C, H, W)`` uint8 averaged onto ``pool x pool`` pixels, flattened ``(N, C * pool^2)``."""
+        x = normalize_images(obs).to(self.feature_mean.dtype)
+        return F.adaptive_avg_pool2d(x, self.cfg.pool).flatten(1)
+
+    def source_key(self) -> str:
+        return digest([], "pixels", self.cfg.pool)
+
+    def random_baseline(self, train: Episodes, seed: int) -> "PixelFrames":
+        """The same pooled pixels and projection with no head: the standardised pixels are its latents."""
+        cfg = type(self.cfg)(**{**self.cfg.to_dict(), "latent_dim": 0})
+        base = PixelFrames(cfg, self.image_shape).to(self.device).eval()
+        for name in ("pca_mean", "pca_components", "feature_mean", "feature_std"):
+            if hasattr(self, name):
+                getattr(base, name).copy_(getattr(self, name))
+        return base
 
 
 class ConvNet(nn.Module):
@@ -336,7 +399,8 @@ def load_pretrained_vit(cfg, checkpoint: str | Path) -> ViTEncoder | None:
 
 
 def build_frame_encoder(cfg, image_shape: tuple[int, int, int] | None, vit: ViTEncoder | None) -> FrameEncoder:
-    """The frame encoder ``cfg.encoder`` names: ``frozen`` needs the pretrained ``vit``, ``conv`` the ``image_shape``."""
+    """The frame encoder ``cfg.encoder`` names: ``frozen`` needs the pretrained ``vit``, the others the
+    ``image_shape``."""
     if cfg.encoder == "frozen":
         if vit is None:
             raise ValueError("the frozen-encoder world model needs a pretrained ViT encoder")
@@ -346,4 +410,4 @@ def build_frame_encoder(cfg, image_shape: tuple[int, int, int] | None, vit: ViTE
     return FRAME_ENCODERS[cfg.encoder](cfg, image_shape)
 
 
-FRAME_ENCODERS = {"frozen": FrozenJEPAFrames, "conv": ConvFrames}
+FRAME_ENCODERS = {"frozen": FrozenJEPAFrames, "pixels": PixelFrames, "conv": ConvFrames}

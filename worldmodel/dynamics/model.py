@@ -37,11 +37,12 @@ class DynamicsConfig:
     """The latent state and the action-conditioned predictor.
 
     Attributes:
-        encoder: ``frozen`` (the pretrained ViT's features and a trained MLP head) or
-            ``conv`` (a conv net trained end to end from pixels; ``pool``, ``project_dim``
-            and ``standardize`` do not apply).
-        pool: side of the grid the patch tokens are average-pooled onto (1 = one
-            vector per image, the patch grid's side = every token).
+        encoder: ``frozen`` (the pretrained ViT's features and a trained MLP head),
+            ``pixels`` (the image average-pooled to ``pool x pool`` pixels and the same
+            head, trained end to end) or ``conv`` (a conv net trained end to end from
+            pixels; ``pool``, ``project_dim`` and ``standardize`` do not apply).
+        pool: side of the grid the patch tokens (``pixels``: the image) are average-pooled
+            onto (1 = one vector per image, the patch grid's side = every token).
         project_dim: principal components kept (0 = keep all ``pool^2 * width``
             pooled dimensions).
         history: frame latents per state, one action block apart (2 gives the velocity).
