@@ -177,3 +177,15 @@ def test_probe_entry_point_runs_end_to_end_on_a_tiny_model(tiny_dataset, tmp_pat
     assert all(Path(p).stat().st_size > 0 for p in summary["plots"])
     table = result.with_suffix(".md").read_text()
     assert "| world_model | mlp |" in table and "joint_angles: rad" in table
+
+
+def test_the_state_model_benchmark_trains_on_poses_and_plans_the_held_out_tasks(tiny_dataset, tmp_path):
+    out = tmp_path / "state.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "state_model.py"), "--data", str(tiny_dataset.path),
+                          "--steps", "30", "--tasks", "2", "--goal-offset", "5", "--budget", "6", "--rollout", "2",
+                          "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["tasks"] == 2 and len(result["val_rollout_by_horizon"]) == 2
+    threshold = envs.get_spec("reacher").success_threshold
+    assert result["successes"] == sum(e <= threshold for e in result["best_goal_errors"])
