@@ -6,8 +6,9 @@ previous run left), then exports the world model without its training state to
 ``env=pointmaze env.maze=large``) in fp16, with its provenance:
 
 1. ``collect.py``: the dataset (Reacher: uniform random torques; maze: the mixed policy; seeds 0 / 1000);
-2. ``pretrain_encoder.py``: JEPA pretraining of the small ViT encoder;
-3. ``train_dynamics.py``: the action-conditioned predictor on the frozen encoder;
+2. ``pretrain_encoder.py``: JEPA pretraining of the small ViT encoder (skipped where the env's world
+   model trains its own encoder, ``dynamics.encoder=pixels`` or ``conv``: Push-T);
+3. ``train_dynamics.py``: the action-conditioned predictor on the frozen encoder (or with its own);
 4. ``distill_dynamics.py`` (Reacher, where a narrower predictor keeps the success at a fraction of
    the planning time): the model of stage 3 is exported to ``models/<env>-teacher/`` and its
    predictor distilled into the 256-wide one of ``models/<env>/``;
@@ -38,7 +39,7 @@ from experiments.conf import load
 from experiments.provenance import git_commit
 from worldmodel.checkpoint import WEIGHTS, load_config
 from worldmodel.data.collect import ensure_dataset
-from worldmodel.dynamics import WorldModel
+from worldmodel.dynamics import FRAME_ENCODERS, WorldModel
 from worldmodel.files import file_sha256
 
 EXPORT_ROOT = Path(__file__).resolve().parents[1] / "models"
@@ -91,12 +92,13 @@ def main(overrides: list[str]) -> Path:
         if not (target / "config.json").exists():
             raise FileNotFoundError(f"slow_only=true trains the slow level of {target}, which holds no model")
         return install_slow(overrides, target)
-    ensure_dataset(pre, progress=pre.train.progress)
-    if not (Path(pre.out_dir) / "summary.json").exists():
-        pretrain_encoder.run(pre)
+    timed("collect", lambda c: ensure_dataset(c, progress=c.train.progress), pre)
     dyn = load("train_dynamics", overrides + ["resume=true", f"encoder_checkpoint={pre.out_dir}/checkpoint"])
+    pretrained = FRAME_ENCODERS[dyn.dynamics.encoder].pretrained
+    if pretrained and not (Path(pre.out_dir) / "summary.json").exists():
+        timed("pretrain_encoder", pretrain_encoder.run, pre)
     if not (Path(dyn.out_dir) / "summary.json").exists():
-        train_dynamics.run(dyn)
+        timed("train_dynamics", train_dynamics.run, dyn)
     model, config = trained(Path(dyn.out_dir) / "checkpoint")
     config["provenance"] = {
         "built_by": built_by,
@@ -105,10 +107,13 @@ def main(overrides: list[str]) -> Path:
         "dataset_checksum": config.get("dataset_checksum"),
         "data_seed": pre.data.seed,
         "eval_seed": pre.data.eval_seed,
-        "pretrain_summary": json.loads((Path(pre.out_dir) / "summary.json").read_text()),
         "dynamics_summary": json.loads((Path(dyn.out_dir) / "summary.json").read_text()),
-        "pretrain_config": json.loads((Path(pre.out_dir) / "checkpoint" / "config.json").read_text()),
     }
+    if pretrained:
+        config["provenance"].update({
+            "pretrain_summary": json.loads((Path(pre.out_dir) / "summary.json").read_text()),
+            "pretrain_config": json.loads((Path(pre.out_dir) / "checkpoint" / "config.json").read_text()),
+        })
     distill = pre.env.name in DISTILLED if flags["distill"] is None else flags["distill"]
     target = export(model, config, EXPORT_ROOT / (f"{pre.env.model_name}-teacher" if distill else pre.env.model_name))
     if distill:
@@ -120,6 +125,14 @@ def main(overrides: list[str]) -> Path:
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
     print(f"default world model{' (with its slow level)' if with_slow else ''} exported to {target} ({size:.1f} MiB)")
     return target
+
+
+def timed(stage: str, run, cfg):
+    """Run one stage and say how long it took (the build's cost, stage by stage)."""
+    start = time.perf_counter()
+    out = run(cfg)
+    print(f"{stage}: {(time.perf_counter() - start) / 60:.1f} min")
+    return out
 
 
 def export_student(overrides: list[str], teacher: Path, target: Path, provenance: dict) -> Path:
