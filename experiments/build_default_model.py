@@ -17,7 +17,9 @@ previous run left), then exports the world model without its training state to
 6. ``train_policy.py``: the amortized goal-conditioned policy on the same latents, installed in
    ``models/<env>/policy`` (``planners=[policy]``, ``mpc.proposal=policy``).
 
-Arguments are Hydra overrides applied to every stage (e.g. ``env.image_size=96``), and this
+Arguments are Hydra overrides, each applied to every stage whose config has its key (``env.image_size=96``
+to all, ``dynamics.latent_dim=16`` to the stages with a ``dynamics`` section; one that no stage has is an
+error), and this
 script's switches: ``slow=false`` skips stage 5, ``policy=false`` stage 6, ``slow_only=true`` runs only
 stage 5 on the model already exported to ``models/<env>/`` (collecting its dataset again where it is
 missing), and
@@ -26,6 +28,7 @@ missing), and
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -33,9 +36,10 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from experiments import distill_dynamics, pretrain_encoder, train_dynamics, train_policy, train_slow
-from experiments.conf import load
+from experiments.conf import SCHEMAS, load
 from experiments.provenance import git_commit
 from worldmodel.checkpoint import WEIGHTS, load_config
 from worldmodel.data.collect import ensure_dataset
@@ -80,20 +84,60 @@ def own_flags(overrides: list[str]) -> tuple[dict[str, bool], list[str]]:
     return flags, rest
 
 
+STAGES = ("pretrain", "train_dynamics", "distill_dynamics", "train_slow", "train_policy")
+
+
+def override_key(override: str) -> str:
+    """The dotted key an override sets (``dynamics.pool`` of ``dynamics.pool=4``)."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+@functools.cache
+def schema_node(stage: str) -> DictConfig:
+    return OmegaConf.structured(SCHEMAS[stage])
+
+
+def has_key(stage: str, key: str) -> bool:
+    """Whether the stage's schema has the dotted ``key`` (every stage composes the groups ``env`` and
+    ``preset``, and an env's settings are typed by its own config class)."""
+    if key in ("env", "preset") or key.startswith("env."):
+        return True
+    node = schema_node(stage)
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return False
+        node = node._get_node(part)
+    return True
+
+
+def stage_load(stage: str, overrides: list[str]):
+    """The stage's config with the overrides its schema has a key for."""
+    return load(stage, [o for o in overrides if has_key(stage, override_key(o))])
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse an override no stage's config has a key for (a typo would otherwise be dropped silently)."""
+    unknown = [o for o in overrides if not any(has_key(stage, override_key(o)) for stage in STAGES)]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r}: no stage's config has {override_key(unknown[0])!r} (the stages: "
+                         f"{', '.join(STAGES)})")
+
+
 def main(overrides: list[str]) -> Path:
     built_by = "python experiments/build_default_model.py " + " ".join(overrides)
     flags, overrides = own_flags(overrides)
+    check_overrides(overrides)
     with_slow, slow_only = flags["slow"], flags["slow_only"]
     if slow_only and not with_slow:
         raise ValueError("slow=false and slow_only=true ask for nothing to be built")
-    pre = load("pretrain", overrides + ["resume=true"])
+    pre = stage_load("pretrain", overrides + ["resume=true"])
     if slow_only:
         target = EXPORT_ROOT / pre.env.model_name
         if not (target / "config.json").exists():
             raise FileNotFoundError(f"slow_only=true trains the slow level of {target}, which holds no model")
         return install_slow(overrides, target)
     timed("collect", lambda c: ensure_dataset(c, progress=c.train.progress), pre)
-    dyn = load("train_dynamics", overrides + ["resume=true", f"encoder_checkpoint={pre.out_dir}/checkpoint"])
+    dyn = stage_load("train_dynamics", overrides + ["resume=true", f"encoder_checkpoint={pre.out_dir}/checkpoint"])
     pretrained = FRAME_ENCODERS[dyn.dynamics.encoder].pretrained
     if pretrained and not (Path(pre.out_dir) / "summary.json").exists():
         timed("pretrain_encoder", pretrain_encoder.run, pre)
@@ -139,7 +183,7 @@ def export_student(overrides: list[str], teacher: Path, target: Path, provenance
     """Stage 4: the predictor of the exported ``teacher`` distilled into a narrower one, the student
     exported to ``target`` (fp16, its predictor fp32) with the teacher's provenance and the distillation's."""
     stage = overrides + [f"model={os.path.relpath(teacher)}"]
-    dis = load("distill_dynamics", stage + ["resume=true", "resume_allow=[model]"])
+    dis = stage_load("distill_dynamics", stage + ["resume=true", "resume_allow=[model]"])
     if not (Path(dis.out_dir) / "summary.json").exists():
         distill_dynamics.run(dis)
     student, config = trained(Path(dis.out_dir) / "checkpoint")
@@ -169,7 +213,7 @@ def export(model: WorldModel, config: dict, target: Path, keep: tuple[str, ...] 
 def install_slow(overrides: list[str], target: Path) -> Path:
     """Stage 5: the slow level of the exported model ``target``, installed in ``target/slow``."""
     model = os.path.relpath(target)  # provenance names the model relative to the repository
-    slow = load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={model}",
+    slow = stage_load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={model}",
                                            "install=true"])
     train_slow.run(slow)
     return target
@@ -178,7 +222,7 @@ def install_slow(overrides: list[str], target: Path) -> Path:
 def install_policy(overrides: list[str], target: Path) -> Path:
     """Stage 6: the amortized policy of the exported model ``target``, installed in ``target/policy``."""
     model = os.path.relpath(target)
-    policy = load("train_policy", overrides + ["resume=true", "resume_allow=[model,install]", f"model={model}",
+    policy = stage_load("train_policy", overrides + ["resume=true", "resume_allow=[model,install]", f"model={model}",
                                                "install=true"])
     train_policy.run(policy)
     return target

@@ -251,6 +251,16 @@ def test_build_default_model_names_a_bad_switch(given):
         main([given])
 
 
+def test_build_default_model_gives_each_stage_the_settings_it_has_and_refuses_a_setting_none_has():
+    from experiments.build_default_model import has_key, main
+
+    assert has_key("train_dynamics", "dynamics.pool") and not has_key("pretrain", "dynamics.pool")
+    assert has_key("train_dynamics", "train.rollout_steps") and not has_key("pretrain", "train.rollout_steps")
+    assert all(has_key(stage, "env.maze") for stage in ("pretrain", "train_slow"))  # an env's own settings
+    with pytest.raises(ValueError, match=r"'dynamics.pooll=4': no stage's config has 'dynamics.pooll'"):
+        main(["dynamics.pooll=4"])
+
+
 # --- runs of several stages (train_slow.py: jepa/ and dynamics/) ---------------------------------------
 
 STAGES = ("jepa", "dynamics")

@@ -187,6 +187,25 @@ def test_pixel_encoder_learns_a_head_on_pooled_pixels_and_saves_with_it(tiny_dat
         WorldModel.build(DynamicsConfig(encoder="pixels", pool=7, project_dim=0), 2, image_shape=(3, 64, 64))
 
 
+def test_the_build_skips_pretraining_for_a_model_that_trains_its_own_encoder(tiny_dataset, tmp_path, monkeypatch):
+    from experiments import build_default_model
+
+    monkeypatch.setattr(build_default_model, "EXPORT_ROOT", tmp_path / "models")
+    target = build_default_model.main([*dataset_args(tiny_dataset), "dynamics.encoder=pixels", "dynamics.pool=8",
+                                       "dynamics.project_dim=0", "dynamics.latent_dim=8", "dynamics.head_hidden=32",
+                                       "dynamics.hidden=32", "dynamics.depth=1", "train.steps=4", "train.batch_size=8",
+                                       "train.rollout_steps=1", "train.log_every=2", "train.progress=false",
+                                       f"out_dir={tmp_path}/run", f"feature_cache={tmp_path}/cache", "slow=false",
+                                       "policy=false", "distill=false"])
+    assert target == tmp_path / "models" / "reacher"
+    model = WorldModel.from_pretrained(target)
+    assert type(model.encoder).__name__ == "PixelFrames"
+    provenance = load_config(target)["provenance"]
+    assert "pretrain_summary" not in provenance and provenance["dynamics_summary"]
+    assert not (tmp_path / "run" / "checkpoint" / "config.json").exists() or \
+        load_config(tmp_path / "run" / "checkpoint")["dynamics"]["encoder"] == "pixels"  # no ViT was pretrained there
+
+
 def test_train_dynamics_resumes_and_its_conv_model_plans(tiny_dataset, tmp_path):
     data = dataset_args(tiny_dataset)
     train = [sys.executable, str(ROOT / "experiments" / "train_dynamics.py"), *data, "dynamics.encoder=conv",
