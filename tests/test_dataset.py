@@ -160,7 +160,7 @@ def test_collection_killed_while_collecting_leaves_nothing(tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     os.set_blocking(proc.stderr.fileno(), False)
     progress, deadline = b"", time.monotonic() + 120
-    while not re.search(rb"train\+val:.*\| *[1-9]\d*/\d+", progress):  # wait until frames are being collected
+    while not re.search(rb"train:.*\| *[1-9]\d*/\d+", progress):  # wait until frames are being collected
         assert proc.poll() is None and time.monotonic() < deadline, progress[-500:]
         progress += proc.stderr.read() or b""
         time.sleep(0.1)
@@ -229,3 +229,17 @@ def test_relative_dataset_root_works(tmp_path, monkeypatch):
     cfg = tiny_collect_config("data", train_episodes=1, val_episodes=0, heldout_episodes=0, num_envs=1)
     path = build_dataset(cfg)
     assert open_dataset(Path("data") / path.name).split("train").num_episodes == 1
+
+
+def test_train_and_val_are_the_episodes_of_one_draw_split_by_episode(tiny_dataset):
+    """Each split is collected from its own seeds; together they are the draw of train + val episodes,
+    split by a seeded permutation, episode for episode and frame for frame."""
+    cfg = tiny_collect_config(None)
+    n_train, n_val = cfg.data.train_episodes, cfg.data.val_episodes
+    fit = collect_episodes(cfg.env.name, cfg.data.policy.build(), episode_seeds(cfg.data.seed, n_train + n_val),
+                           cfg.env.episode_steps, cfg.env.env_kwargs(), num_envs=2, progress=False)
+    order = np.random.default_rng(cfg.data.seed).permutation(n_train + n_val)
+    for split, ids in (("train", order[:n_train]), ("val", order[n_train:])):
+        expected, got = fit.select(np.sort(ids)), tiny_dataset.split(split)
+        for name, array in expected.arrays().items():
+            assert np.array_equal(np.asarray(got.arrays()[name]), array), (split, name)

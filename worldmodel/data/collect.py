@@ -82,19 +82,53 @@ def collect_episodes(
         )
     num_envs = min(num_envs, len(seeds))
     vec = make_vector_env(env_name, num_envs, episode_steps, dict(env_kwargs or {}))
-    parts: list[Episodes] = []
+    out: _Filled | None = None
     try:
         bar = tqdm(total=len(seeds) * (episode_steps + 1), desc=desc, unit="frame", disable=not progress)
         for start in range(0, len(seeds), num_envs):
             chunk = seeds[start : start + num_envs]
             # Pad the last chunk with repeats of its first seed; the copies are dropped.
             padded = np.concatenate([chunk, np.repeat(chunk[:1], num_envs - len(chunk))])
-            parts.append(_rollout_chunk(vec, spec, policy, padded, episode_steps).select(np.arange(len(chunk))))
+            part = _rollout_chunk(vec, spec, policy, padded, episode_steps).select(np.arange(len(chunk)))
+            out = out or _Filled(part, len(seeds), episode_steps)
+            out.add(part)
             bar.update(len(chunk) * (episode_steps + 1))
         bar.close()
     finally:
         vec.close()
-    return _concat(parts)
+    return out.episodes()
+
+
+class _Filled:
+    """Episodes written chunk by chunk into arrays allocated once for ``n`` episodes of at most ``steps``
+    steps (pages never written are never held), so a collection holds its frames once, not twice."""
+
+    def __init__(self, first: Episodes, n: int, steps: int):
+        frames, step_rows = n * (steps + 1), n * steps
+        self.frame_arrays = {"obs": first.obs, "states": first.states,
+                             **{f"physics.{k}": v for k, v in first.physics.items()}}
+        self.frame_arrays = {k: np.empty((frames, *v.shape[1:]), v.dtype) for k, v in self.frame_arrays.items()}
+        self.step_arrays = {k: np.empty((step_rows, *getattr(first, k).shape[1:]), getattr(first, k).dtype)
+                            for k in ("actions", "rewards")}
+        self.episode_arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("lengths", "seeds", "terminated")}
+        self.frames = self.steps = 0
+
+    def add(self, part: Episodes) -> None:
+        f, t = part.num_steps + part.num_episodes, part.num_steps
+        for k, v in self.frame_arrays.items():
+            v[self.frames : self.frames + f] = part.physics[k.split(".", 1)[1]] if "." in k else getattr(part, k)
+        for k, v in self.step_arrays.items():
+            v[self.steps : self.steps + t] = getattr(part, k)
+        for k, v in self.episode_arrays.items():
+            v.append(getattr(part, k))
+        self.frames, self.steps = self.frames + f, self.steps + t
+
+    def episodes(self) -> Episodes:
+        frame = {k: v[: self.frames] for k, v in self.frame_arrays.items()}
+        return Episodes(obs=frame["obs"], states=frame["states"],
+                        **{k: v[: self.steps] for k, v in self.step_arrays.items()},
+                        **{k: np.concatenate(v) for k, v in self.episode_arrays.items()},
+                        physics={k.split(".", 1)[1]: v for k, v in frame.items() if "." in k})
 
 
 def _rollout_chunk(vec, spec: envs.EnvSpec, policy: BehaviourPolicy, seeds: np.ndarray, steps: int) -> Episodes:
@@ -144,16 +178,6 @@ def _rollout_chunk(vec, spec: envs.EnvSpec, policy: BehaviourPolicy, seeds: np.n
     )
 
 
-def _concat(parts: list[Episodes]) -> Episodes:
-    return Episodes(
-        **{
-            name: np.concatenate([getattr(p, name) for p in parts])
-            for name in ("obs", "states", "actions", "rewards", "lengths", "seeds", "terminated")
-        },
-        physics={k: np.concatenate([p.physics[k] for p in parts]) for k in parts[0].physics},
-    )
-
-
 def single_env_rate(env_name: str, steps: int = 500, env_kwargs: dict[str, Any] | None = None) -> float:
     """Raw step+render frames/s of one env in this process (the collection baseline)."""
     import time
@@ -196,12 +220,16 @@ def build_dataset(cfg: "DataSource", splits: tuple[str, ...] = SPLITS, path: str
     )
     collected = {}
     if "train" in splits or "val" in splits:
+        # one draw of seeds split by episode; each split is collected from its own seeds (an episode is a
+        # function of its seed alone), so the frames are held once
         n_fit = cfg.data.train_episodes + cfg.data.val_episodes
-        fit = collect_episodes(seeds=episode_seeds(cfg.data.seed, n_fit), desc="train+val", **common)
+        fit_seeds = episode_seeds(cfg.data.seed, n_fit)
         order = np.random.default_rng(cfg.data.seed).permutation(n_fit)
-        collected["train"] = fit.select(np.sort(order[: cfg.data.train_episodes]))
+        collected["train"] = collect_episodes(seeds=fit_seeds[np.sort(order[: cfg.data.train_episodes])],
+                                              desc="train", **common)
         if cfg.data.val_episodes:
-            collected["val"] = fit.select(np.sort(order[cfg.data.train_episodes :]))
+            collected["val"] = collect_episodes(seeds=fit_seeds[np.sort(order[cfg.data.train_episodes :])],
+                                                desc="val", **common)
     if "heldout" in splits and cfg.data.heldout_episodes:
         collected["heldout"] = collect_episodes(
             seeds=episode_seeds(cfg.data.eval_seed, cfg.data.heldout_episodes), desc="heldout", **common
