@@ -135,11 +135,12 @@ class StateAgent:
         L = self.model.layout
         self.history.append(self.pose(self.spec.get_state(self.env)))
         if not self.queue:
-            k = L.action_block
-            old = self.history[-1 - k] if len(self.history) > k else self.history[-1]
-            acted = (self.actions[-k:] if len(self.actions) >= k else [np.zeros(L.action_dim)] * k)
-            z = self.model.latents(np.stack([old, self.history[-1]]))
-            s0 = L.compose(z[None], torch.as_tensor(np.concatenate(acted), dtype=torch.float32)[None, None])[0]
+            newest = len(self.history) - 1  # before the first frame: the first frame, and no action
+            frames = np.stack([self.history[max(i, 0)] for i in newest + L.state_offsets()])
+            acted = np.stack([self.actions[i] if i >= 0 else np.zeros(L.action_dim)
+                              for i in newest + L.state_action_offsets()])
+            z = self.model.latents(frames)
+            s0 = L.compose(z[None], L.blocks(torch.as_tensor(acted, dtype=torch.float32)[None]))[0]
 
             def cost(blocks: torch.Tensor) -> torch.Tensor:  # (1, S, H, block_dim) -> (1, S)
                 states = self.model.rollout(s0.expand(blocks.shape[1], -1), blocks[0])
@@ -147,7 +148,7 @@ class StateAgent:
                 d = ((frames - self.goal) ** 2).sum(-1)
                 return (d[..., -1] + 0.5 * d[..., -2]).min(-1).values[None]
 
-            plan = self.cem.plan(cost, 1, self.gen).actions[0, 0].reshape(k, L.action_dim)
+            plan = self.cem.plan(cost, 1, self.gen).actions[0, 0].reshape(L.action_block, L.action_dim)
             self.queue = list(plan.numpy())
         action = self.queue.pop(0)
         self.actions.append(action)
