@@ -91,18 +91,21 @@ class PixelPushTEnv(PushTEnv):
 
     def step(self, action):
         action = checked_action(action, self.action_space)
-        target = np.clip(np.asarray(self.agent.position) + ACTION_SCALE * np.clip(action, -1.0, 1.0), 0.0, 512.0)
-        obs, reward, _terminated, truncated, info = super().step(target)
+        obs, reward, _terminated, truncated, info = super().step(self.target(action))
         return obs, reward, False, truncated, {**self.physics(), "state": self.get_state(),
                                                "n_contacts": info["n_contacts"]}
+
+    def target(self, action: np.ndarray) -> np.ndarray:
+        """The PD controller's absolute target for a relative ``action``: the agent's position plus
+        ``ACTION_SCALE * action``, clipped to gym-pusht's action box."""
+        return np.clip(np.asarray(self.agent.position) + ACTION_SCALE * np.clip(action, -1.0, 1.0), 0.0, 512.0)
 
     def advance(self, action: np.ndarray) -> None:
         """One step's physics for a relative ``action``, as :meth:`step` moves it, with no frame drawn (the
         simulator oracle's rollouts: drawing is most of a step's cost)."""
-        target = np.clip(np.asarray(self.agent.position) + ACTION_SCALE * np.clip(action, -1.0, 1.0), 0.0, 512.0)
+        target = Vec2d(*self.target(action))
         for _ in range(int(1 / (self.dt * self.control_hz))):  # gym-pusht's PD control and physics substeps
-            self.agent.velocity += (self.k_p * (Vec2d(*target) - self.agent.position)
-                                    + self.k_v * (Vec2d(0, 0) - self.agent.velocity)) * self.dt
+            self.agent.velocity += (self.k_p * (target - self.agent.position) - self.k_v * self.agent.velocity) * self.dt
             self.space.step(self.dt)
 
     def scratch(self) -> "PixelPushTEnv":

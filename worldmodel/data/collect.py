@@ -20,7 +20,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from tqdm.auto import tqdm
 
 import envs
-from worldmodel.data.episodes import Episodes
+from worldmodel.data.episodes import EPISODE_ARRAYS, STEP_ARRAYS, Episodes
 from worldmodel.data.policies import BehaviourPolicy
 from worldmodel.data.storage import SPLITS, Dataset, DatasetError, open_dataset, remove_stale_writes, write_dataset
 from worldmodel.files import DirectoryLock
@@ -104,31 +104,29 @@ class _Filled:
     steps (pages never written are never held), so a collection holds its frames once, not twice."""
 
     def __init__(self, first: Episodes, n: int, steps: int):
-        frames, step_rows = n * (steps + 1), n * steps
-        self.frame_arrays = {"obs": first.obs, "states": first.states,
-                             **{f"physics.{k}": v for k, v in first.physics.items()}}
-        self.frame_arrays = {k: np.empty((frames, *v.shape[1:]), v.dtype) for k, v in self.frame_arrays.items()}
-        self.step_arrays = {k: np.empty((step_rows, *getattr(first, k).shape[1:]), getattr(first, k).dtype)
-                            for k in ("actions", "rewards")}
-        self.episode_arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("lengths", "seeds", "terminated")}
-        self.frames = self.steps = 0
+        rows = {"frame": n * (steps + 1), "step": n * steps}
+        self.filled = {k: np.empty((rows[_rows(k)], *v.shape[1:]), v.dtype)
+                       for k, v in first.arrays().items() if k not in EPISODE_ARRAYS}
+        self.per_episode: dict[str, list[np.ndarray]] = {k: [] for k in EPISODE_ARRAYS}
+        self.at = {"frame": 0, "step": 0}
 
     def add(self, part: Episodes) -> None:
-        f, t = part.num_steps + part.num_episodes, part.num_steps
-        for k, v in self.frame_arrays.items():
-            v[self.frames : self.frames + f] = part.physics[k.split(".", 1)[1]] if "." in k else getattr(part, k)
-        for k, v in self.step_arrays.items():
-            v[self.steps : self.steps + t] = getattr(part, k)
-        for k, v in self.episode_arrays.items():
-            v.append(getattr(part, k))
-        self.frames, self.steps = self.frames + f, self.steps + t
+        count = {"frame": part.num_steps + part.num_episodes, "step": part.num_steps}
+        for k, v in part.arrays().items():
+            if k in EPISODE_ARRAYS:
+                self.per_episode[k].append(v)
+            else:
+                self.filled[k][self.at[_rows(k)] : self.at[_rows(k)] + count[_rows(k)]] = v
+        self.at = {r: self.at[r] + count[r] for r in self.at}
 
     def episodes(self) -> Episodes:
-        frame = {k: v[: self.frames] for k, v in self.frame_arrays.items()}
-        return Episodes(obs=frame["obs"], states=frame["states"],
-                        **{k: v[: self.steps] for k, v in self.step_arrays.items()},
-                        **{k: np.concatenate(v) for k, v in self.episode_arrays.items()},
-                        physics={k.split(".", 1)[1]: v for k, v in frame.items() if "." in k})
+        return Episodes.from_arrays({**{k: v[: self.at[_rows(k)]] for k, v in self.filled.items()},
+                                     **{k: np.concatenate(v) for k, v in self.per_episode.items()}})
+
+
+def _rows(stem: str) -> str:
+    """Whether an array of that stem has a row per ``frame`` or per ``step``."""
+    return "step" if stem in STEP_ARRAYS else "frame"
 
 
 def _rollout_chunk(vec, spec: envs.EnvSpec, policy: BehaviourPolicy, seeds: np.ndarray, steps: int) -> Episodes:

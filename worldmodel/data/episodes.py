@@ -74,6 +74,12 @@ class Episodes:
         out.update({f"physics.{k}": v for k, v in self.physics.items()})
         return out
 
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Episodes":
+        """Episodes from arrays by file stem, as :meth:`arrays` gives them."""
+        physics = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("physics.")}
+        return cls(**{k: v for k, v in arrays.items() if not k.startswith("physics.")}, physics=physics)
+
     def episode(self, e: int) -> dict[str, np.ndarray]:
         """Episode ``e`` as separate arrays (frames ``L+1``, steps ``L``)."""
         if not 0 <= e < self.num_episodes:
@@ -88,14 +94,4 @@ class Episodes:
         """A new :class:`Episodes` holding the given episodes, in that order (copies)."""
         parts = [self.episode(int(e)) for e in episode_ids]
         cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        physics = {k.split(".", 1)[1]: v for k, v in cat.items() if k.startswith("physics.")}
-        return Episodes(
-            obs=cat["obs"],
-            states=cat["states"],
-            actions=cat["actions"],
-            rewards=cat["rewards"],
-            lengths=self.lengths[episode_ids],
-            seeds=self.seeds[episode_ids],
-            terminated=self.terminated[episode_ids],
-            physics=physics,
-        )
+        return Episodes.from_arrays({**cat, **{k: getattr(self, k)[episode_ids] for k in EPISODE_ARRAYS}})
