@@ -105,7 +105,8 @@ class PixelPushTEnv(PushTEnv):
         simulator oracle's rollouts: drawing is most of a step's cost)."""
         target = Vec2d(*self.target(action))
         for _ in range(int(1 / (self.dt * self.control_hz))):  # gym-pusht's PD control and physics substeps
-            self.agent.velocity += (self.k_p * (target - self.agent.position) - self.k_v * self.agent.velocity) * self.dt
+            pull = self.k_p * (target - self.agent.position) - self.k_v * self.agent.velocity
+            self.agent.velocity += pull * self.dt
             self.space.step(self.dt)
 
     def scratch(self) -> "PixelPushTEnv":
