@@ -135,7 +135,9 @@ def main(overrides: list[str]) -> Path:
         target = EXPORT_ROOT / pre.env.model_name
         if not (target / "config.json").exists():
             raise FileNotFoundError(f"slow_only=true trains the slow level of {target}, which holds no model")
-        return install_slow(overrides, target)
+        install_slow(overrides, target)
+        print(f"slow level installed in {target / 'slow'}")
+        return target
     timed("collect", lambda c: ensure_dataset(c, progress=c.train.progress), pre)
     dyn = stage_load("train_dynamics", overrides + ["resume=true", f"encoder_checkpoint={pre.out_dir}/checkpoint"])
     pretrained = FRAME_ENCODERS[dyn.dynamics.encoder].pretrained
@@ -165,7 +167,7 @@ def main(overrides: list[str]) -> Path:
     if with_slow:
         install_slow(overrides, target)
     if flags["policy"]:
-        install_policy(overrides, target)
+        timed("train_policy", lambda _: install_policy(overrides, target), None)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
     print(f"default world model{' (with its slow level)' if with_slow else ''} exported to {target} ({size:.1f} MiB)")
     return target
@@ -215,7 +217,7 @@ def install_slow(overrides: list[str], target: Path) -> Path:
     model = os.path.relpath(target)  # provenance names the model relative to the repository
     slow = stage_load("train_slow", overrides + ["resume=true", "resume_allow=[model,install]", f"model={model}",
                                            "install=true"])
-    train_slow.run(slow)
+    timed("train_slow", train_slow.run, slow)
     return target
 
 

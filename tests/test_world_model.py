@@ -26,6 +26,7 @@ from worldmodel.dynamics import (
     validate,
 )
 from worldmodel.evaluation import evaluate_agent, sample_goal_tasks
+from worldmodel.dynamics.frames import KeypointHead
 from worldmodel.jepa.vit import normalize_images
 from worldmodel.training import Trainer
 
@@ -185,6 +186,46 @@ def test_pixel_encoder_learns_a_head_on_pooled_pixels_and_saves_with_it(tiny_dat
                           (expected - model.encoder.feature_mean) / model.encoder.feature_std, atol=1e-4)
     with pytest.raises(ValueError, match="pool 7 must divide the image sides 64x64"):
         WorldModel.build(DynamicsConfig(encoder="pixels", pool=7, project_dim=0), 2, image_shape=(3, 64, 64))
+
+
+def test_keypoint_head_reads_where_a_blob_is_and_trains_saves_and_loads(tiny_dataset, tmp_path):
+    torch.manual_seed(0)
+    head = KeypointHead(("(c h w)", {"c": 1, "h": 16, "w": 16}), width=8, hidden=16, out_dim=4)
+    with torch.no_grad():  # keypoint map 0 = the mean of each 2 x 2 cell of the input; the others flat
+        for p in head.parameters():
+            p.zero_()
+        head.conv[0].weight[0, 0, 1:3, 1:3] = 0.25
+        head.conv[1].weight.fill_(1.0)  # GroupNorm's scale
+        head.conv[3].weight[0, 0, 1, 1] = 1.0
+        head.log_temperature.fill_(3.0)
+    maps, points = [], []
+    for x in (2, 12):  # a bright 2 x 2 blob on the left, then on the right
+        grid = torch.zeros(1, 1, 16, 16)
+        grid[..., 6:8, x:x + 2] = 10.0
+        maps.append(grid.flatten(1))
+        with torch.no_grad():
+            logits = head.conv(grid).flatten(2) * head.log_temperature.exp()[:, None]
+        points.append((logits.softmax(-1) @ head.coords)[0, 0])
+    assert points[0][0] < -0.5 and points[1][0] > 0.5  # the keypoint moved right with the blob ...
+    assert abs(points[0][1] - points[1][1]) < 1e-4  # ... and not up or down
+    assert head(torch.stack(maps)).shape == (2, 1, 4)
+    cfg = DynamicsConfig(encoder="pixels", pool=8, project_dim=0, latent_dim=8, head="keypoints", conv_width=8,
+                         head_hidden=32, action_block=2, hidden=64, depth=2)
+    model = WorldModel.build(cfg, 2, image_shape=(3, 64, 64))
+    assert isinstance(model.encoder.head, KeypointHead)
+    start = copy.deepcopy(model.encoder.head.state_dict())
+    batches, _ = train_tiny(model, tiny_dataset, tmp_path, steps=100, batch_size=32, log_every=50, ema=0.9)
+    assert not torch.equal(model.encoder.head.conv[0].weight, start["conv.0.weight"])
+    assert validate(model, batches["val"])["latent_std"] > 0.1
+    model.save_pretrained(tmp_path / "model")
+    obs = torch.from_numpy(np.array(tiny_dataset.split("val").obs[:8])).permute(0, 3, 1, 2)
+    loaded = WorldModel.from_pretrained(tmp_path / "model")
+    assert isinstance(loaded.encoder.head, KeypointHead)
+    assert torch.equal(loaded.latents(obs), model.eval().latents(obs))
+    with pytest.raises(ValueError, match="head=keypoints .* project_dim=0"):
+        DynamicsConfig(encoder="pixels", pool=8, project_dim=16, head="keypoints")
+    with pytest.raises(ValueError, match="head must be 'mlp' or 'keypoints', got 'cnn'"):
+        DynamicsConfig(head="cnn")
 
 
 def test_the_build_skips_pretraining_for_a_model_that_trains_its_own_encoder(tiny_dataset, tmp_path, monkeypatch):

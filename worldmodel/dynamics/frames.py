@@ -118,6 +118,42 @@ class FrameEncoder(nn.Module):
         return self
 
 
+class KeypointHead(nn.Module):
+    """Where things are on a feature grid: the flat features ``(..., c*h*w)`` unflattened by ``grid``, a
+    stride-2 4x4 convolution (``width`` channels, GroupNorm, GELU) and a 3x3 one to ``width`` keypoint maps,
+    each map's soft-argmax position ``(x, y)`` in [-1, 1] (a learned temperature per map), then an MLP
+    (``hidden``, LayerNorm) onto ``out_dim``. The positions are the same function wherever an object
+    is and resolve it finer than a cell (the spatial soft-argmax of Levine et al. 2016, diffusion policy's
+    Push-T encoder).
+
+    Args:
+        grid: the einops pattern of the flat features, e.g. ``"(c h w)"``, with ``sizes`` c, h and w.
+    """
+
+    def __init__(self, grid: tuple[str, dict[str, int]], width: int, hidden: int, out_dim: int):
+        super().__init__()
+        pattern, sizes = grid
+        self.pattern, self.sizes = f"n {pattern} -> n c h w", dict(sizes)
+        c, h, w = sizes["c"], sizes["h"], sizes["w"]
+        if h < 4 or w < 4:
+            raise ValueError(f"the keypoint head needs a grid of at least 4 x 4 cells, got {h} x {w} (raise pool)")
+        self.conv = nn.Sequential(nn.Conv2d(c, width, 4, stride=2, padding=1), nn.GroupNorm(8, width), nn.GELU(),
+                                  nn.Conv2d(width, width, 3, padding=1))
+        self.log_temperature = nn.Parameter(torch.zeros(width))
+        hh, ww = h // 2, w // 2
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, hh), torch.linspace(-1, 1, ww), indexing="ij")
+        self.register_buffer("coords", torch.stack([xs.flatten(), ys.flatten()], -1))  # (hh*ww, 2)
+        self.mlp = nn.Sequential(nn.Linear(2 * width, hidden), nn.LayerNorm(hidden), nn.GELU(),
+                                 nn.Linear(hidden, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        maps = self.conv(rearrange(x.reshape(-1, x.shape[-1]), self.pattern, **self.sizes))  # (n, k, hh, ww)
+        logits = maps.flatten(2) * self.log_temperature.exp()[:, None]
+        points = logits.softmax(-1) @ self.coords.to(logits.dtype)  # (n, k, 2)
+        return self.mlp(points.flatten(1)).reshape(*lead, -1)
+
+
 class ProjectedFrames(FrameEncoder):
     """Fixed features pooled onto a grid, projected onto their principal components and standardised, then
     a trained MLP head: what the frozen JEPA and the pooled-pixel encoders share. A subclass says what is
@@ -126,11 +162,14 @@ class ProjectedFrames(FrameEncoder):
     Args:
         cfg: ``pool``, ``project_dim``, ``standardize``, ``latent_dim``, ``head_hidden``.
         image_shape: ``(C, H, W)`` of the images.
-        pooled_dim: size of :meth:`pooled`'s vectors.
+        grid: how :meth:`pooled`'s vectors flatten their ``c`` channels on an ``h x w`` grid (an einops
+            pattern such as ``"(c h w)"``), with ``sizes`` ``c``, ``h`` and ``w``: what the keypoint head
+            unflattens.
     """
 
-    def __init__(self, cfg, image_shape: tuple[int, int, int], pooled_dim: int):
+    def __init__(self, cfg, image_shape: tuple[int, int, int], grid: str, **sizes: int):
         super().__init__()
+        pooled_dim = int(np.prod(list(sizes.values())))
         self.cfg = cfg
         self.image_shape = tuple(int(x) for x in image_shape)
         if cfg.project_dim > pooled_dim:
@@ -142,7 +181,9 @@ class ProjectedFrames(FrameEncoder):
             self.register_buffer("pca_components", torch.eye(pooled_dim)[:, : cfg.project_dim].contiguous())
         self.register_buffer("feature_mean", torch.zeros(self.feature_dim))
         self.register_buffer("feature_std", torch.ones(self.feature_dim))
-        if cfg.latent_dim:
+        if cfg.latent_dim and cfg.head == "keypoints":
+            self.head = KeypointHead((grid, sizes), cfg.conv_width, cfg.head_hidden, cfg.latent_dim)
+        elif cfg.latent_dim:
             self.head = nn.Sequential(nn.Linear(self.feature_dim, cfg.head_hidden), nn.LayerNorm(cfg.head_hidden),
                                       nn.GELU(), nn.Linear(cfg.head_hidden, cfg.latent_dim))
         else:
@@ -249,7 +290,8 @@ class FrozenJEPAFrames(ProjectedFrames):
         grid = vit.cfg.grid[0]
         if grid % cfg.pool:
             raise ValueError(f"pool {cfg.pool} must divide the patch grid side {grid}")
-        super().__init__(cfg, (vit.cfg.in_chans, vit.cfg.image_size, vit.cfg.image_size), cfg.pool**2 * vit.width)
+        super().__init__(cfg, (vit.cfg.in_chans, vit.cfg.image_size, vit.cfg.image_size), "(h w c)",
+                         c=vit.width, h=cfg.pool, w=cfg.pool)
         self.vit = vit.requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> "FrozenJEPAFrames":
@@ -302,7 +344,7 @@ class PixelFrames(ProjectedFrames):
         c, h, w = (int(x) for x in image_shape)
         if h % cfg.pool or w % cfg.pool:
             raise ValueError(f"pool {cfg.pool} must divide the image sides {h}x{w}")
-        super().__init__(cfg, (c, h, w), c * cfg.pool**2)
+        super().__init__(cfg, (c, h, w), "(c h w)", c=c, h=cfg.pool, w=cfg.pool)
 
     @torch.no_grad()
     def pooled(self, obs: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,9 @@ class DynamicsConfig:
         depth: hidden layers of the predictor MLP.
         latent_dim: size of a frame latent made by the trained head (0 = no head:
             the standardised features are the latent).
+        head: the trained head of ``frozen`` and ``pixels``: ``mlp`` (the flattened features) or ``keypoints``
+            (convolutions over the feature grid, each channel's soft-argmax position, then the MLP: where things
+            are, at sub-cell precision, the same wherever they are; needs ``project_dim = 0``).
         head_hidden: hidden width of the head MLP (and of the conv encoder's MLP).
         conv_width: channels of the conv encoder's first layer.
         dropout: dropout after each hidden layer of the predictor (LeWorldModel: 0.1).
@@ -70,6 +73,7 @@ class DynamicsConfig:
     hidden: int = 512
     depth: int = 3
     latent_dim: int = 32
+    head: str = "mlp"
     head_hidden: int = 512
     conv_width: int = 32
     dropout: float = 0.0
@@ -81,6 +85,14 @@ class DynamicsConfig:
         if self.encoder == "conv" and (self.latent_dim < 1 or self.conv_width % 8):
             raise ValueError(f"the conv encoder needs latent_dim >= 1 and conv_width a multiple of 8, got "
                              f"{self.latent_dim}, {self.conv_width}")
+        if self.head not in ("mlp", "keypoints"):
+            raise ValueError(f"head must be 'mlp' or 'keypoints', got {self.head!r}")
+        if self.head == "keypoints" and (self.encoder == "conv" or self.project_dim or self.latent_dim < 1
+                                         or self.conv_width % 8):
+            raise ValueError(f"head=keypoints convolves the frozen or pixels encoder's pooled grid: it needs "
+                             f"project_dim=0, latent_dim >= 1 and conv_width a multiple of 8, got encoder="
+                             f"{self.encoder}, project_dim={self.project_dim}, latent_dim={self.latent_dim}, "
+                             f"conv_width={self.conv_width}")
         if self.standardize not in ("per_dim", "global"):
             raise ValueError(f"standardize must be 'per_dim' or 'global', got {self.standardize!r}")
         if min(self.pool, self.history, self.action_block, self.hidden, self.depth, self.head_hidden) < 1:
