@@ -25,7 +25,8 @@ import torch
 from experiments.runs import check_trained_env
 from experiments.schemas import PlanConfig
 from planners.cem import CEMConfig
-from planners.hierarchy import NEEDS_REACH, hierarchical_agent
+from planners.hierarchy import hierarchical_agent
+from planners.subgoals import NEEDS_REACH
 from planners.mpc import PLANNERS, POLICY, LatentMPCAgent, uses_policy
 from planners.oracle import OracleAgent
 from worldmodel.checkpoint import WEIGHTS

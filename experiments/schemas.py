@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from planners.hierarchy import SlowPlanConfig
+from planners.subgoals import SlowPlanConfig
 from planners.mpc import PLANNERS, POLICY, MPCConfig
 from envs.config import EnvConfig, check_patch_grid
 from worldmodel.data.config import DataConfig

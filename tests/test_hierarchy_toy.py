@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from planners.cem import CEMConfig
-from planners.hierarchy import HierarchicalAgent, SlowPlanConfig, SubgoalPlanner, hierarchical_agent as two_levels
+from planners.hierarchy import HierarchicalAgent, hierarchical_agent as two_levels
+from planners.subgoals import SlowPlanConfig, SubgoalPlanner
 from planners.mpc import LatentMPCAgent, MPCConfig
 from worldmodel.dynamics import StateLayout
 

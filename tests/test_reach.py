@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from planners.hierarchy import SlowPlanConfig, hierarchical_agent as two_levels
+from planners.hierarchy import hierarchical_agent as two_levels
+from planners.subgoals import SlowPlanConfig
 from planners.mpc import MPCConfig
 from tests.test_hierarchy_toy import CEM_SETTINGS, HIGH, K, LOW, HeldActions, OpenFloor, between, image
 from worldmodel.checkpoint import CheckpointError
