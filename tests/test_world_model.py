@@ -222,6 +222,8 @@ def test_keypoint_head_reads_where_a_blob_is_and_trains_saves_and_loads(tiny_dat
     loaded = WorldModel.from_pretrained(tmp_path / "model")
     assert isinstance(loaded.encoder.head, KeypointHead)
     assert torch.equal(loaded.latents(obs), model.eval().latents(obs))
+    baseline = model.encoder.random_baseline(tiny_dataset.split("train"), seed=0)  # the probes' baseline: no head
+    assert baseline.latent_dim == 3 * 8 * 8 and baseline.latents(baseline.features(obs)).shape == (8, 3 * 8 * 8)
     with pytest.raises(ValueError, match="head=keypoints .* project_dim=0"):
         DynamicsConfig(encoder="pixels", pool=8, project_dim=16, head="keypoints")
     with pytest.raises(ValueError, match="head must be 'mlp' or 'keypoints', got 'cnn'"):

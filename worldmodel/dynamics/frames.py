@@ -321,7 +321,7 @@ class FrozenJEPAFrames(ProjectedFrames):
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             vit = ViTEncoder(self.vit.cfg).to(self.device)
-            cfg = type(self.cfg)(**{**self.cfg.to_dict(), "latent_dim": 0})
+            cfg = type(self.cfg)(**{**self.cfg.to_dict(), "latent_dim": 0, "head": "mlp"})
             rand = FrozenJEPAFrames(vit, cfg).to(self.device).eval()
             torch.manual_seed(seed)
             rand.fit_projection(train, frames=4000, seed=seed)
@@ -357,7 +357,7 @@ class PixelFrames(ProjectedFrames):
 
     def random_baseline(self, train: Episodes, seed: int) -> "PixelFrames":
         """The same pooled pixels and projection with no head: the standardised pixels are its latents."""
-        cfg = type(self.cfg)(**{**self.cfg.to_dict(), "latent_dim": 0})
+        cfg = type(self.cfg)(**{**self.cfg.to_dict(), "latent_dim": 0, "head": "mlp"})
         base = PixelFrames(cfg, self.image_shape).to(self.device).eval()
         for name in ("pca_mean", "pca_components", "feature_mean", "feature_std"):
             if hasattr(self, name):
