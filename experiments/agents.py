@@ -26,9 +26,9 @@ from experiments.runs import check_trained_env
 from experiments.schemas import PlanConfig
 from planners.cem import CEMConfig
 from planners.hierarchy import hierarchical_agent
-from planners.subgoals import NEEDS_REACH
 from planners.mpc import PLANNERS, POLICY, LatentMPCAgent, uses_policy
 from planners.oracle import OracleAgent
+from planners.subgoals import NEEDS_REACH
 from worldmodel.checkpoint import WEIGHTS
 from worldmodel.dynamics import WorldModel
 from worldmodel.evaluation import REFERENCE_AGENTS, make_baseline

@@ -14,8 +14,8 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from planners.subgoals import SlowPlanConfig
 from planners.mpc import PLANNERS, POLICY, MPCConfig
+from planners.subgoals import SlowPlanConfig
 from envs.config import EnvConfig, check_patch_grid
 from worldmodel.data.config import DataConfig
 from worldmodel.dynamics import DynamicsConfig, DynamicsTrainConfig

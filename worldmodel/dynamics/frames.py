@@ -18,6 +18,8 @@ Three implementations; a new kind is a new class here, registered in ``FRAME_ENC
 - :class:`PixelFrames` (``pixels``): the same projection, standardisation and head on the
   image itself average-pooled to ``pool x pool`` pixels: a head trained end to end on a
   low-resolution view, which keeps small objects that the ViT's tokens blur (Push-T's agent).
+  Either's head can instead be :class:`KeypointHead` (``head = "keypoints"``): convolutions over
+  the unprojected grid and each map's soft-argmax position, read by the MLP.
 - :class:`ConvFrames` (``conv``): a small conv net trained end to end from pixels (as
   PLDM and LeWorldModel train theirs). Its features are the images themselves.
 """
@@ -156,11 +158,13 @@ class KeypointHead(nn.Module):
 
 class ProjectedFrames(FrameEncoder):
     """Fixed features pooled onto a grid, projected onto their principal components and standardised, then
-    a trained MLP head: what the frozen JEPA and the pooled-pixel encoders share. A subclass says what is
-    pooled (:meth:`pooled`) and what that depends on (:meth:`source_key`).
+    a trained head (an MLP, or :class:`KeypointHead` on the unprojected grid): what the frozen JEPA and the
+    pooled-pixel encoders share. A subclass says what is pooled (:meth:`pooled`) and what that depends on
+    (:meth:`source_key`).
 
     Args:
-        cfg: ``pool``, ``project_dim``, ``standardize``, ``latent_dim``, ``head_hidden``.
+        cfg: ``pool``, ``project_dim``, ``standardize``, ``latent_dim``, ``head``, ``head_hidden``,
+            ``conv_width``.
         image_shape: ``(C, H, W)`` of the images.
         grid: how :meth:`pooled`'s vectors flatten their ``c`` channels on an ``h x w`` grid (an einops
             pattern such as ``"(c h w)"``), with ``sizes`` ``c``, ``h`` and ``w``: what the keypoint head
