@@ -167,7 +167,7 @@ def main(overrides: list[str]) -> Path:
     if with_slow:
         install_slow(overrides, target)
     if flags["policy"]:
-        timed("train_policy", lambda _: install_policy(overrides, target), None)
+        install_policy(overrides, target)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
     print(f"default world model{' (with its slow level)' if with_slow else ''} exported to {target} ({size:.1f} MiB)")
     return target
@@ -226,7 +226,7 @@ def install_policy(overrides: list[str], target: Path) -> Path:
     model = os.path.relpath(target)
     policy = stage_load("train_policy", overrides + ["resume=true", "resume_allow=[model,install]", f"model={model}",
                                                "install=true"])
-    train_policy.run(policy)
+    timed("train_policy", train_policy.run, policy)
     return target
 
 

@@ -26,7 +26,7 @@ from worldmodel.dynamics import (
     validate,
 )
 from worldmodel.evaluation import evaluate_agent, sample_goal_tasks
-from worldmodel.dynamics.frames import KeypointHead
+from worldmodel.dynamics.nets import KeypointHead
 from worldmodel.jepa.vit import normalize_images
 from worldmodel.training import Trainer
 
@@ -190,7 +190,7 @@ def test_pixel_encoder_learns_a_head_on_pooled_pixels_and_saves_with_it(tiny_dat
 
 def test_keypoint_head_reads_where_a_blob_is_and_trains_saves_and_loads(tiny_dataset, tmp_path):
     torch.manual_seed(0)
-    head = KeypointHead(("(c h w)", {"c": 1, "h": 16, "w": 16}), width=8, hidden=16, out_dim=4)
+    head = KeypointHead("(c h w)", {"c": 1, "h": 16, "w": 16}, width=8, hidden=16, out_dim=4)
     with torch.no_grad():  # keypoint map 0 = the mean of each 2 x 2 cell of the input; the others flat
         for p in head.parameters():
             p.zero_()
