@@ -2,6 +2,7 @@
 
     python benchmarks/state_model.py --data data/pusht-expert-96px-1000x100-s0-eab8759917 \\
         [--steps 2000] [--tasks 100] [--goal-offset 25 --budget 50] [--out results/benchmarks/state_model.json]
+        [--samples 300 --iterations 10] [--cost latent|pose] [--save M.pt | --load M.pt]
 
 A world model whose frame latent is the simulator's own pose (every position the env records, and every angle
 as its cosine and sine; standardised) instead of an image's encoding. Everything else is the pixel model's: the
@@ -10,7 +11,9 @@ losses (one step and 5 blocks open loop), and the planner (CEM 300 x 10 over 5 b
 along the plan with the block before it at half weight, the first block executed, then replanning), on the
 held-out tasks ``plan.py`` draws (task seed 0). It is privileged: it reads the state where the pixel model reads
 the image. The gap between its success and the pixel model's is what the encoder costs; its own gap to the
-simulator oracle is what the data, the predictor and the planner cost. Prints the validation error by horizon
+simulator oracle is what the data, the predictor and the planner cost. ``--cost pose`` plans on the env's own goal
+error (Push-T: the success test's pose error) of each predicted pose instead of the squared latent distance: what the
+cost's shape costs, with the model kept. Prints the validation error by horizon
 and the success with a Wilson interval, and writes JSON. About 10 minutes on 2 cores for 2000 steps and 100
 Push-T tasks.
 """
@@ -18,6 +21,7 @@ Push-T tasks.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 
 import envs
 from experiments.provenance import write_json
+from envs.pusht import ANGLE_TOLERANCE, POSITION_TOLERANCE
 from planners.base import Bounds
 from planners.cem import CEM, CEMConfig
 from worldmodel.data import open_dataset
@@ -33,6 +38,7 @@ from worldmodel.data.windows import WindowSampler
 from worldmodel.dynamics import BlockPredictor, StateLayout
 from worldmodel.evaluation import run_task, sample_goal_tasks
 from worldmodel.evaluation.protocol import task_seed, wilson_interval
+from worldmodel.files import write_verified
 
 
 def pose_features(spec, physics: dict[str, np.ndarray]) -> np.ndarray:
@@ -98,13 +104,32 @@ def losses(model: StateModel, z: torch.Tensor, blocks: torch.Tensor) -> tuple[to
     return one, per_horizon
 
 
+def pusht_pose(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Push-T's ``[agent_x, agent_y, block_x, block_y, block_angle]`` of standardised pose latents ``(..., 6)``
+    (the positions, then the angle's cosine and sine, as :func:`pose_features` makes them)."""
+    pose = z * std + mean
+    return torch.cat([pose[..., :4], torch.atan2(pose[..., 5], pose[..., 4])[..., None]], -1)
+
+
+def pusht_pose_error(pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """``envs.pusht.pose_error`` (1 = the success tolerance) of poses ``(..., 5)`` to the goal's ``(5,)``."""
+    position = (pose[..., :4] - goal[:4]).norm(dim=-1) / POSITION_TOLERANCE
+    turn = torch.remainder(pose[..., 4] - goal[4] + math.pi, 2 * math.pi) - math.pi
+    return torch.maximum(position, turn.abs() / ANGLE_TOLERANCE)
+
+
 class StateAgent:
     """CEM on the state model toward the goal's pose; it reads the env's state (privileged)."""
 
     privileged = True
 
-    def __init__(self, model: StateModel, spec, env, cem: CEMConfig, horizon: int, seed: int):
+    def __init__(self, model: StateModel, spec, env, cem: CEMConfig, horizon: int, seed: int, cost: str = "latent"):
+        if cost not in ("latent", "pose"):
+            raise ValueError(f"cost={cost!r}: expected 'latent' (squared latent distance) or 'pose' (the env's goal error)")
+        if cost == "pose" and spec.name != "pusht":
+            raise ValueError(f"cost='pose' reads a Push-T pose from the latent; env {spec.name!r} is not Push-T")
         L = model.layout
+        self.cost_kind = cost
         self.model, self.spec, self.env, self.horizon = model, spec, env.unwrapped, horizon
         space = env.action_space
         self.bounds = Bounds(np.tile(space.low, L.action_block), np.tile(space.high, L.action_block))
@@ -121,6 +146,7 @@ class StateAgent:
 
     def set_goal_state(self, goal_state: np.ndarray) -> None:
         self.goal = self.model.latents(self.pose(goal_state))
+        self.goal_pose = pusht_pose(self.goal, self.model.mean, self.model.std)
 
     def pose(self, state: np.ndarray) -> np.ndarray:
         """The pose of a flat state, read from the scratch env set to it."""
@@ -145,7 +171,8 @@ class StateAgent:
             def cost(blocks: torch.Tensor) -> torch.Tensor:  # (1, S, H, block_dim) -> (1, S)
                 states = self.model.rollout(s0.expand(blocks.shape[1], -1), blocks[0])
                 frames = L.frame_latents(states)  # (S, H, history, d)
-                d = ((frames - self.goal) ** 2).sum(-1)
+                d = ((frames - self.goal) ** 2).sum(-1) if self.cost_kind == "latent" else pusht_pose_error(
+                    pusht_pose(frames, self.model.mean, self.model.std), self.goal_pose)
                 return (d[..., -1] + 0.5 * d[..., -2]).min(-1).values[None]
 
             plan = self.cem.plan(cost, 1, self.gen).actions[0, 0].reshape(L.action_block, L.action_dim)
@@ -153,6 +180,19 @@ class StateAgent:
         action = self.queue.pop(0)
         self.actions.append(action)
         return action
+
+
+def fit(model: StateModel, windows: Windows, steps: int) -> float:
+    """``steps`` AdamW steps on the one-step and open-loop errors of 256-window batches; returns the seconds."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    gen, start = torch.Generator().manual_seed(0), time.perf_counter()
+    for _ in range(steps):
+        one, per_horizon = losses(model, *windows.sample(256, gen))
+        loss = one + per_horizon.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -164,10 +204,19 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=50)
     parser.add_argument("--task-seed", type=int, default=0)
     parser.add_argument("--rollout", type=int, default=5, help="action blocks per training window")
+    parser.add_argument("--samples", type=int, default=300, help="CEM samples")
+    parser.add_argument("--iterations", type=int, default=10, help="CEM iterations")
+    parser.add_argument("--cost", choices=("latent", "pose"), default="latent",
+                        help="latent: squared distance to the goal's latent; pose: the env's goal error (Push-T)")
+    parser.add_argument("--save", help="write the trained model here")
+    parser.add_argument("--load", help="plan with this saved model instead of training one (--steps is ignored)")
     parser.add_argument("--out", default="results/benchmarks/state_model.json")
     args = parser.parse_args()
-    if min(args.steps, args.tasks, args.goal_offset, args.budget, args.rollout) < 1:
-        raise SystemExit(f"--steps, --tasks, --goal-offset, --budget and --rollout must be >= 1, got {vars(args)}")
+    if min(args.steps, args.tasks, args.goal_offset, args.budget, args.rollout, args.samples, args.iterations) < 1:
+        raise SystemExit(f"--steps, --tasks, --goal-offset, --budget, --rollout, --samples and --iterations must be "
+                         f">= 1, got {vars(args)}")
+    if args.samples < 20:
+        raise SystemExit(f"--samples {args.samples}: CEM refits on the best tenth, at least 2, so it needs >= 20")
     dataset = open_dataset(args.data)
     name = dataset.manifest["env"]["name"]
     spec = envs.get_spec(name)
@@ -177,35 +226,37 @@ def main() -> None:
     layout = StateLayout(pose["train"].shape[1], 2, 5, train.actions.shape[1])
     model = StateModel(layout, pose["train"].mean(0), pose["train"].std(0) + 1e-6)
     windows = {s: Windows(model, e, model.latents(pose[s]), args.rollout) for s, e in (("train", train), ("val", val))}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    gen, start = torch.Generator().manual_seed(0), time.perf_counter()
-    for step in range(args.steps):
-        one, per_horizon = losses(model, *windows["train"].sample(256, gen))
-        loss = one + per_horizon.mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    train_seconds = time.perf_counter() - start
+    if args.load:
+        model.load_state_dict(torch.load(args.load))
+        train_seconds = None
+    else:
+        train_seconds = fit(model, windows["train"], args.steps)
+        if args.save:
+            write_verified(args.save, lambda tmp: torch.save(model.state_dict(), tmp))
     model.eval()
     with torch.no_grad():
         one, per_horizon = losses(model, *windows["val"].sample(2048, torch.Generator().manual_seed(1)))
-    print(f"trained {args.steps} steps in {train_seconds:.0f} s; validation MSE of the standardised pose by "
+    trained = f"loaded {args.load}" if args.load else f"trained {args.steps} steps in {train_seconds:.0f} s"
+    print(f"{trained}; validation MSE of the standardised pose by "
           f"horizon (blocks of 5 steps): {', '.join(f'{x:.3f}' for x in per_horizon.tolist())}")
 
     env = envs.make_env(name, image_size=16)
     rng = np.random.default_rng(args.task_seed)
     tasks = sample_goal_tasks(heldout, spec, args.tasks, args.goal_offset, rng)
-    agent = StateAgent(model, spec, env, CEMConfig(samples=300, elites=30, iterations=10), horizon=5, seed=0)
+    cem = CEMConfig(samples=args.samples, elites=args.samples // 10, iterations=args.iterations)
+    agent = StateAgent(model, spec, env, cem, horizon=5, seed=0, cost=args.cost)
     results = []
     for i, task in enumerate(tasks):
         agent.seed(task_seed(args.task_seed, i))
         results.append(run_task(env, spec, task, agent, args.budget))
     wins = sum(r.success for r in results)
     lo, hi = wilson_interval(wins, len(results))
-    print(f"state-model CEM: {wins}/{len(results)} [{100 * lo:.1f}%, {100 * hi:.1f}%] at goal offset "
+    print(f"state-model CEM {args.samples} x {args.iterations}, {args.cost} cost: {wins}/{len(results)} [{100 * lo:.1f}%, {100 * hi:.1f}%] at goal offset "
           f"{args.goal_offset}, budget {args.budget}; median best goal error "
           f"{np.median([r.best_goal_error for r in results]):.2f}")
-    write_json(args.out, {"data": args.data, "env": name, "steps": args.steps, "train_seconds": train_seconds,
+    write_json(args.out, {"data": args.data, "env": name, "steps": None if args.load else args.steps,
+                          "loaded": args.load, "train_seconds": train_seconds, "samples": args.samples,
+                          "iterations": args.iterations, "cost": args.cost,
                           "rollout": args.rollout, "val_one_step": one.item(), "val_rollout_by_horizon": per_horizon.tolist(),
                           "goal_offset": args.goal_offset, "budget": args.budget, "task_seed": args.task_seed,
                           "successes": wins, "tasks": len(results), "wilson95": [lo, hi],

@@ -189,3 +189,43 @@ def test_the_state_model_benchmark_trains_on_poses_and_plans_the_held_out_tasks(
     assert result["tasks"] == 2 and len(result["val_rollout_by_horizon"]) == 2
     threshold = envs.get_spec("reacher").success_threshold
     assert result["successes"] == sum(e <= threshold for e in result["best_goal_errors"])
+
+
+def test_the_state_model_benchmark_plans_again_with_the_model_it_saved(tiny_dataset, tmp_path):
+    common = [sys.executable, str(ROOT / "benchmarks" / "state_model.py"), "--data", str(tiny_dataset.path),
+              "--tasks", "2", "--goal-offset", "5", "--budget", "6", "--rollout", "2", "--samples", "40",
+              "--iterations", "2"]
+    saved, again = tmp_path / "saved.json", tmp_path / "again.json"
+    run = subprocess.run(common + ["--steps", "30", "--save", str(tmp_path / "m.pt"), "--out", str(saved)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    run = subprocess.run(common + ["--load", str(tmp_path / "m.pt"), "--out", str(again)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    first, second = json.loads(saved.read_text()), json.loads(again.read_text())
+    assert second["loaded"] == str(tmp_path / "m.pt") and second["steps"] is None
+    assert second["val_rollout_by_horizon"] == first["val_rollout_by_horizon"]
+    assert second["best_goal_errors"] == first["best_goal_errors"]
+    run = subprocess.run(common + ["--load", str(tmp_path / "m.pt"), "--cost", "pose", "--out", str(again)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0 and "is not Push-T" in run.stderr
+
+
+def test_the_state_model_pose_cost_is_the_pusht_success_test():
+    """The pose cost read from standardised latents is ``envs.pusht.pose_error`` of the states they encode."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("state_model", ROOT / "benchmarks" / "state_model.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from envs.pusht import pose_error
+
+    rng = np.random.default_rng(0)
+    states = np.concatenate([rng.uniform(50, 450, (64, 4)), rng.uniform(-3 * np.pi, 3 * np.pi, (64, 1))], 1)
+    poses = np.concatenate([states[:, :4], np.cos(states[:, 4:]), np.sin(states[:, 4:])], 1)
+    mean, std = poses.mean(0), poses.std(0)
+    z = torch.as_tensor((poses - mean) / std, dtype=torch.float64)
+    pose = bench.pusht_pose(z, torch.as_tensor(mean), torch.as_tensor(std))
+    errors = bench.pusht_pose_error(pose[1:], pose[0]).numpy()
+    expected = [pose_error(s, states[0]) for s in states[1:]]
+    np.testing.assert_allclose(errors, expected, rtol=1e-6)
