@@ -57,10 +57,10 @@ def pose_features(spec, physics: dict[str, np.ndarray]) -> np.ndarray:
 class StateModel(torch.nn.Module):
     """The pixel model's predictor and layout over standardised pose latents."""
 
-    def __init__(self, layout: StateLayout, mean: np.ndarray, std: np.ndarray):
+    def __init__(self, layout: StateLayout, mean: np.ndarray, std: np.ndarray, hidden: int = 512, depth: int = 3):
         super().__init__()
         self.layout = layout
-        self.predictor = BlockPredictor(layout, 512, 3)
+        self.predictor = BlockPredictor(layout, hidden, depth)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
 
@@ -105,7 +105,7 @@ def losses(model: StateModel, z: torch.Tensor, blocks: torch.Tensor) -> tuple[to
 
 
 def pusht_pose(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Push-T's ``[agent_x, agent_y, block_x, block_y, block_angle]`` of standardised pose latents ``(..., 6)``
+    """Push-T's pose (agent x and y, the T's x, y and angle) of standardised pose latents ``(..., 6)``
     (the positions, then the angle's cosine and sine, as :func:`pose_features` makes them)."""
     pose = z * std + mean
     return torch.cat([pose[..., :4], torch.atan2(pose[..., 5], pose[..., 4])[..., None]], -1)
@@ -125,7 +125,8 @@ class StateAgent:
 
     def __init__(self, model: StateModel, spec, env, cem: CEMConfig, horizon: int, seed: int, cost: str = "latent"):
         if cost not in ("latent", "pose"):
-            raise ValueError(f"cost={cost!r}: expected 'latent' (squared latent distance) or 'pose' (the env's goal error)")
+            raise ValueError(f"cost={cost!r}: expected 'latent' (squared latent distance) or 'pose' (the env's goal "
+                             f"error)")
         if cost == "pose" and spec.name != "pusht":
             raise ValueError(f"cost='pose' reads a Push-T pose from the latent; env {spec.name!r} is not Push-T")
         L = model.layout
@@ -204,6 +205,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=50)
     parser.add_argument("--task-seed", type=int, default=0)
     parser.add_argument("--rollout", type=int, default=5, help="action blocks per training window")
+    parser.add_argument("--hidden", type=int, default=512, help="the predictor's width (the pixel model's: 512)")
+    parser.add_argument("--depth", type=int, default=3, help="the predictor's hidden layers (the pixel model's: 3)")
     parser.add_argument("--samples", type=int, default=300, help="CEM samples")
     parser.add_argument("--iterations", type=int, default=10, help="CEM iterations")
     parser.add_argument("--cost", choices=("latent", "pose"), default="latent",
@@ -212,9 +215,10 @@ def main() -> None:
     parser.add_argument("--load", help="plan with this saved model instead of training one (--steps is ignored)")
     parser.add_argument("--out", default="results/benchmarks/state_model.json")
     args = parser.parse_args()
-    if min(args.steps, args.tasks, args.goal_offset, args.budget, args.rollout, args.samples, args.iterations) < 1:
-        raise SystemExit(f"--steps, --tasks, --goal-offset, --budget, --rollout, --samples and --iterations must be "
-                         f">= 1, got {vars(args)}")
+    if min(args.steps, args.tasks, args.goal_offset, args.budget, args.rollout, args.samples, args.iterations,
+           args.hidden, args.depth) < 1:
+        raise SystemExit(f"--steps, --tasks, --goal-offset, --budget, --rollout, --samples, --iterations, --hidden and "
+                         f"--depth must be >= 1, got {vars(args)}")
     if args.samples < 20:
         raise SystemExit(f"--samples {args.samples}: CEM refits on the best tenth, at least 2, so it needs >= 20")
     dataset = open_dataset(args.data)
@@ -224,7 +228,7 @@ def main() -> None:
     pose = {s: pose_features(spec, e.physics) for s, e in (("train", train), ("val", val))}
     torch.manual_seed(0)
     layout = StateLayout(pose["train"].shape[1], 2, 5, train.actions.shape[1])
-    model = StateModel(layout, pose["train"].mean(0), pose["train"].std(0) + 1e-6)
+    model = StateModel(layout, pose["train"].mean(0), pose["train"].std(0) + 1e-6, args.hidden, args.depth)
     windows = {s: Windows(model, e, model.latents(pose[s]), args.rollout) for s, e in (("train", train), ("val", val))}
     if args.load:
         model.load_state_dict(torch.load(args.load))
@@ -251,13 +255,15 @@ def main() -> None:
         results.append(run_task(env, spec, task, agent, args.budget))
     wins = sum(r.success for r in results)
     lo, hi = wilson_interval(wins, len(results))
-    print(f"state-model CEM {args.samples} x {args.iterations}, {args.cost} cost: {wins}/{len(results)} [{100 * lo:.1f}%, {100 * hi:.1f}%] at goal offset "
+    print(f"state-model CEM {args.samples} x {args.iterations}, {args.cost} cost: {wins}/{len(results)} "
+          f"[{100 * lo:.1f}%, {100 * hi:.1f}%] at goal offset "
           f"{args.goal_offset}, budget {args.budget}; median best goal error "
           f"{np.median([r.best_goal_error for r in results]):.2f}")
     write_json(args.out, {"data": args.data, "env": name, "steps": None if args.load else args.steps,
-                          "loaded": args.load, "train_seconds": train_seconds, "samples": args.samples,
-                          "iterations": args.iterations, "cost": args.cost,
-                          "rollout": args.rollout, "val_one_step": one.item(), "val_rollout_by_horizon": per_horizon.tolist(),
+                          "loaded": args.load, "train_seconds": train_seconds, "hidden": args.hidden,
+                          "depth": args.depth, "samples": args.samples, "iterations": args.iterations,
+                          "cost": args.cost, "rollout": args.rollout, "val_one_step": one.item(),
+                          "val_rollout_by_horizon": per_horizon.tolist(),
                           "goal_offset": args.goal_offset, "budget": args.budget, "task_seed": args.task_seed,
                           "successes": wins, "tasks": len(results), "wilson95": [lo, hi],
                           "best_goal_errors": [r.best_goal_error for r in results]})
