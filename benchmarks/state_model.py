@@ -2,7 +2,8 @@
 
     python benchmarks/state_model.py --data data/pusht-expert-96px-1000x100-s0-eab8759917 \\
         [--steps 2000] [--tasks 100] [--goal-offset 25 --budget 50] [--out results/benchmarks/state_model.json]
-        [--samples 300 --iterations 10] [--cost latent|pose] [--save M.pt | --load M.pt]
+        [--samples 300 --iterations 10 --horizon 5] [--hidden 512 --depth 3] [--cost latent|pose]
+        [--save M.pt | --load M.pt]
 
 A world model whose frame latent is the simulator's own pose (every position the env records, and every angle
 as its cosine and sine; standardised) instead of an image's encoding. Everything else is the pixel model's: the
@@ -209,16 +210,18 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3, help="the predictor's hidden layers (the pixel model's: 3)")
     parser.add_argument("--samples", type=int, default=300, help="CEM samples")
     parser.add_argument("--iterations", type=int, default=10, help="CEM iterations")
+    parser.add_argument("--horizon", type=int, default=5, help="action blocks per plan (the pixel model's: 5)")
     parser.add_argument("--cost", choices=("latent", "pose"), default="latent",
                         help="latent: squared distance to the goal's latent; pose: the env's goal error (Push-T)")
     parser.add_argument("--save", help="write the trained model here")
-    parser.add_argument("--load", help="plan with this saved model instead of training one (--steps is ignored)")
+    parser.add_argument("--load", help="plan with this saved model instead of training one (--steps is ignored; "
+                        "--hidden and --depth are the saved model's)")
     parser.add_argument("--out", default="results/benchmarks/state_model.json")
     args = parser.parse_args()
     if min(args.steps, args.tasks, args.goal_offset, args.budget, args.rollout, args.samples, args.iterations,
-           args.hidden, args.depth) < 1:
-        raise SystemExit(f"--steps, --tasks, --goal-offset, --budget, --rollout, --samples, --iterations, --hidden and "
-                         f"--depth must be >= 1, got {vars(args)}")
+           args.hidden, args.depth, args.horizon) < 1:
+        raise SystemExit(f"--steps, --tasks, --goal-offset, --budget, --rollout, --samples, --iterations, --hidden, "
+                         f"--depth and --horizon must be >= 1, got {vars(args)}")
     if args.samples < 20:
         raise SystemExit(f"--samples {args.samples}: CEM refits on the best tenth, at least 2, so it needs >= 20")
     dataset = open_dataset(args.data)
@@ -226,12 +229,16 @@ def main() -> None:
     spec = envs.get_spec(name)
     train, val, heldout = (dataset.split(s) for s in ("train", "val", "heldout"))
     pose = {s: pose_features(spec, e.physics) for s, e in (("train", train), ("val", val))}
+    saved = torch.load(args.load) if args.load else None
+    if saved is not None:  # the saved predictor's size, read off its weight matrices
+        matrices = [v for k, v in saved.items() if k.startswith("predictor.") and v.dim() == 2]
+        args.hidden, args.depth = matrices[0].shape[0], len(matrices) - 1
     torch.manual_seed(0)
     layout = StateLayout(pose["train"].shape[1], 2, 5, train.actions.shape[1])
     model = StateModel(layout, pose["train"].mean(0), pose["train"].std(0) + 1e-6, args.hidden, args.depth)
     windows = {s: Windows(model, e, model.latents(pose[s]), args.rollout) for s, e in (("train", train), ("val", val))}
     if args.load:
-        model.load_state_dict(torch.load(args.load))
+        model.load_state_dict(saved)
         train_seconds = None
     else:
         train_seconds = fit(model, windows["train"], args.steps)
@@ -248,21 +255,22 @@ def main() -> None:
     rng = np.random.default_rng(args.task_seed)
     tasks = sample_goal_tasks(heldout, spec, args.tasks, args.goal_offset, rng)
     cem = CEMConfig(samples=args.samples, elites=args.samples // 10, iterations=args.iterations)
-    agent = StateAgent(model, spec, env, cem, horizon=5, seed=0, cost=args.cost)
+    agent = StateAgent(model, spec, env, cem, horizon=args.horizon, seed=0, cost=args.cost)
     results = []
     for i, task in enumerate(tasks):
         agent.seed(task_seed(args.task_seed, i))
         results.append(run_task(env, spec, task, agent, args.budget))
     wins = sum(r.success for r in results)
     lo, hi = wilson_interval(wins, len(results))
-    print(f"state-model CEM {args.samples} x {args.iterations}, {args.cost} cost: {wins}/{len(results)} "
-          f"[{100 * lo:.1f}%, {100 * hi:.1f}%] at goal offset "
+    print(f"state-model CEM {args.samples} x {args.iterations} over {args.horizon} blocks, {args.cost} cost: "
+          f"{wins}/{len(results)} [{100 * lo:.1f}%, {100 * hi:.1f}%] at goal offset "
           f"{args.goal_offset}, budget {args.budget}; median best goal error "
           f"{np.median([r.best_goal_error for r in results]):.2f}")
     write_json(args.out, {"data": args.data, "env": name, "steps": None if args.load else args.steps,
                           "loaded": args.load, "train_seconds": train_seconds, "hidden": args.hidden,
                           "depth": args.depth, "samples": args.samples, "iterations": args.iterations,
-                          "cost": args.cost, "rollout": args.rollout, "val_one_step": one.item(),
+                          "horizon": args.horizon, "cost": args.cost, "rollout": args.rollout,
+                          "val_one_step": one.item(),
                           "val_rollout_by_horizon": per_horizon.tolist(),
                           "goal_offset": args.goal_offset, "budget": args.budget, "task_seed": args.task_seed,
                           "successes": wins, "tasks": len(results), "wilson95": [lo, hi],

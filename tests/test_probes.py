@@ -183,10 +183,10 @@ def test_the_state_model_benchmark_trains_on_poses_and_plans_the_held_out_tasks(
     out = tmp_path / "state.json"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "state_model.py"), "--data", str(tiny_dataset.path),
                           "--steps", "30", "--tasks", "2", "--goal-offset", "5", "--budget", "6", "--rollout", "2",
-                          "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          "--horizon", "3", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["tasks"] == 2 and len(result["val_rollout_by_horizon"]) == 2
+    assert result["tasks"] == 2 and len(result["val_rollout_by_horizon"]) == 2 and result["horizon"] == 3
     threshold = envs.get_spec("reacher").success_threshold
     assert result["successes"] == sum(e <= threshold for e in result["best_goal_errors"])
 
@@ -196,14 +196,15 @@ def test_the_state_model_benchmark_plans_again_with_the_model_it_saved(tiny_data
               "--tasks", "2", "--goal-offset", "5", "--budget", "6", "--rollout", "2", "--samples", "40",
               "--iterations", "2"]
     saved, again = tmp_path / "saved.json", tmp_path / "again.json"
-    run = subprocess.run(common + ["--steps", "30", "--save", str(tmp_path / "m.pt"), "--out", str(saved)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(common + ["--steps", "30", "--hidden", "64", "--depth", "2", "--save", str(tmp_path / "m.pt"),
+                                   "--out", str(saved)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     run = subprocess.run(common + ["--load", str(tmp_path / "m.pt"), "--out", str(again)], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     first, second = json.loads(saved.read_text()), json.loads(again.read_text())
     assert second["loaded"] == str(tmp_path / "m.pt") and second["steps"] is None
+    assert (second["hidden"], second["depth"]) == (64, 2)  # the saved predictor's size, not the defaults
     assert second["val_rollout_by_horizon"] == first["val_rollout_by_horizon"]
     assert second["best_goal_errors"] == first["best_goal_errors"]
     run = subprocess.run(common + ["--load", str(tmp_path / "m.pt"), "--cost", "pose", "--out", str(again)], cwd=ROOT,
