@@ -229,7 +229,7 @@ def main() -> None:
     spec = envs.get_spec(name)
     train, val, heldout = (dataset.split(s) for s in ("train", "val", "heldout"))
     pose = {s: pose_features(spec, e.physics) for s, e in (("train", train), ("val", val))}
-    saved = torch.load(args.load) if args.load else None
+    saved = torch.load(args.load, weights_only=True) if args.load else None
     if saved is not None:  # the saved predictor's size, read off its weight matrices
         matrices = [v for k, v in saved.items() if k.startswith("predictor.") and v.dim() == 2]
         args.hidden, args.depth = matrices[0].shape[0], len(matrices) - 1
