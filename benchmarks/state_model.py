@@ -3,7 +3,7 @@
     python benchmarks/state_model.py --data data/pusht-expert-96px-1000x100-s0-eab8759917 \\
         [--steps 2000] [--tasks 100] [--goal-offset 25 --budget 50] [--out results/benchmarks/state_model.json]
         [--samples 300 --iterations 10 --horizon 5] [--hidden 512 --depth 3] [--cost latent|pose]
-        [--save M.pt | --load M.pt]
+        [--save M.pt | --load M.pt] [--simulator]
 
 A world model whose frame latent is the simulator's own pose (every position the env records, and every angle
 as its cosine and sine; standardised) instead of an image's encoding. Everything else is the pixel model's: the
@@ -14,8 +14,10 @@ held-out tasks ``plan.py`` draws (task seed 0). It is privileged: it reads the s
 the image. The gap between its success and the pixel model's is what the encoder costs; its own gap to the
 simulator oracle is what the data, the predictor and the planner cost. ``--cost pose`` plans on the env's own goal
 error (Push-T: the success test's pose error) of each predicted pose instead of the squared latent distance: what the
-cost's shape costs, with the model kept. Prints the validation error by horizon
-and the success with a Wilson interval, and writes JSON. About 10 minutes on 2 cores for 2000 steps and 100
+cost's shape costs, with the model kept. Prints the validation error by horizon, the error
+at the last block by how far each window turns the env's first angle (held-out and training windows), the model's
+error on the plans its planner chose, against the simulator playing them (does the planner steer into the model's
+mistakes?), and the success with a Wilson interval, and writes JSON. About 10 minutes on 2 cores for 2000 steps and 100
 Push-T tasks.
 """
 
@@ -53,6 +55,19 @@ def pose_features(spec, physics: dict[str, np.ndarray]) -> np.ndarray:
         elif q.kind == "angle":
             parts += [np.cos(x), np.sin(x)]
     return np.concatenate(parts, -1)
+
+
+def angle_columns(spec) -> tuple[int, int] | None:
+    """Where the first angle's cosine and sine sit in :func:`pose_features`' columns (None: the env has no angle)."""
+    column = 0
+    for q in spec.quantities:
+        if q.kind == "angle":
+            return column, column + q.dims
+        column += q.dims if q.kind == "position" else 0
+    return None
+
+
+TURN_BINS = (0.0, 0.01, 0.2, 0.5, 1.0, math.inf)  # rad
 
 
 class StateModel(torch.nn.Module):
@@ -105,6 +120,27 @@ def losses(model: StateModel, z: torch.Tensor, blocks: torch.Tensor) -> tuple[to
     return one, per_horizon
 
 
+def error_by_turn(model: StateModel, z: torch.Tensor, blocks: torch.Tensor, columns: tuple[int, int]) -> list[dict]:
+    """The open-loop error at the last block of windows ``z``, ``blocks`` (as :func:`losses` takes them) in each
+    :data:`TURN_BINS` bin of how far the window turns the angle whose cosine and sine are latent ``columns``, from
+    its start's newest frame to its last: ``{"turn_rad": [lo, hi or None], "share": windows, "mse": error}``."""
+    L = model.layout
+    states, actions, targets = L.window_states(z, blocks)[:, :-1], L.step_blocks(blocks), L.step_latents(z)
+    last = ((L.newest(model.rollout(states[:, 0], actions))[:, -1] - targets[:, -1]) ** 2).mean(-1)
+
+    def angle(x: torch.Tensor) -> torch.Tensor:
+        pose = x * model.std + model.mean
+        return torch.atan2(pose[..., columns[1]], pose[..., columns[0]])
+
+    turn = (torch.remainder(angle(targets[:, -1]) - angle(L.newest(states[:, 0])) + math.pi, 2 * math.pi) - math.pi)
+    out = []
+    for lo, hi in zip(TURN_BINS[:-1], TURN_BINS[1:]):
+        m = (turn.abs() >= lo) & (turn.abs() < hi)
+        out.append({"turn_rad": [lo, hi if math.isfinite(hi) else None], "share": m.float().mean().item(),
+                    "mse": last[m].mean().item() if m.any() else None})
+    return out
+
+
 def pusht_pose(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Push-T's pose (agent x and y, the T's x, y and angle) of standardised pose latents ``(..., 6)``
     (the positions, then the angle's cosine and sine, as :func:`pose_features` makes them)."""
@@ -124,21 +160,27 @@ class StateAgent:
 
     privileged = True
 
-    def __init__(self, model: StateModel, spec, env, cem: CEMConfig, horizon: int, seed: int, cost: str = "latent"):
+    def __init__(self, model: StateModel, spec, env, cem: CEMConfig, horizon: int, seed: int, cost: str = "latent",
+                 simulator: bool = False):
+        if simulator and (spec.simulate is None or model.layout.history != 2):
+            raise ValueError(f"simulator=True plays candidate plans on env {spec.name!r}'s own simulate() with a "
+                             f"two-frame history; this env has none or the model's history is {model.layout.history}")
         if cost not in ("latent", "pose"):
             raise ValueError(f"cost={cost!r}: expected 'latent' (squared latent distance) or 'pose' (the env's goal "
                              f"error)")
         if cost == "pose" and spec.name != "pusht":
             raise ValueError(f"cost='pose' reads a Push-T pose from the latent; env {spec.name!r} is not Push-T")
         L = model.layout
-        self.cost_kind = cost
+        self.cost_kind, self.simulator = cost, simulator
         self.model, self.spec, self.env, self.horizon = model, spec, env.unwrapped, horizon
         space = env.action_space
         self.bounds = Bounds(np.tile(space.low, L.action_block), np.tile(space.high, L.action_block))
         self.cem = CEM(cem, horizon, self.bounds)
         self.gen = torch.Generator().manual_seed(seed)
         self.name = "state-model-cem"
+        self.plan_errors = []  # per replan, the chosen plan's error by block against the simulator playing it
         self.scratch = envs.make_env(spec.name, image_size=16)
+        self.scratch.reset(seed=0)  # steppable: set_state then replays plans on it
         if not hasattr(self.scratch.unwrapped, "physics"):
             raise ValueError(f"env {spec.name!r} cannot report the quantities of a state (no physics()): the state "
                              f"model needs it to read a pose")
@@ -171,17 +213,49 @@ class StateAgent:
             s0 = L.compose(z[None], L.blocks(torch.as_tensor(acted, dtype=torch.float32)[None]))[0]
 
             def cost(blocks: torch.Tensor) -> torch.Tensor:  # (1, S, H, block_dim) -> (1, S)
-                states = self.model.rollout(s0.expand(blocks.shape[1], -1), blocks[0])
-                frames = L.frame_latents(states)  # (S, H, history, d)
+                if self.simulator:
+                    frames = self.simulated_frames(blocks[0])
+                else:
+                    frames = L.frame_latents(self.model.rollout(s0.expand(blocks.shape[1], -1), blocks[0]))
+                # frames: (S, H, history, d)
                 d = ((frames - self.goal) ** 2).sum(-1) if self.cost_kind == "latent" else pusht_pose_error(
                     pusht_pose(frames, self.model.mean, self.model.std), self.goal_pose)
                 return (d[..., -1] + 0.5 * d[..., -2]).min(-1).values[None]
 
-            plan = self.cem.plan(cost, 1, self.gen).actions[0, 0].reshape(L.action_block, L.action_dim)
-            self.queue = list(plan.numpy())
+            blocks = self.cem.plan(cost, 1, self.gen).actions[0]  # (H, block_dim)
+            self.audit(s0, blocks)
+            self.queue = list(blocks[0].reshape(L.action_block, L.action_dim).numpy())
         action = self.queue.pop(0)
         self.actions.append(action)
         return action
+
+
+    def simulated_frames(self, blocks: torch.Tensor) -> torch.Tensor:
+        """What the model's rollout gives the cost, from the simulator instead: the latents ``(S, H, 2, d)`` of the
+        poses it reaches at the end of each of the candidate plans' ``(S, H, block_dim)`` blocks, after those at
+        the end of the block before (the current pose before the first)."""
+        L = self.model.layout
+        S, H = blocks.shape[:2]
+        state = self.spec.get_state(self.env)
+        flat = self.spec.simulate(self.env, state, blocks.reshape(S, H * L.action_block, L.action_dim).double().numpy())
+        ends = flat[:, L.action_block - 1 :: L.action_block].reshape(S * H, -1)  # after each block
+        reached = self.model.latents(np.stack([self.pose(s) for s in ends])).view(S, H, -1)
+        now = self.model.latents(self.pose(state)).expand(S, 1, -1)
+        return torch.stack([torch.cat([now, reached[:, :-1]], 1), reached], -2)
+
+    def audit(self, s0: torch.Tensor, blocks: torch.Tensor) -> None:
+        """Keep the error by block of the model's rollout of plan ``blocks`` from ``s0`` against the poses the
+        scratch env reaches playing the plan from the env's state (the env itself is left as it was)."""
+        L = self.model.layout
+        predicted = L.newest(self.model.rollout(s0[None], blocks[None]))[0]  # (H, d)
+        self.spec.set_state(self.scratch, self.spec.get_state(self.env))
+        reached = []
+        for block in blocks.reshape(len(blocks), L.action_block, L.action_dim).numpy():
+            for action in block:
+                self.scratch.step(action)
+            reached.append(pose_features(self.spec, self.scratch.unwrapped.physics())[0])
+        self.last_audit = predicted, self.model.latents(np.stack(reached))
+        self.plan_errors.append(((predicted - self.last_audit[1]) ** 2).mean(-1).tolist())
 
 
 def fit(model: StateModel, windows: Windows, steps: int) -> float:
@@ -213,6 +287,9 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=5, help="action blocks per plan (the pixel model's: 5)")
     parser.add_argument("--cost", choices=("latent", "pose"), default="latent",
                         help="latent: squared distance to the goal's latent; pose: the env's goal error (Push-T)")
+    parser.add_argument("--simulator", action="store_true",
+                        help="plan on the simulator's poses instead of the model's (Push-T): the ceiling of this "
+                        "planner, cost and plan shape; about 4 s per replan at 200 x 5")
     parser.add_argument("--save", help="write the trained model here")
     parser.add_argument("--load", help="plan with this saved model instead of training one (--steps is ignored; "
                         "--hidden and --depth are the saved model's)")
@@ -247,22 +324,38 @@ def main() -> None:
     model.eval()
     with torch.no_grad():
         one, per_horizon = losses(model, *windows["val"].sample(2048, torch.Generator().manual_seed(1)))
+        angles = angle_columns(spec)
+        by_turn = {s: error_by_turn(model, *windows[s].sample(8192, torch.Generator().manual_seed(2)), angles)
+                   for s in ("val", "train")} if angles is not None else None
     trained = f"loaded {args.load}" if args.load else f"trained {args.steps} steps in {train_seconds:.0f} s"
     print(f"{trained}; validation MSE of the standardised pose by "
           f"horizon (blocks of 5 steps): {', '.join(f'{x:.3f}' for x in per_horizon.tolist())}")
+    if by_turn is not None:
+        print(f"at the last block, by how far the window turns the {spec.name} env's angle (held-out / training "
+              f"windows; share of held-out windows):")
+        for v, t in zip(by_turn["val"], by_turn["train"]):
+            lo, hi = v["turn_rad"]
+            print(f"  turn {lo:g}-{hi if hi is not None else math.inf:g} rad: {v['mse'] or math.nan:.3f} / "
+                  f"{t['mse'] or math.nan:.3f} ({100 * v['share']:.0f} %)")
 
     env = envs.make_env(name, image_size=16)
     rng = np.random.default_rng(args.task_seed)
     tasks = sample_goal_tasks(heldout, spec, args.tasks, args.goal_offset, rng)
     cem = CEMConfig(samples=args.samples, elites=args.samples // 10, iterations=args.iterations)
-    agent = StateAgent(model, spec, env, cem, horizon=args.horizon, seed=0, cost=args.cost)
+    agent = StateAgent(model, spec, env, cem, horizon=args.horizon, seed=0, cost=args.cost, simulator=args.simulator)
     results = []
     for i, task in enumerate(tasks):
         agent.seed(task_seed(args.task_seed, i))
         results.append(run_task(env, spec, task, agent, args.budget))
     wins = sum(r.success for r in results)
+    plan_errors = np.array(agent.plan_errors).reshape(-1, args.horizon)
+    if len(plan_errors):
+        print(f"the model's error on the {len(plan_errors)} plans it chose, by block, against the simulator playing "
+              f"them: mean {', '.join(f'{x:.3f}' for x in plan_errors.mean(0))}; median "
+              f"{', '.join(f'{x:.3f}' for x in np.median(plan_errors, 0))}")
     lo, hi = wilson_interval(wins, len(results))
-    print(f"state-model CEM {args.samples} x {args.iterations} over {args.horizon} blocks, {args.cost} cost: "
+    print(f"{'simulator' if args.simulator else 'state-model'} CEM {args.samples} x {args.iterations} over "
+          f"{args.horizon} blocks, {args.cost} cost: "
           f"{wins}/{len(results)} [{100 * lo:.1f}%, {100 * hi:.1f}%] at goal offset "
           f"{args.goal_offset}, budget {args.budget}; median best goal error "
           f"{np.median([r.best_goal_error for r in results]):.2f}")
@@ -270,8 +363,13 @@ def main() -> None:
                           "loaded": args.load, "train_seconds": train_seconds, "hidden": args.hidden,
                           "depth": args.depth, "samples": args.samples, "iterations": args.iterations,
                           "horizon": args.horizon, "cost": args.cost, "rollout": args.rollout,
+                          "simulator": args.simulator,
                           "val_one_step": one.item(),
-                          "val_rollout_by_horizon": per_horizon.tolist(),
+                          "val_rollout_by_horizon": per_horizon.tolist(), "rollout_by_turn": by_turn,
+                          "plans_audited": len(plan_errors),
+                          "plan_error_mean_by_block": plan_errors.mean(0).tolist() if len(plan_errors) else None,
+                          "plan_error_median_by_block": np.median(plan_errors, 0).tolist() if len(plan_errors)
+                          else None,
                           "goal_offset": args.goal_offset, "budget": args.budget, "task_seed": args.task_seed,
                           "successes": wins, "tasks": len(results), "wilson95": [lo, hi],
                           "best_goal_errors": [r.best_goal_error for r in results]})

@@ -189,6 +189,9 @@ def test_the_state_model_benchmark_trains_on_poses_and_plans_the_held_out_tasks(
     assert result["tasks"] == 2 and len(result["val_rollout_by_horizon"]) == 2 and result["horizon"] == 3
     threshold = envs.get_spec("reacher").success_threshold
     assert result["successes"] == sum(e <= threshold for e in result["best_goal_errors"])
+    assert result["plans_audited"] >= 2 and len(result["plan_error_mean_by_block"]) == 3  # a plan per task at least
+    for split in ("val", "train"):
+        assert sum(b["share"] for b in result["rollout_by_turn"][split]) == pytest.approx(1.0)
 
 
 def test_the_state_model_benchmark_plans_again_with_the_model_it_saved(tiny_dataset, tmp_path):
@@ -212,13 +215,19 @@ def test_the_state_model_benchmark_plans_again_with_the_model_it_saved(tiny_data
     assert run.returncode != 0 and "is not Push-T" in run.stderr
 
 
-def test_the_state_model_pose_cost_is_the_pusht_success_test():
-    """The pose cost read from standardised latents is ``envs.pusht.pose_error`` of the states they encode."""
+def state_model_benchmark():
+    """``benchmarks/state_model.py`` as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("state_model", ROOT / "benchmarks" / "state_model.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_state_model_pose_cost_is_the_pusht_success_test():
+    """The pose cost read from standardised latents is ``envs.pusht.pose_error`` of the states they encode."""
+    bench = state_model_benchmark()
     from envs.pusht import pose_error
 
     rng = np.random.default_rng(0)
@@ -230,3 +239,57 @@ def test_the_state_model_pose_cost_is_the_pusht_success_test():
     errors = bench.pusht_pose_error(pose[1:], pose[0]).numpy()
     expected = [pose_error(s, states[0]) for s in states[1:]]
     np.testing.assert_allclose(errors, expected, rtol=1e-6)
+
+
+def test_the_state_model_audits_its_plan_against_what_the_env_then_does():
+    """The audit replays the chosen plan on a scratch env: its first block's pose is the one the env reaches when the
+    agent plays that block, and the env is not moved by the audit."""
+    from planners.cem import CEMConfig
+    from worldmodel.dynamics import StateLayout
+
+    bench, spec = state_model_benchmark(), envs.get_spec("pusht")
+    env = envs.make_env("pusht", image_size=16)
+    env.reset(seed=3)
+    torch.manual_seed(0)
+    model = bench.StateModel(StateLayout(6, 2, 5, 2), np.full(6, 200.0), np.full(6, 100.0), hidden=32, depth=1)
+    agent = bench.StateAgent(model, spec, env, CEMConfig(samples=20, elites=2, iterations=2), horizon=2, seed=0)
+    agent.set_goal_state(spec.get_state(env))
+    agent.reset(None)
+    before = spec.get_state(env)
+    actions = [agent.act(None)]
+    np.testing.assert_array_equal(spec.get_state(env), before)  # planning and its audit leave the env alone
+    env.step(actions[0])
+    while agent.queue:
+        actions.append(agent.act(None))
+        env.step(actions[-1])
+    assert len(actions) == 5 and len(agent.plan_errors) == 1 and len(agent.plan_errors[0]) == 2
+    reached = model.latents(bench.pose_features(spec, env.unwrapped.physics()))
+    torch.testing.assert_close(agent.last_audit[1][0], reached[0])
+
+
+def test_the_state_models_simulator_mode_gives_the_cost_the_poses_the_env_reaches():
+    from planners.cem import CEMConfig
+    from worldmodel.dynamics import StateLayout
+
+    bench, spec = state_model_benchmark(), envs.get_spec("pusht")
+    env, other = envs.make_env("pusht", image_size=16), envs.make_env("pusht", image_size=16)
+    env.reset(seed=1)
+    other.reset(seed=1)
+    model = bench.StateModel(StateLayout(6, 2, 5, 2), np.full(6, 200.0), np.full(6, 100.0), hidden=32, depth=1)
+    agent = bench.StateAgent(model, spec, env, CEMConfig(samples=20, elites=2, iterations=2), horizon=2, seed=0,
+                             simulator=True)
+    blocks = torch.as_tensor(np.random.default_rng(0).uniform(-1, 1, (3, 2, 10)), dtype=torch.float32)
+    frames = agent.simulated_frames(blocks)  # (S, H, 2, d): the block before, then this block's end
+    assert frames.shape == (3, 2, 2, 6)
+    for plan, got in zip(blocks, frames):
+        spec.set_state(other, spec.get_state(env))
+        reached = []
+        for action in plan.reshape(-1, 2).numpy():
+            other.step(action)
+            reached.append(model.latents(bench.pose_features(spec, other.unwrapped.physics()))[0])
+        torch.testing.assert_close(got[:, 1], torch.stack([reached[4], reached[9]]))
+        torch.testing.assert_close(got[1, 0], got[0, 1])
+        torch.testing.assert_close(got[0, 0], model.latents(bench.pose_features(spec, env.unwrapped.physics()))[0])
+    reacher = envs.make_env("reacher")
+    with pytest.raises(ValueError, match="simulate"):
+        bench.StateAgent(model, envs.get_spec("reacher"), reacher, CEMConfig(), horizon=2, seed=0, simulator=True)
