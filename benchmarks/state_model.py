@@ -3,7 +3,7 @@
     python benchmarks/state_model.py --data data/pusht-expert-96px-1000x100-s0-eab8759917 \\
         [--steps 2000] [--tasks 100] [--goal-offset 25 --budget 50] [--out results/benchmarks/state_model.json]
         [--samples 300 --iterations 10 --horizon 5] [--hidden 512 --depth 3] [--cost latent|pose]
-        [--save M.pt | --load M.pt] [--simulator]
+        [--save M.pt | --load M.pt] [--simulator] [--velocities W]
 
 A world model whose frame latent is the simulator's own pose (every position the env records, and every angle
 as its cosine and sine; standardised) instead of an image's encoding. Everything else is the pixel model's: the
@@ -14,11 +14,16 @@ held-out tasks ``plan.py`` draws (task seed 0). It is privileged: it reads the s
 the image. The gap between its success and the pixel model's is what the encoder costs; its own gap to the
 simulator oracle is what the data, the predictor and the planner cost. ``--cost pose`` plans on the env's own goal
 error (Push-T: the success test's pose error) of each predicted pose instead of the squared latent distance: what the
-cost's shape costs, with the model kept. Prints the validation error by horizon, the error
-at the last block by how far each window turns the env's first angle (held-out and training windows), the model's
-error on the plans its planner chose, against the simulator playing them (does the planner steer into the model's
-mistakes?), and the success with a Wilson interval, and writes JSON. About 10 minutes on 2 cores for 2000 steps and 100
-Push-T tasks.
+cost's shape costs, with the model kept. ``--simulator`` plans with the same planner, cost and plan shape on the
+poses the simulator reaches instead of the model's predictions (Push-T): what the model costs, with the planner
+kept. ``--velocities W`` adds the flat state's velocities, which no image shows, to each frame's latent, scaled so
+that they weigh ``W`` in the loss against each pose column's 1 (the cost and every error printed compare the pose
+alone): what the frames' missing velocities cost.
+
+Prints the validation error by horizon, the error at the last block by how far each window turns the env's first
+angle (held-out and training windows), the model's error on the plans its planner chose against the simulator
+playing them (does the planner steer into the model's mistakes?), and the success with a Wilson interval, and
+writes JSON. About 10 minutes on 2 cores for 2000 steps and 100 Push-T tasks.
 """
 
 from __future__ import annotations
@@ -70,12 +75,32 @@ def angle_columns(spec) -> tuple[int, int] | None:
 TURN_BINS = (0.0, 0.01, 0.2, 0.5, 1.0, math.inf)  # rad
 
 
+def pose_size(spec) -> int:
+    """How many entries of the flat state the pose's quantities take (positions and angles)."""
+    return sum(q.dims for q in spec.quantities if q.kind in ("position", "angle"))
+
+
+def frame_features(spec, physics: dict[str, np.ndarray], states: np.ndarray, velocities: bool) -> np.ndarray:
+    """:func:`pose_features`, followed with ``velocities`` by the flat Push-T states' ``(F, 10)`` entries after the
+    pose's (the agent's and the T's velocities, the T's angular velocity)."""
+    if velocities and spec.name != "pusht":
+        raise ValueError(f"velocities read Push-T's flat state (the pose, then the agent's and the T's velocities); "
+                         f"env {spec.name!r} lays its state out otherwise")
+    pose = pose_features(spec, physics)
+    if not velocities:
+        return pose
+    states = np.asarray(states, dtype=np.float64).reshape(len(pose), -1)
+    return np.concatenate([pose, states[:, pose_size(spec):]], -1)
+
+
 class StateModel(torch.nn.Module):
     """The pixel model's predictor and layout over standardised pose latents."""
 
-    def __init__(self, layout: StateLayout, mean: np.ndarray, std: np.ndarray, hidden: int = 512, depth: int = 3):
+    def __init__(self, layout: StateLayout, mean: np.ndarray, std: np.ndarray, hidden: int = 512, depth: int = 3,
+                 pose_dims: int | None = None):
         super().__init__()
         self.layout = layout
+        self.pose_dims = layout.latent_dim if pose_dims is None else pose_dims  # the latent's pose part (the cost's)
         self.predictor = BlockPredictor(layout, hidden, depth)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
@@ -111,12 +136,14 @@ class Windows:
                 self.layout.blocks(self.actions[torch.from_numpy(steps)]))
 
 
-def losses(model: StateModel, z: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-step and open-loop errors of windows ``z (B, R+h, d)``, ``blocks (B, R+h-1, block_dim)``."""
+def losses(model: StateModel, z: torch.Tensor, blocks: torch.Tensor,
+           dims: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-step and open-loop errors of windows ``z (B, R+h, d)``, ``blocks (B, R+h-1, block_dim)`` (in the
+    latent's first ``dims`` columns; all by default)."""
     L = model.layout
     states, actions, targets = L.window_states(z, blocks)[:, :-1], L.step_blocks(blocks), L.step_latents(z)
-    one = F.mse_loss(L.newest(model.predict(states, actions)), targets)
-    per_horizon = ((L.newest(model.rollout(states[:, 0], actions)) - targets) ** 2).mean((0, 2))
+    one = F.mse_loss(L.newest(model.predict(states, actions))[..., :dims], targets[..., :dims])
+    per_horizon = ((L.newest(model.rollout(states[:, 0], actions)) - targets)[..., :dims] ** 2).mean((0, 2))
     return one, per_horizon
 
 
@@ -126,7 +153,8 @@ def error_by_turn(model: StateModel, z: torch.Tensor, blocks: torch.Tensor, colu
     its start's newest frame to its last: ``{"turn_rad": [lo, hi or None], "share": windows, "mse": error}``."""
     L = model.layout
     states, actions, targets = L.window_states(z, blocks)[:, :-1], L.step_blocks(blocks), L.step_latents(z)
-    last = ((L.newest(model.rollout(states[:, 0], actions))[:, -1] - targets[:, -1]) ** 2).mean(-1)
+    error = (L.newest(model.rollout(states[:, 0], actions))[:, -1] - targets[:, -1])[:, : model.pose_dims]
+    last = (error**2).mean(-1)
 
     def angle(x: torch.Tensor) -> torch.Tensor:
         pose = x * model.std + model.mean
@@ -144,7 +172,8 @@ def error_by_turn(model: StateModel, z: torch.Tensor, blocks: torch.Tensor, colu
 def pusht_pose(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Push-T's pose (agent x and y, the T's x, y and angle) of standardised pose latents ``(..., 6)``
     (the positions, then the angle's cosine and sine, as :func:`pose_features` makes them)."""
-    pose = z * std + mean
+    d = z.shape[-1]  # the pose part of a latent that may go on (with velocities)
+    pose = z * std[:d] + mean[:d]
     return torch.cat([pose[..., :4], torch.atan2(pose[..., 5], pose[..., 4])[..., None]], -1)
 
 
@@ -161,7 +190,7 @@ class StateAgent:
     privileged = True
 
     def __init__(self, model: StateModel, spec, env, cem: CEMConfig, horizon: int, seed: int, cost: str = "latent",
-                 simulator: bool = False):
+                 simulator: bool = False, velocities: bool = False):
         if simulator and (spec.simulate is None or model.layout.history != 2):
             raise ValueError(f"simulator=True plays candidate plans on env {spec.name!r}'s own simulate() with a "
                              f"two-frame history; this env has none or the model's history is {model.layout.history}")
@@ -171,7 +200,7 @@ class StateAgent:
         if cost == "pose" and spec.name != "pusht":
             raise ValueError(f"cost='pose' reads a Push-T pose from the latent; env {spec.name!r} is not Push-T")
         L = model.layout
-        self.cost_kind, self.simulator = cost, simulator
+        self.cost_kind, self.simulator, self.velocities = cost, simulator, velocities
         self.model, self.spec, self.env, self.horizon = model, spec, env.unwrapped, horizon
         space = env.action_space
         self.bounds = Bounds(np.tile(space.low, L.action_block), np.tile(space.high, L.action_block))
@@ -189,13 +218,18 @@ class StateAgent:
         self.gen.manual_seed(seed)
 
     def set_goal_state(self, goal_state: np.ndarray) -> None:
-        self.goal = self.model.latents(self.pose(goal_state))
+        self.goal = self.model.latents(self.pose(goal_state))[: self.model.pose_dims]
         self.goal_pose = pusht_pose(self.goal, self.model.mean, self.model.std)
 
     def pose(self, state: np.ndarray) -> np.ndarray:
-        """The pose of a flat state, read from the scratch env set to it."""
+        """The latent features of a flat state, read from the scratch env set to it."""
         self.spec.set_state(self.scratch, state)
-        return pose_features(self.spec, self.scratch.unwrapped.physics())[0]
+        return self.scratch_features()
+
+    def scratch_features(self) -> np.ndarray:
+        """The latent features of the scratch env's current state (its pose, and its velocities with them)."""
+        return frame_features(self.spec, self.scratch.unwrapped.physics(), self.spec.get_state(self.scratch)[None],
+                              self.velocities)[0]
 
     def reset(self, goal_obs: np.ndarray) -> None:
         self.queue, self.history, self.actions = [], [], []
@@ -217,7 +251,7 @@ class StateAgent:
                     frames = self.simulated_frames(blocks[0])
                 else:
                     frames = L.frame_latents(self.model.rollout(s0.expand(blocks.shape[1], -1), blocks[0]))
-                # frames: (S, H, history, d)
+                frames = frames[..., : self.model.pose_dims]  # (S, H, history, pose)
                 d = ((frames - self.goal) ** 2).sum(-1) if self.cost_kind == "latent" else pusht_pose_error(
                     pusht_pose(frames, self.model.mean, self.model.std), self.goal_pose)
                 return (d[..., -1] + 0.5 * d[..., -2]).min(-1).values[None]
@@ -253,9 +287,10 @@ class StateAgent:
         for block in blocks.reshape(len(blocks), L.action_block, L.action_dim).numpy():
             for action in block:
                 self.scratch.step(action)
-            reached.append(pose_features(self.spec, self.scratch.unwrapped.physics())[0])
+            reached.append(self.scratch_features())
         self.last_audit = predicted, self.model.latents(np.stack(reached))
-        self.plan_errors.append(((predicted - self.last_audit[1]) ** 2).mean(-1).tolist())
+        pose = self.model.pose_dims
+        self.plan_errors.append(((predicted - self.last_audit[1])[:, :pose] ** 2).mean(-1).tolist())
 
 
 def fit(model: StateModel, windows: Windows, steps: int) -> float:
@@ -290,6 +325,8 @@ def main() -> None:
     parser.add_argument("--simulator", action="store_true",
                         help="plan on the simulator's poses instead of the model's (Push-T): the ceiling of this "
                         "planner, cost and plan shape; about 4 s per replan at 200 x 5")
+    parser.add_argument("--velocities", type=float, default=0.0, metavar="W",
+                        help="add the state's velocities to the latent, weighing W in the loss (Push-T; 0: none)")
     parser.add_argument("--save", help="write the trained model here")
     parser.add_argument("--load", help="plan with this saved model instead of training one (--steps is ignored; "
                         "--hidden and --depth are the saved model's)")
@@ -305,17 +342,25 @@ def main() -> None:
     name = dataset.manifest["env"]["name"]
     spec = envs.get_spec(name)
     train, val, heldout = (dataset.split(s) for s in ("train", "val", "heldout"))
-    pose = {s: pose_features(spec, e.physics) for s, e in (("train", train), ("val", val))}
+    if args.velocities < 0:
+        raise SystemExit(f"--velocities {args.velocities}: the velocities' weight in the loss is >= 0")
+    pose_dims = pose_features(spec, {k: v[:1] for k, v in train.physics.items()}).shape[1]
     saved = torch.load(args.load, weights_only=True) if args.load else None
-    if saved is not None:  # the saved predictor's size, read off its weight matrices
+    if saved is not None:  # the saved predictor's size, read off its weight matrices, and its latent's
         matrices = [v for k, v in saved.items() if k.startswith("predictor.") and v.dim() == 2]
         args.hidden, args.depth = matrices[0].shape[0], len(matrices) - 1
+    velocities = args.velocities > 0 or (saved is not None and len(saved["mean"]) > pose_dims)
+    pose = {s: frame_features(spec, e.physics, e.states, velocities) for s, e in (("train", train), ("val", val))}
+    std = pose["train"].std(0) + 1e-6
+    if args.velocities > 0:  # a column of scale 1/sqrt(W) weighs W in the squared error
+        std[pose_dims:] /= math.sqrt(args.velocities)
     torch.manual_seed(0)
     layout = StateLayout(pose["train"].shape[1], 2, 5, train.actions.shape[1])
-    model = StateModel(layout, pose["train"].mean(0), pose["train"].std(0) + 1e-6, args.hidden, args.depth)
+    model = StateModel(layout, pose["train"].mean(0), std, args.hidden, args.depth, pose_dims)
+    if args.load:  # before the windows: their latents are standardised by the saved model's statistics
+        model.load_state_dict(saved)
     windows = {s: Windows(model, e, model.latents(pose[s]), args.rollout) for s, e in (("train", train), ("val", val))}
     if args.load:
-        model.load_state_dict(saved)
         train_seconds = None
     else:
         train_seconds = fit(model, windows["train"], args.steps)
@@ -323,7 +368,7 @@ def main() -> None:
             write_verified(args.save, lambda tmp: torch.save(model.state_dict(), tmp))
     model.eval()
     with torch.no_grad():
-        one, per_horizon = losses(model, *windows["val"].sample(2048, torch.Generator().manual_seed(1)))
+        one, per_horizon = losses(model, *windows["val"].sample(2048, torch.Generator().manual_seed(1)), pose_dims)
         angles = angle_columns(spec)
         by_turn = {s: error_by_turn(model, *windows[s].sample(8192, torch.Generator().manual_seed(2)), angles)
                    for s in ("val", "train")} if angles is not None else None
@@ -342,7 +387,8 @@ def main() -> None:
     rng = np.random.default_rng(args.task_seed)
     tasks = sample_goal_tasks(heldout, spec, args.tasks, args.goal_offset, rng)
     cem = CEMConfig(samples=args.samples, elites=args.samples // 10, iterations=args.iterations)
-    agent = StateAgent(model, spec, env, cem, horizon=args.horizon, seed=0, cost=args.cost, simulator=args.simulator)
+    agent = StateAgent(model, spec, env, cem, horizon=args.horizon, seed=0, cost=args.cost, simulator=args.simulator,
+                       velocities=velocities)
     results = []
     for i, task in enumerate(tasks):
         agent.seed(task_seed(args.task_seed, i))
@@ -364,6 +410,7 @@ def main() -> None:
                           "depth": args.depth, "samples": args.samples, "iterations": args.iterations,
                           "horizon": args.horizon, "cost": args.cost, "rollout": args.rollout,
                           "simulator": args.simulator,
+                          "velocities": velocities, "velocity_weight": args.velocities or None,
                           "val_one_step": one.item(),
                           "val_rollout_by_horizon": per_horizon.tolist(), "rollout_by_turn": by_turn,
                           "plans_audited": len(plan_errors),

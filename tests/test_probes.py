@@ -293,3 +293,23 @@ def test_the_state_models_simulator_mode_gives_the_cost_the_poses_the_env_reache
     reacher = envs.make_env("reacher")
     with pytest.raises(ValueError, match="simulate"):
         bench.StateAgent(model, envs.get_spec("reacher"), reacher, CEMConfig(), horizon=2, seed=0, simulator=True)
+
+
+def test_the_state_models_velocities_are_the_pusht_states_own_after_its_pose():
+    bench, spec = state_model_benchmark(), envs.get_spec("pusht")
+    env = envs.make_env("pusht", image_size=16)
+    env.reset(seed=0)
+    states, physics = [], []
+    for action in np.random.default_rng(0).uniform(env.action_space.low, env.action_space.high, (12, 2)):
+        env.step(action)
+        states.append(spec.get_state(env))
+        physics.append(env.unwrapped.physics())
+    states = np.array(states)
+    physics = {k: np.stack([p[k] for p in physics]) for k in physics[0]}
+    pose = bench.frame_features(spec, physics, states, velocities=False)
+    with_velocities = bench.frame_features(spec, physics, states, velocities=True)
+    np.testing.assert_array_equal(with_velocities[:, : pose.shape[1]], pose)
+    np.testing.assert_array_equal(with_velocities[:, pose.shape[1]:], states[:, 5:])  # agent, T and angular velocity
+    assert np.abs(states[:, 5:7]).max() > 0  # the agent moved: the velocities are not all zero
+    with pytest.raises(ValueError, match="'reacher' lays its state out otherwise"):
+        bench.frame_features(envs.get_spec("reacher"), {}, np.zeros((1, 8)), velocities=True)
