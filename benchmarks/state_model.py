@@ -3,7 +3,7 @@
     python benchmarks/state_model.py --data data/pusht-expert-96px-1000x100-s0-eab8759917 \\
         [--steps 2000] [--tasks 100] [--goal-offset 25 --budget 50] [--out results/benchmarks/state_model.json]
         [--samples 300 --iterations 10 --horizon 5] [--hidden 512 --depth 3] [--cost latent|pose]
-        [--save M.pt | --load M.pt] [--simulator] [--velocities W]
+        [--save M.pt | --load M.pt [--ensemble M2.pt ... --disagreement B]] [--simulator] [--velocities W]
 
 A world model whose frame latent is the simulator's own pose (every position the env records, and every angle
 as its cosine and sine; standardised) instead of an image's encoding. Everything else is the pixel model's: the
@@ -18,7 +18,9 @@ cost's shape costs, with the model kept. ``--simulator`` plans with the same pla
 poses the simulator reaches instead of the model's predictions (Push-T): what the model costs, with the planner
 kept. ``--velocities W`` adds the flat state's velocities, which no image shows, to each frame's latent, scaled so
 that they weigh ``W`` in the loss against each pose column's 1 (the cost and every error printed compare the pose
-alone): what the frames' missing velocities cost.
+alone): what the frames' missing velocities cost. ``--ensemble`` plans with further saved models beside the loaded
+one, each candidate's cost the members' mean plus ``B`` times their standard deviation: what a model that says
+how sure it is buys.
 
 Prints the validation error by horizon, the error at the last block by how far each window turns the env's first
 angle (held-out and training windows), the model's error on the plans its planner chose against the simulator
@@ -190,7 +192,8 @@ class StateAgent:
     privileged = True
 
     def __init__(self, model: StateModel, spec, env, cem: CEMConfig, horizon: int, seed: int, cost: str = "latent",
-                 simulator: bool = False, velocities: bool = False):
+                 simulator: bool = False, velocities: bool = False, members: tuple[StateModel, ...] = (),
+                 disagreement: float = 1.0):
         if simulator and (spec.simulate is None or model.layout.history != 2):
             raise ValueError(f"simulator=True plays candidate plans on env {spec.name!r}'s own simulate() with a "
                              f"two-frame history; this env has none or the model's history is {model.layout.history}")
@@ -201,6 +204,7 @@ class StateAgent:
             raise ValueError(f"cost='pose' reads a Push-T pose from the latent; env {spec.name!r} is not Push-T")
         L = model.layout
         self.cost_kind, self.simulator, self.velocities = cost, simulator, velocities
+        self.members, self.disagreement = tuple(members), disagreement  # further models: an ensemble's cost
         self.model, self.spec, self.env, self.horizon = model, spec, env.unwrapped, horizon
         space = env.action_space
         self.bounds = Bounds(np.tile(space.low, L.action_block), np.tile(space.high, L.action_block))
@@ -246,15 +250,20 @@ class StateAgent:
             z = self.model.latents(frames)
             s0 = L.compose(z[None], L.blocks(torch.as_tensor(acted, dtype=torch.float32)[None]))[0]
 
-            def cost(blocks: torch.Tensor) -> torch.Tensor:  # (1, S, H, block_dim) -> (1, S)
-                if self.simulator:
-                    frames = self.simulated_frames(blocks[0])
-                else:
-                    frames = L.frame_latents(self.model.rollout(s0.expand(blocks.shape[1], -1), blocks[0]))
-                frames = frames[..., : self.model.pose_dims]  # (S, H, history, pose)
+            def frame_cost(frames: torch.Tensor) -> torch.Tensor:  # (S, H, history, d) -> (S,)
+                frames = frames[..., : self.model.pose_dims]
                 d = ((frames - self.goal) ** 2).sum(-1) if self.cost_kind == "latent" else pusht_pose_error(
                     pusht_pose(frames, self.model.mean, self.model.std), self.goal_pose)
-                return (d[..., -1] + 0.5 * d[..., -2]).min(-1).values[None]
+                return (d[..., -1] + 0.5 * d[..., -2]).min(-1).values
+
+            def cost(blocks: torch.Tensor) -> torch.Tensor:  # (1, S, H, block_dim) -> (1, S)
+                if self.simulator:
+                    return frame_cost(self.simulated_frames(blocks[0]))[None]
+                costs = torch.stack([frame_cost(L.frame_latents(m.rollout(s0.expand(blocks.shape[1], -1), blocks[0])))
+                                     for m in (self.model, *self.members)])
+                if not self.members:
+                    return costs
+                return (costs.mean(0) + self.disagreement * costs.std(0))[None]
 
             blocks = self.cem.plan(cost, 1, self.gen).actions[0]  # (H, block_dim)
             self.audit(s0, blocks)
@@ -330,6 +339,10 @@ def main() -> None:
     parser.add_argument("--save", help="write the trained model here")
     parser.add_argument("--load", help="plan with this saved model instead of training one (--steps is ignored; "
                         "--hidden and --depth are the saved model's)")
+    parser.add_argument("--ensemble", nargs="+", default=[], metavar="M",
+                        help="further saved models (of the same data and latent) to plan with beside --load's")
+    parser.add_argument("--disagreement", type=float, default=1.0,
+                        help="with --ensemble: the weight of the members' cost spread added to their mean cost")
     parser.add_argument("--out", default="results/benchmarks/state_model.json")
     args = parser.parse_args()
     if min(args.steps, args.tasks, args.goal_offset, args.budget, args.rollout, args.samples, args.iterations,
@@ -342,6 +355,8 @@ def main() -> None:
     name = dataset.manifest["env"]["name"]
     spec = envs.get_spec(name)
     train, val, heldout = (dataset.split(s) for s in ("train", "val", "heldout"))
+    if args.ensemble and not args.load:
+        raise SystemExit(f"--ensemble {args.ensemble}: its models plan beside a loaded one; give --load too")
     if args.velocities < 0:
         raise SystemExit(f"--velocities {args.velocities}: the velocities' weight in the loss is >= 0")
     pose_dims = pose_features(spec, {k: v[:1] for k, v in train.physics.items()}).shape[1]
@@ -360,6 +375,16 @@ def main() -> None:
     if args.load:  # before the windows: their latents are standardised by the saved model's statistics
         model.load_state_dict(saved)
     windows = {s: Windows(model, e, model.latents(pose[s]), args.rollout) for s, e in (("train", train), ("val", val))}
+    members = []
+    for path in args.ensemble:
+        weights = torch.load(path, weights_only=True)
+        if not (torch.equal(weights["mean"], model.mean) and torch.equal(weights["std"], model.std)):
+            raise SystemExit(f"--ensemble {path}: its latent is standardised otherwise than {args.load}'s (another "
+                             f"dataset or latent); an ensemble's members read the same latent")
+        sizes = [v for k, v in weights.items() if k.startswith("predictor.") and v.dim() == 2]
+        member = StateModel(layout, model.mean.numpy(), model.std.numpy(), sizes[0].shape[0], len(sizes) - 1, pose_dims)
+        member.load_state_dict(weights)
+        members.append(member.eval())
     if args.load:
         train_seconds = None
     else:
@@ -388,7 +413,7 @@ def main() -> None:
     tasks = sample_goal_tasks(heldout, spec, args.tasks, args.goal_offset, rng)
     cem = CEMConfig(samples=args.samples, elites=args.samples // 10, iterations=args.iterations)
     agent = StateAgent(model, spec, env, cem, horizon=args.horizon, seed=0, cost=args.cost, simulator=args.simulator,
-                       velocities=velocities)
+                       velocities=velocities, members=members, disagreement=args.disagreement)
     results = []
     for i, task in enumerate(tasks):
         agent.seed(task_seed(args.task_seed, i))
@@ -410,6 +435,7 @@ def main() -> None:
                           "depth": args.depth, "samples": args.samples, "iterations": args.iterations,
                           "horizon": args.horizon, "cost": args.cost, "rollout": args.rollout,
                           "simulator": args.simulator,
+                          "ensemble": args.ensemble, "disagreement": args.disagreement if args.ensemble else None,
                           "velocities": velocities, "velocity_weight": args.velocities or None,
                           "val_one_step": one.item(),
                           "val_rollout_by_horizon": per_horizon.tolist(), "rollout_by_turn": by_turn,

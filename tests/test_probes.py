@@ -213,6 +213,17 @@ def test_the_state_model_benchmark_plans_again_with_the_model_it_saved(tiny_data
     run = subprocess.run(common + ["--load", str(tmp_path / "m.pt"), "--cost", "pose", "--out", str(again)], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode != 0 and "is not Push-T" in run.stderr
+    # an ensemble of the model with itself: no spread, so the same plans as the model alone
+    run = subprocess.run(common + ["--load", str(tmp_path / "m.pt"), "--ensemble", str(tmp_path / "m.pt"),
+                                   "--disagreement", "5", "--out", str(again)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ensemble = json.loads(again.read_text())
+    assert ensemble["ensemble"] == [str(tmp_path / "m.pt")] and ensemble["disagreement"] == 5
+    assert ensemble["best_goal_errors"] == first["best_goal_errors"]
+    run = subprocess.run(common + ["--ensemble", str(tmp_path / "m.pt"), "--out", str(again)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0 and "give --load too" in run.stderr
 
 
 def state_model_benchmark():
