@@ -272,7 +272,6 @@ class StateAgent:
         self.actions.append(action)
         return action
 
-
     def simulated_frames(self, blocks: torch.Tensor) -> torch.Tensor:
         """What the model's rollout gives the cost, from the simulator instead: the latents ``(S, H, 2, d)`` of the
         poses it reaches at the end of each of the candidate plans' ``(S, H, block_dim)`` blocks, after those at
@@ -280,8 +279,8 @@ class StateAgent:
         L = self.model.layout
         S, H = blocks.shape[:2]
         state = self.spec.get_state(self.env)
-        flat = self.spec.simulate(self.env, state, blocks.reshape(S, H * L.action_block, L.action_dim).double().numpy())
-        ends = flat[:, L.action_block - 1 :: L.action_block].reshape(S * H, -1)  # after each block
+        flat = self.spec.simulate(self.env, state, blocks.reshape(S, -1, L.action_dim).double().numpy())
+        ends = flat.reshape(S, H, L.action_block, -1)[:, :, -1].reshape(-1, flat.shape[-1])  # after each block
         reached = self.model.latents(np.stack([self.pose(s) for s in ends])).view(S, H, -1)
         now = self.model.latents(self.pose(state)).expand(S, 1, -1)
         return torch.stack([torch.cat([now, reached[:, :-1]], 1), reached], -2)
@@ -405,8 +404,9 @@ def main() -> None:
               f"windows; share of held-out windows):")
         for v, t in zip(by_turn["val"], by_turn["train"]):
             lo, hi = v["turn_rad"]
-            print(f"  turn {lo:g}-{hi if hi is not None else math.inf:g} rad: {v['mse'] or math.nan:.3f} / "
-                  f"{t['mse'] or math.nan:.3f} ({100 * v['share']:.0f} %)")
+            mse = [math.nan if b["mse"] is None else b["mse"] for b in (v, t)]  # None: no window turned so far
+            print(f"  turn {lo:g}-{hi if hi is not None else math.inf:g} rad: {mse[0]:.3f} / {mse[1]:.3f} "
+                  f"({100 * v['share']:.0f} %)")
 
     env = envs.make_env(name, image_size=16)
     rng = np.random.default_rng(args.task_seed)
