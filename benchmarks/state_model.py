@@ -95,6 +95,12 @@ def frame_features(spec, physics: dict[str, np.ndarray], states: np.ndarray, vel
     return np.concatenate([pose, states[:, pose_size(spec):]], -1)
 
 
+def predictor_size(weights: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """The width and the hidden layers of a saved :class:`StateModel`, read off its predictor's weight matrices."""
+    matrices = [v for k, v in weights.items() if k.startswith("predictor.") and v.dim() == 2]
+    return matrices[0].shape[0], len(matrices) - 1
+
+
 class StateModel(torch.nn.Module):
     """The pixel model's predictor and layout over standardised pose latents."""
 
@@ -138,31 +144,38 @@ class Windows:
                 self.layout.blocks(self.actions[torch.from_numpy(steps)]))
 
 
-def losses(model: StateModel, z: torch.Tensor, blocks: torch.Tensor,
-           dims: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-step and open-loop errors of windows ``z (B, R+h, d)``, ``blocks (B, R+h-1, block_dim)`` (in the
-    latent's first ``dims`` columns; all by default)."""
+def open_loop(model: StateModel, z: torch.Tensor, blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Of windows ``z (B, R+h, d)``, ``blocks (B, R+h-1, block_dim)``: the states at their ``R`` model steps, the
+    action block of each, the newest latent the model predicts after each rolling out from the first state, and
+    the latent it should (both ``(B, R, d)``)."""
     L = model.layout
     states, actions, targets = L.window_states(z, blocks)[:, :-1], L.step_blocks(blocks), L.step_latents(z)
-    one = F.mse_loss(L.newest(model.predict(states, actions))[..., :dims], targets[..., :dims])
-    per_horizon = ((L.newest(model.rollout(states[:, 0], actions)) - targets)[..., :dims] ** 2).mean((0, 2))
+    return states, actions, L.newest(model.rollout(states[:, 0], actions)), targets
+
+
+def losses(model: StateModel, z: torch.Tensor, blocks: torch.Tensor,
+           dims: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-step and open-loop errors of windows ``z``, ``blocks`` (as :func:`open_loop` takes them) in the
+    latent's first ``dims`` columns (all by default)."""
+    states, actions, predicted, targets = open_loop(model, z, blocks)
+    one = F.mse_loss(model.layout.newest(model.predict(states, actions))[..., :dims], targets[..., :dims])
+    per_horizon = ((predicted - targets)[..., :dims] ** 2).mean((0, 2))
     return one, per_horizon
 
 
 def error_by_turn(model: StateModel, z: torch.Tensor, blocks: torch.Tensor, columns: tuple[int, int]) -> list[dict]:
-    """The open-loop error at the last block of windows ``z``, ``blocks`` (as :func:`losses` takes them) in each
+    """The open-loop error at the last block of windows ``z``, ``blocks`` (as :func:`open_loop` takes them) in each
     :data:`TURN_BINS` bin of how far the window turns the angle whose cosine and sine are latent ``columns``, from
     its start's newest frame to its last: ``{"turn_rad": [lo, hi or None], "share": windows, "mse": error}``."""
-    L = model.layout
-    states, actions, targets = L.window_states(z, blocks)[:, :-1], L.step_blocks(blocks), L.step_latents(z)
-    error = (L.newest(model.rollout(states[:, 0], actions))[:, -1] - targets[:, -1])[:, : model.pose_dims]
-    last = (error**2).mean(-1)
+    states, _, predicted, targets = open_loop(model, z, blocks)
+    last = ((predicted[:, -1] - targets[:, -1])[:, : model.pose_dims] ** 2).mean(-1)
 
     def angle(x: torch.Tensor) -> torch.Tensor:
         pose = x * model.std + model.mean
         return torch.atan2(pose[..., columns[1]], pose[..., columns[0]])
 
-    turn = (torch.remainder(angle(targets[:, -1]) - angle(L.newest(states[:, 0])) + math.pi, 2 * math.pi) - math.pi)
+    turn = angle(targets[:, -1]) - angle(model.layout.newest(states[:, 0]))
+    turn = torch.remainder(turn + math.pi, 2 * math.pi) - math.pi
     out = []
     for lo, hi in zip(TURN_BINS[:-1], TURN_BINS[1:]):
         m = (turn.abs() >= lo) & (turn.abs() < hi)
@@ -360,9 +373,8 @@ def main() -> None:
         raise SystemExit(f"--velocities {args.velocities}: the velocities' weight in the loss is >= 0")
     pose_dims = pose_features(spec, {k: v[:1] for k, v in train.physics.items()}).shape[1]
     saved = torch.load(args.load, weights_only=True) if args.load else None
-    if saved is not None:  # the saved predictor's size, read off its weight matrices, and its latent's
-        matrices = [v for k, v in saved.items() if k.startswith("predictor.") and v.dim() == 2]
-        args.hidden, args.depth = matrices[0].shape[0], len(matrices) - 1
+    if saved is not None:  # the saved predictor's size (and below, its latent's)
+        args.hidden, args.depth = predictor_size(saved)
     velocities = args.velocities > 0 or (saved is not None and len(saved["mean"]) > pose_dims)
     pose = {s: frame_features(spec, e.physics, e.states, velocities) for s, e in (("train", train), ("val", val))}
     std = pose["train"].std(0) + 1e-6
@@ -380,8 +392,7 @@ def main() -> None:
         if not (torch.equal(weights["mean"], model.mean) and torch.equal(weights["std"], model.std)):
             raise SystemExit(f"--ensemble {path}: its latent is standardised otherwise than {args.load}'s (another "
                              f"dataset or latent); an ensemble's members read the same latent")
-        sizes = [v for k, v in weights.items() if k.startswith("predictor.") and v.dim() == 2]
-        member = StateModel(layout, model.mean.numpy(), model.std.numpy(), sizes[0].shape[0], len(sizes) - 1, pose_dims)
+        member = StateModel(layout, model.mean.numpy(), model.std.numpy(), *predictor_size(weights), pose_dims)
         member.load_state_dict(weights)
         members.append(member.eval())
     if args.load:
